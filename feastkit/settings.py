@@ -1,0 +1,97 @@
+"""The one configuration object: every path, host and knob, overridable by FEASTKIT_* env vars."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from feastkit.errors import FeastkitError
+
+_PACKAGE_PARENT = Path(__file__).resolve().parent.parent
+
+
+def _default_project_root() -> Path:
+    """The checkout holding feature_repo/: the package's parent when installed editable, else cwd."""
+    if (_PACKAGE_PARENT / "feature_repo").is_dir():
+        return _PACKAGE_PARENT
+    return Path.cwd()
+
+
+class Settings(BaseSettings):
+    """feastkit configuration. Every field can be set as FEASTKIT_<FIELD> (e.g. FEASTKIT_PROFILE=redis)."""
+
+    model_config = SettingsConfigDict(env_prefix="FEASTKIT_", extra="ignore")
+
+    project_root: Path = Field(default_factory=_default_project_root)
+    data_dir: Path | None = None
+    repo_path: Path | None = None
+    models_dir: Path | None = None
+    reports_dir: Path | None = None
+    profile: str = "local"
+
+    redis_connection_string: str = "127.0.0.1:6379"
+    registry_url: str = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+
+    materialize_chunk: str = "1d"
+    online_timeout_seconds: float = 0.5
+    api_keys: str = ""
+
+    @model_validator(mode="after")
+    def _derive_paths(self) -> Settings:
+        self.project_root = self.project_root.resolve()
+        if self.data_dir is None:
+            self.data_dir = self.project_root / "data"
+        if self.repo_path is None:
+            self.repo_path = self.project_root / "feature_repo"
+        self.data_dir = self.data_dir.resolve()
+        self.repo_path = self.repo_path.resolve()
+        if self.models_dir is None:
+            self.models_dir = self.data_dir / "models"
+        if self.reports_dir is None:
+            self.reports_dir = self.data_dir / "reports"
+        return self
+
+    # Paths derived from data_dir ---------------------------------------------------------
+    @property
+    def raw_dir(self) -> Path:
+        return self.data_dir / "raw"
+
+    @property
+    def clean_dir(self) -> Path:
+        return self.data_dir / "clean"
+
+    @property
+    def quarantine_dir(self) -> Path:
+        return self.data_dir / "quarantine"
+
+    @property
+    def features_dir(self) -> Path:
+        return self.data_dir / "features"
+
+    @property
+    def feature_store_yaml(self) -> Path:
+        """The feature_store.yaml the selected profile points at."""
+        if self.profile in ("local", "default", ""):
+            path = self.repo_path / "feature_store.yaml"
+        else:
+            path = self.repo_path / "profiles" / f"{self.profile}.yaml"
+        if not path.is_file():
+            known = sorted(p.stem for p in (self.repo_path / "profiles").glob("*.yaml"))
+            raise FeastkitError(
+                f"profile '{self.profile}' has no feature_store.yaml at {path}",
+                f"set FEASTKIT_PROFILE to 'local' or one of {known}",
+            )
+        return path
+
+    @property
+    def api_key_list(self) -> list[str]:
+        return [k.strip() for k in self.api_keys.split(",") if k.strip()]
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once from the environment."""
+    return Settings()

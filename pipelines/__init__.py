@@ -1,0 +1,1 @@
+"""Batch jobs: synthetic data, validation, windowed aggregates, training sets and model training."""

@@ -1,0 +1,387 @@
+"""Raw events -> windowed feature tables (DuckDB): point-in-time correct and incremental by interval.
+
+Conventions (the PIT contract every view follows):
+- A feature row stamped T describes the entity using only events with timestamp in [T - w, T)
+  for each window w, and only labels whose availability time is < T. It never sees the future.
+- Rows sit on a grid (hourly, or daily for churn), and a row is written only at grid points
+  where a value can change: the first grid point after an event enters a window and the
+  first grid point after it leaves one. Between rows the value is constant, so Feast's
+  "latest row at or before the entity timestamp" gives the exact value at any time.
+- A run over the interval [start, end) writes exactly the rows with start < T <= end, read
+  from events in [start - lookback, end). Running the intervals one by one gives the same
+  tables as one run over their union.
+- The realtime view is the exception: one row per transaction, stamped with its own time,
+  counting transactions in the 10 minutes up to and including it (what the stream pushes).
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta, timezone
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+
+from feastkit.errors import FeastkitError
+
+HOUR = timedelta(hours=1)
+DAY = timedelta(days=1)
+
+
+@dataclass(frozen=True)
+class ViewSpec:
+    """One feature table: its grid, how far back it reads, and which clean tables feed it."""
+
+    name: str
+    entity: str
+    grid: timedelta
+    lookback: timedelta
+    inputs: tuple[str, ...]
+
+
+USER_TRANSACTION_STATS = ViewSpec("user_transaction_stats", "user_id", HOUR, timedelta(days=30),
+                                  ("transactions",))
+MERCHANT_RISK_STATS = ViewSpec("merchant_risk_stats", "merchant_id", HOUR, timedelta(days=90),
+                               ("transactions", "fraud_labels"))
+CUSTOMER_ACTIVITY = ViewSpec("customer_activity", "user_id", DAY, timedelta(days=180), ("activity",))
+USER_REALTIME_ACTIVITY = ViewSpec("user_realtime_activity", "user_id", timedelta(0),
+                                  timedelta(minutes=10), ("transactions",))
+USER_PROFILE = ViewSpec("user_profile", "user_id", timedelta(0), timedelta(0), ("users",))
+
+VIEWS: tuple[ViewSpec, ...] = (USER_TRANSACTION_STATS, MERCHANT_RISK_STATS, CUSTOMER_ACTIVITY,
+                               USER_REALTIME_ACTIVITY, USER_PROFILE)
+VIEWS_BY_NAME = {v.name: v for v in VIEWS}
+
+
+def _interval(d: timedelta) -> str:
+    return f"INTERVAL {int(d.total_seconds())} SECOND"
+
+
+def _probes_sql(events: str, entity: str, grid: timedelta, windows: list[timedelta]) -> str:
+    """Grid points strictly after each event enters and after it leaves each window."""
+    unit = "hour" if grid == HOUR else "day"
+    parts = [f"SELECT {entity}, date_trunc('{unit}', ts) + {_interval(grid)} AS ts FROM {events}"]
+    parts += [f"SELECT {entity}, date_trunc('{unit}', ts + {_interval(w)}) + {_interval(grid)} AS ts "
+              f"FROM {events}" for w in windows]
+    return " UNION ".join(parts)
+
+
+def _frame(w: timedelta) -> str:
+    # events in [T - w, T): timestamps are microseconds, so "1 microsecond preceding" ends before T
+    return (f"(PARTITION BY k ORDER BY ts RANGE BETWEEN {_interval(w)} PRECEDING "
+            "AND INTERVAL 1 MICROSECOND PRECEDING)")
+
+
+def _user_transaction_stats_sql() -> str:
+    d1, d7, d30 = _frame(DAY), _frame(timedelta(days=7)), _frame(timedelta(days=30))
+    probes = _probes_sql("tx", "user_id", HOUR, [DAY, timedelta(days=7), timedelta(days=30)])
+    return f"""
+    WITH probes AS ({probes}),
+    stream AS (
+        SELECT user_id AS k, ts, amount, merchant_id, device_id, hour(ts) < 6 AS night, FALSE AS probe FROM tx
+        UNION ALL
+        SELECT user_id, ts, NULL, NULL, NULL, NULL, TRUE FROM probes WHERE ts > $start AND ts <= $end
+    ),
+    agg AS (
+        SELECT k, ts, probe,
+            count(amount) OVER {d1} AS txn_count_1d,
+            count(amount) OVER {d7} AS txn_count_7d,
+            count(amount) OVER {d30} AS txn_count_30d,
+            coalesce(sum(amount) OVER {d1}, 0) AS amount_sum_1d,
+            coalesce(sum(amount) OVER {d7}, 0) AS amount_sum_7d,
+            avg(amount) OVER {d30} AS amount_avg_30d,
+            stddev_samp(amount) OVER {d30} AS amount_std_30d,
+            max(amount) OVER {d30} AS amount_max_30d,
+            count(DISTINCT merchant_id) OVER {d30} AS distinct_merchants_30d,
+            count(DISTINCT device_id) OVER {d30} AS distinct_devices_30d,
+            avg(night::DOUBLE) OVER {d30} AS night_txn_share_30d,
+            max(CASE WHEN amount IS NOT NULL THEN epoch(ts) END) OVER {d30} AS last_txn_epoch
+        FROM stream
+    )
+    SELECT k AS user_id, ts AS event_timestamp, * EXCLUDE (k, ts, probe) FROM agg WHERE probe
+    """
+
+
+def _merchant_risk_stats_sql() -> str:
+    d1, d7, d30, d90 = (_frame(timedelta(days=n)) for n in (1, 7, 30, 90))
+    windows = [timedelta(days=n) for n in (1, 7, 30, 90)]
+    probes = _probes_sql("mev", "merchant_id", HOUR, windows)
+    return f"""
+    WITH mev AS (
+        SELECT merchant_id, ts, amount, 1 AS is_txn, 0 AS is_cb FROM tx
+        UNION ALL
+        SELECT merchant_id, label_ts AS ts, NULL, 0, 1 FROM labels
+    ),
+    probes AS ({probes}),
+    stream AS (
+        SELECT merchant_id AS k, ts, amount, is_txn, is_cb, FALSE AS probe FROM mev
+        UNION ALL
+        SELECT merchant_id, ts, NULL, 0, 0, TRUE FROM probes WHERE ts > $start AND ts <= $end
+    ),
+    agg AS (
+        SELECT k, ts, probe,
+            coalesce(sum(is_txn) OVER {d1}, 0) AS merchant_txn_count_1d,
+            coalesce(sum(is_txn) OVER {d7}, 0) AS merchant_txn_count_7d,
+            coalesce(sum(is_txn) OVER {d30}, 0) AS merchant_txn_count_30d,
+            sum(is_txn) OVER {d90} AS txn_90d,
+            avg(amount) OVER {d30} AS merchant_avg_ticket_30d,
+            coalesce(sum(is_cb) OVER {d30}, 0) AS merchant_chargebacks_30d,
+            coalesce(sum(is_cb) OVER {d90}, 0) AS merchant_chargebacks_90d
+        FROM stream
+    )
+    SELECT k AS merchant_id, ts AS event_timestamp,
+        merchant_txn_count_1d::BIGINT AS merchant_txn_count_1d,
+        merchant_txn_count_7d::BIGINT AS merchant_txn_count_7d,
+        merchant_txn_count_30d::BIGINT AS merchant_txn_count_30d,
+        merchant_avg_ticket_30d,
+        merchant_chargebacks_30d::BIGINT AS merchant_chargebacks_30d,
+        merchant_chargebacks_90d::BIGINT AS merchant_chargebacks_90d,
+        merchant_chargebacks_90d / nullif(txn_90d, 0) AS merchant_chargeback_rate_90d
+    FROM agg WHERE probe
+    """
+
+
+def _customer_activity_sql() -> str:
+    d30, d60, d90, d180 = (_frame(timedelta(days=n)) for n in (30, 60, 90, 180))
+    return f"""
+    WITH spans AS (
+        SELECT user_id, date_trunc('day', min(ts)) + INTERVAL 1 DAY AS first_t,
+               date_trunc('day', max(ts)) + INTERVAL 181 DAY AS last_t
+        FROM act GROUP BY user_id
+    ),
+    probes AS (
+        SELECT user_id, unnest(generate_series(greatest(first_t, date_trunc('day', $start) + INTERVAL 1 DAY),
+                                               least(last_t, $end), INTERVAL 1 DAY)) AS ts
+        FROM spans
+    ),
+    stream AS (
+        SELECT user_id AS k, ts, event_type = 'purchase' AS is_p, event_type = 'return' AS is_r,
+               event_type = 'view' AS is_v, CASE WHEN event_type = 'purchase' THEN amount END AS p_amount,
+               FALSE AS probe
+        FROM act
+        UNION ALL
+        SELECT user_id, ts, FALSE, FALSE, FALSE, NULL, TRUE FROM probes WHERE ts > $start AND ts <= $end
+    ),
+    agg AS (
+        SELECT k, ts, probe,
+            coalesce(sum(is_p::INT) OVER {d30}, 0) AS purchase_count_30d,
+            coalesce(sum(is_p::INT) OVER {d60}, 0) AS purchase_count_60d,
+            coalesce(sum(is_p::INT) OVER {d180}, 0) AS purchase_count_180d,
+            coalesce(sum(is_r::INT) OVER {d180}, 0) AS return_count_180d,
+            coalesce(sum(is_v::INT) OVER {d30}, 0) AS view_count_30d,
+            avg(p_amount) OVER {d90} AS avg_purchase_value_90d,
+            max(CASE WHEN is_p THEN ts END) OVER {d180} AS last_purchase_ts
+        FROM stream
+    )
+    SELECT k AS user_id, ts AS event_timestamp,
+        purchase_count_30d::BIGINT AS purchase_count_30d,
+        (purchase_count_60d - purchase_count_30d)::BIGINT AS purchase_count_prev_30d,
+        (purchase_count_30d - (purchase_count_60d - purchase_count_30d))
+            / (purchase_count_60d - purchase_count_30d + 1.0) AS purchase_trend_30d,
+        avg_purchase_value_90d,
+        epoch(ts - last_purchase_ts) / 86400.0 AS days_since_last_purchase,
+        return_count_180d / nullif(purchase_count_180d, 0)::DOUBLE AS return_rate_180d,
+        view_count_30d::BIGINT AS view_count_30d
+    FROM agg WHERE probe
+    """
+
+
+def _user_realtime_activity_sql() -> str:
+    frame = "(PARTITION BY user_id ORDER BY ts RANGE BETWEEN INTERVAL 600 SECOND PRECEDING AND CURRENT ROW)"
+    return f"""
+    SELECT user_id, ts AS event_timestamp, any_value(c)::BIGINT AS txn_count_10m,
+           any_value(s) AS amount_sum_10m
+    FROM (SELECT user_id, ts, count(*) OVER {frame} AS c, sum(amount) OVER {frame} AS s FROM tx)
+    WHERE ts >= $start AND ts < $end
+    GROUP BY user_id, ts
+    """
+
+
+def _user_profile_sql() -> str:
+    return """
+    SELECT user_id, signup_timestamp AS event_timestamp,
+           epoch(signup_timestamp)::DOUBLE AS account_created_epoch
+    FROM users
+    """
+
+
+_SQL = {
+    "user_transaction_stats": _user_transaction_stats_sql,
+    "merchant_risk_stats": _merchant_risk_stats_sql,
+    "customer_activity": _customer_activity_sql,
+    "user_realtime_activity": _user_realtime_activity_sql,
+    "user_profile": _user_profile_sql,
+}
+
+
+@dataclass(frozen=True)
+class ComputeReport:
+    """What one run wrote: rows per view for the interval, and the files it rewrote."""
+
+    start: datetime
+    end: datetime
+    rows: dict[str, int]
+    files: dict[str, int]
+
+    def lines(self) -> list[str]:
+        return [f"{name:<24} {n:>9,} rows  ({self.files[name]} day file(s) rewritten)"
+                for name, n in self.rows.items()]
+
+
+def _utc(dt: datetime) -> datetime:
+    if dt.tzinfo is None:
+        raise FeastkitError(f"timestamp {dt} has no timezone", "pass UTC timestamps, e.g. 2026-01-01T00:00Z")
+    return dt.astimezone(timezone.utc)
+
+
+def data_range(clean_dir: Path) -> tuple[datetime, datetime]:
+    """[start, end) covering every clean event, on whole hours."""
+    con = duckdb.connect()
+    con.execute("SET TimeZone='UTC'")
+    try:
+        lo, hi = con.execute(f"""
+            SELECT min(ts), max(ts) FROM (
+              SELECT event_timestamp AS ts FROM read_parquet('{_input(clean_dir, 'transactions')}')
+              UNION ALL SELECT event_timestamp FROM read_parquet('{_input(clean_dir, 'activity')}'))
+        """).fetchone()
+    finally:
+        con.close()
+    if lo is None:
+        raise FeastkitError(f"no clean events in {clean_dir}", "run `feastkit generate` and `feastkit validate`")
+    start = pd.Timestamp(lo).floor("h").to_pydatetime()
+    end = (pd.Timestamp(hi).floor("h") + pd.Timedelta(hours=1)).to_pydatetime()
+    return start, end
+
+
+def _input(clean_dir: Path, table: str) -> Path:
+    path = clean_dir / f"{table}.parquet"
+    if not path.is_file():
+        raise FeastkitError(f"clean table '{table}' not found at {path}",
+                            "run `feastkit validate` (or `feastkit compute`, which validates first)")
+    return path
+
+
+def _register_inputs(con: duckdb.DuckDBPyConnection, spec: ViewSpec, clean_dir: Path,
+                     start: datetime, end: datetime) -> None:
+    lo = f"TIMESTAMPTZ '{(start - spec.lookback - spec.grid - HOUR).isoformat()}'"
+    hi = f"TIMESTAMPTZ '{end.isoformat()}'"
+    if "transactions" in spec.inputs:
+        con.execute(f"""CREATE OR REPLACE TEMP VIEW tx AS SELECT user_id, merchant_id, amount, device_id,
+                        event_timestamp::TIMESTAMPTZ AS ts FROM read_parquet('{_input(clean_dir, 'transactions')}')
+                        WHERE event_timestamp >= {lo} AND event_timestamp < {hi}""")
+    if "fraud_labels" in spec.inputs:
+        con.execute(f"""CREATE OR REPLACE TEMP VIEW labels AS SELECT merchant_id, label_timestamp::TIMESTAMPTZ AS label_ts
+                        FROM read_parquet('{_input(clean_dir, 'fraud_labels')}')
+                        WHERE is_fraud = 1 AND label_timestamp >= {lo} AND label_timestamp < {hi}""")
+    if "activity" in spec.inputs:
+        con.execute(f"""CREATE OR REPLACE TEMP VIEW act AS SELECT user_id, event_type, amount,
+                        event_timestamp::TIMESTAMPTZ AS ts FROM read_parquet('{_input(clean_dir, 'activity')}')
+                        WHERE event_timestamp >= {lo} AND event_timestamp < {hi}""")
+    if "users" in spec.inputs:
+        con.execute(f"""CREATE OR REPLACE TEMP VIEW users AS SELECT user_id, signup_timestamp::TIMESTAMPTZ AS signup_timestamp
+                        FROM read_parquet('{_input(clean_dir, 'users')}')""")
+
+
+def _bounds_predicate(spec: ViewSpec) -> str:
+    """Which rows of a day file a run over [start, end) owns (and so replaces)."""
+    if spec.grid > timedelta(0):
+        return "event_timestamp > $start AND event_timestamp <= $end"
+    return "event_timestamp >= $start AND event_timestamp < $end"
+
+
+def compute_view(spec: ViewSpec, clean_dir: Path, features_dir: Path, start: datetime,
+                 end: datetime) -> tuple[int, int]:
+    """Compute one view's rows for [start, end) and merge them into its day files; (rows, files)."""
+    start, end = _utc(start), _utc(end)
+    if end <= start:
+        raise FeastkitError(f"empty interval: end {end} is not after start {start}",
+                            "pass --start earlier than --end")
+    out_dir = features_dir / spec.name
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if spec is USER_PROFILE:
+        return _write_reference_view(spec, clean_dir, out_dir)
+    con = duckdb.connect()
+    try:
+        con.execute("SET TimeZone='UTC'")
+        _register_inputs(con, spec, clean_dir, start, end)
+        params = {"start": start, "end": end}
+        con.execute(f"CREATE TEMP TABLE fresh AS {_SQL[spec.name]()}", params)
+        day_expr = ("(event_timestamp - INTERVAL 1 MICROSECOND)::DATE" if spec.grid > timedelta(0)
+                    else "event_timestamp::DATE")
+        owned = _bounds_predicate(spec)
+        touched = {r[0] for r in con.execute(f"SELECT DISTINCT {day_expr} FROM fresh").fetchall()}
+        existing = sorted(out_dir.glob("part-*.parquet"))
+        if existing:
+            # day files holding rows of this interval must be rewritten even when no fresh row lands there
+            listing = ", ".join(f"'{f}'" for f in existing)
+            touched |= {date.fromisoformat(Path(r[0]).stem.removeprefix("part-")) for r in con.execute(
+                f"SELECT DISTINCT filename FROM read_parquet([{listing}], filename=true) WHERE {owned}",
+                params).fetchall()}
+        old = [out_dir / f"part-{d.isoformat()}.parquet" for d in sorted(touched)]
+        old = [f for f in old if f.exists()]
+        kept = (f"SELECT * FROM read_parquet([{', '.join(repr(str(f)) for f in old)}]) WHERE NOT ({owned}) "
+                "UNION ALL BY NAME " if old else "")
+        staging = out_dir / ".staging"
+        shutil.rmtree(staging, ignore_errors=True)
+        con.execute(f"""COPY (SELECT *, {day_expr} AS day FROM ({kept} SELECT * FROM fresh)
+                      ORDER BY day, event_timestamp, {spec.entity})
+                      TO '{staging}' (FORMAT parquet, PARTITION_BY (day))""", params if old else None)
+        for d in sorted(touched):
+            target = out_dir / f"part-{d.isoformat()}.parquet"
+            written = sorted((staging / f"day={d.isoformat()}").glob("*.parquet"))
+            if len(written) > 1:
+                raise RuntimeError(f"expected one staged file for {spec.name} {d}, got {len(written)}")
+            if written:
+                written[0].replace(target)
+            else:
+                target.unlink(missing_ok=True)
+        shutil.rmtree(staging, ignore_errors=True)
+        day_list = sorted(touched)
+        rows = con.execute("SELECT count(*) FROM fresh").fetchone()[0]
+    finally:
+        con.close()
+    return rows, len(day_list)
+
+
+def _write_reference_view(spec: ViewSpec, clean_dir: Path, out_dir: Path) -> tuple[int, int]:
+    """A dimension table (one row per entity, stamped when it came to be) is rewritten whole."""
+    con = duckdb.connect()
+    try:
+        con.execute("SET TimeZone='UTC'")
+        _register_inputs(con, spec, clean_dir, datetime.now(timezone.utc), datetime.now(timezone.utc))
+        path = out_dir / "part-all.parquet"
+        tmp = path.with_suffix(".parquet.tmp")
+        con.execute(f"COPY ({_SQL[spec.name]()} ORDER BY {spec.entity}) TO '{tmp}' (FORMAT parquet)")
+        tmp.replace(path)
+        return con.execute(f"SELECT count(*) FROM read_parquet('{path}')").fetchone()[0], 1
+    finally:
+        con.close()
+
+
+def compute_features(clean_dir: Path, features_dir: Path, start: datetime | None = None,
+                     end: datetime | None = None, views: list[str] | None = None) -> ComputeReport:
+    """Compute every (or the named) feature table for [start, end); defaults to the whole data range."""
+    if start is None or end is None:
+        lo, hi = data_range(clean_dir)
+        start, end = start or lo, end or hi
+    unknown = sorted(set(views or []) - set(VIEWS_BY_NAME))
+    if unknown:
+        raise FeastkitError(f"unknown feature view(s) {unknown}", f"choose from {sorted(VIEWS_BY_NAME)}")
+    rows, files = {}, {}
+    for spec in VIEWS:
+        if views and spec.name not in views:
+            continue
+        rows[spec.name], files[spec.name] = compute_view(spec, clean_dir, features_dir, start, end)
+    return ComputeReport(_utc(start), _utc(end), rows, files)
+
+
+def read_view(features_dir: Path, name: str) -> pd.DataFrame:
+    """Every row of a feature table, sorted by time and entity (for checks and tests)."""
+    spec = VIEWS_BY_NAME[name]
+    files = sorted((features_dir / name).glob("*.parquet"))
+    if not files:
+        raise FeastkitError(f"feature table '{name}' is empty", "run `feastkit compute` first")
+    frame = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+    return frame.sort_values(["event_timestamp", spec.entity], kind="stable").reset_index(drop=True)

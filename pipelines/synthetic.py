@@ -1,0 +1,336 @@
+"""Synthetic-but-realistic raw events: users, merchants, card transactions, late fraud labels, shop activity."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from feastkit.errors import FeastkitError
+
+CHANNELS = ("pos", "web", "app")
+MERCHANT_CATEGORIES = ("grocery", "fuel", "restaurants", "electronics", "travel", "fashion",
+                       "gaming", "pharmacy", "gift_cards", "utilities")
+ACTIVITY_TYPES = ("purchase", "view", "return")
+DRIFT_KINDS = ("amount", "night", "channel", "basket")
+
+NS_PER_SECOND = 1_000_000_000
+NS_PER_DAY = 86_400 * NS_PER_SECOND
+
+# Hour-of-day profile for legitimate card use (people shop by day, rarely at 3am).
+_LEGIT_HOURS = np.array([0.6, 0.3, 0.2, 0.15, 0.15, 0.3, 1.0, 2.5, 4.0, 4.5, 5.0, 5.5,
+                         6.5, 6.0, 5.5, 5.5, 6.0, 7.0, 7.5, 7.0, 5.5, 4.0, 2.5, 1.2])
+_NIGHT_HOURS = np.array([5.0, 6.0, 6.0, 5.5, 4.5, 3.0, 1.0, 0.5, 0.5, 0.5, 0.5, 0.5,
+                         0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.7, 1.0, 1.5, 2.5, 3.5, 4.5])
+
+
+@dataclass(frozen=True)
+class SyntheticConfig:
+    """How much data to make, over which period, and which distributions to shift where."""
+
+    n_users: int = 2_000
+    n_merchants: int = 300
+    start: datetime = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    days: int = 120
+    seed: int = 7
+    txn_per_user_per_day: float = 1.0
+    drift: tuple[str, ...] = ()
+    drift_start: datetime | None = None
+    drift_days: int = 7
+    bad_rows: int = 0
+    churn_share: float = 0.3
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.n_users < 10 or self.n_merchants < 5:
+            raise FeastkitError("need at least 10 users and 5 merchants",
+                                "raise --users / --merchants")
+        if self.days < 7:
+            raise FeastkitError(f"--days {self.days} is too short", "generate at least 7 days")
+        unknown = sorted(set(self.drift) - set(DRIFT_KINDS))
+        if unknown:
+            raise FeastkitError(f"unknown drift kind(s) {unknown}",
+                                f"choose from {list(DRIFT_KINDS)}")
+        if self.start.tzinfo is None:
+            raise FeastkitError("start must be timezone-aware", "pass a UTC datetime")
+
+    @property
+    def end(self) -> datetime:
+        return self.start + timedelta(days=self.days)
+
+    @property
+    def drift_window(self) -> tuple[datetime, datetime] | None:
+        if not self.drift:
+            return None
+        start = self.drift_start or (self.end - timedelta(days=self.drift_days))
+        return start, start + timedelta(days=self.drift_days)
+
+
+@dataclass
+class RawTables:
+    """The raw tables, as pandas frames (timestamps are UTC)."""
+
+    users: pd.DataFrame
+    merchants: pd.DataFrame
+    transactions: pd.DataFrame
+    fraud_labels: pd.DataFrame
+    activity: pd.DataFrame
+
+    def items(self) -> list[tuple[str, pd.DataFrame]]:
+        return [("users", self.users), ("merchants", self.merchants),
+                ("transactions", self.transactions), ("fraud_labels", self.fraud_labels),
+                ("activity", self.activity)]
+
+
+def _ts(ns: np.ndarray) -> pd.DatetimeIndex:
+    return pd.to_datetime(ns.astype("int64"), unit="ns", utc=True)
+
+
+def _sample_times(rng: np.random.Generator, day_start_ns: np.ndarray,
+                  hour_profile: np.ndarray) -> np.ndarray:
+    """A timestamp within each given day, with hour-of-day drawn from a profile."""
+    hours = rng.choice(24, size=len(day_start_ns), p=hour_profile / hour_profile.sum())
+    seconds = rng.integers(0, 3600, size=len(day_start_ns))
+    return day_start_ns + (hours * 3600 + seconds) * NS_PER_SECOND
+
+
+def generate(config: SyntheticConfig) -> RawTables:
+    """Make every raw table for the configured period; the same config gives the same data."""
+    rng = np.random.default_rng(config.seed)
+    start_ns = pd.Timestamp(config.start).value
+    end_ns = pd.Timestamp(config.end).value
+    n_u, n_m = config.n_users, config.n_merchants
+
+    # Users ---------------------------------------------------------------------------------
+    user_ids = np.arange(1001, 1001 + n_u, dtype="int64")
+    signup_ns = start_ns - rng.integers(30, 900, size=n_u) * NS_PER_DAY
+    late = rng.random(n_u) < 0.15  # some accounts open during the period
+    signup_ns[late] = start_ns + rng.integers(0, config.days * 2 // 3, size=late.sum()) * NS_PER_DAY
+    signup_ns += rng.integers(0, NS_PER_DAY, size=n_u)
+    segment = rng.choice(["casual", "regular", "premium"], size=n_u, p=[0.5, 0.35, 0.15])
+    base_amount = np.where(segment == "premium", 120.0, np.where(segment == "regular", 55.0, 30.0))
+    base_amount = base_amount * rng.lognormal(0.0, 0.35, size=n_u)
+    txn_rate = config.txn_per_user_per_day * rng.gamma(2.0, 0.5, size=n_u)
+    preferred_channel = rng.choice(len(CHANNELS), size=n_u, p=[0.5, 0.3, 0.2])
+    country = rng.choice(["DE", "FR", "NL", "ES", "IT", "PL"], size=n_u)
+
+    churner = rng.random(n_u) < config.churn_share
+    churn_ns = np.full(n_u, np.iinfo("int64").max, dtype="int64")
+    churn_lo = max(signup_ns.max(), start_ns + 45 * NS_PER_DAY)
+    churn_ns[churner] = rng.integers(min(churn_lo, end_ns - NS_PER_DAY), end_ns + 30 * NS_PER_DAY,
+                                     size=churner.sum())
+    users = pd.DataFrame({
+        "user_id": user_ids,
+        "signup_timestamp": _ts(signup_ns),
+        "country": country,
+        "segment": segment,
+        "churn_timestamp": pd.Series(_ts(np.where(churner, churn_ns, 0))).where(churner),
+    })
+
+    # Merchants -----------------------------------------------------------------------------
+    merchant_ids = np.arange(501, 501 + n_m, dtype="int64")
+    category = rng.choice(MERCHANT_CATEGORIES, size=n_m)
+    risk = rng.choice([1.0, 3.0, 12.0], size=n_m, p=[0.8, 0.15, 0.05])
+    risk[np.isin(category, ["gift_cards", "gaming", "electronics"])] *= 2.0
+    merchant_popularity = rng.pareto(1.2, size=n_m) + 1.0
+    merchants = pd.DataFrame({
+        "merchant_id": merchant_ids,
+        "category": category,
+        "country": rng.choice(["DE", "FR", "NL", "ES", "IT", "PL"], size=n_m),
+        "onboarded_timestamp": _ts(start_ns - rng.integers(60, 2000, size=n_m) * NS_PER_DAY),
+    })
+
+    # Legitimate card transactions ----------------------------------------------------------
+    active_from = np.maximum(signup_ns, start_ns)
+    active_days = np.maximum((end_ns - active_from) / NS_PER_DAY, 0.0)
+    counts = rng.poisson(txn_rate * active_days)
+    uidx = np.repeat(np.arange(n_u), counts)
+    day_offsets = np.floor(rng.random(len(uidx)) * active_days[uidx]).astype("int64")
+    day_start = (active_from[uidx] // NS_PER_DAY + day_offsets) * NS_PER_DAY
+    legit_ts = _sample_times(rng, day_start, _LEGIT_HOURS)
+    legit_ts = np.clip(legit_ts, active_from[uidx], end_ns - 1)
+    # each user shops mostly at a handful of favourite merchants
+    favourites = rng.choice(n_m, size=(n_u, 4), p=merchant_popularity / merchant_popularity.sum())
+    use_fav = rng.random(len(uidx)) < 0.75
+    legit_m = np.where(use_fav, favourites[uidx, rng.integers(0, 4, size=len(uidx))],
+                       rng.choice(n_m, size=len(uidx), p=merchant_popularity / merchant_popularity.sum()))
+    legit_amount = base_amount[uidx] * rng.lognormal(0.0, 0.45, size=len(uidx))
+    legit_channel = np.where(rng.random(len(uidx)) < 0.8, preferred_channel[uidx],
+                             rng.integers(0, 3, size=len(uidx)))
+    legit_device = rng.integers(0, 2, size=len(uidx))  # one of the user's two devices
+    # legitimate transactions at risky merchants are still mostly legitimate; a small base rate
+    # of isolated fraud follows merchant risk
+    legit_fraud = rng.random(len(uidx)) < 0.002 * risk[legit_m]
+
+    # Fraud bursts: a compromised card is used several times within minutes ------------------
+    n_episodes = max(1, int(n_u * 0.12 * config.days / 120))
+    ep_user = rng.integers(0, n_u, size=n_episodes)
+    ep_start_lo = np.maximum(signup_ns[ep_user], start_ns) + NS_PER_DAY
+    ep_day = ep_start_lo // NS_PER_DAY + np.floor(
+        rng.random(n_episodes) * np.maximum((end_ns - ep_start_lo) / NS_PER_DAY - 1, 1)).astype("int64")
+    ep_t0 = _sample_times(rng, ep_day * NS_PER_DAY, _NIGHT_HOURS)
+    ep_size = rng.integers(2, 7, size=n_episodes)
+    f_ep = np.repeat(np.arange(n_episodes), ep_size)
+    f_ts = ep_t0[f_ep] + rng.integers(0, 25 * 60, size=len(f_ep)) * NS_PER_SECOND
+    f_u = ep_user[f_ep]
+    risky = np.flatnonzero(risk >= 3.0)
+    f_m = np.where(rng.random(len(f_ep)) < 0.6, rng.choice(risky, size=len(f_ep)),
+                   rng.integers(0, n_m, size=len(f_ep)))
+    f_amount = base_amount[f_u] * rng.uniform(2.5, 9.0, size=len(f_ep))
+    f_channel = np.where(rng.random(len(f_ep)) < 0.75, 1, rng.integers(0, 3, size=len(f_ep)))
+    f_device = 100 + f_ep  # a device the user never used before
+    keep = f_ts < end_ns
+    f_ts, f_u, f_m, f_amount, f_channel, f_device = (a[keep] for a in
+                                                      (f_ts, f_u, f_m, f_amount, f_channel, f_device))
+
+    ts = np.concatenate([legit_ts, f_ts])
+    u = np.concatenate([uidx, f_u])
+    m = np.concatenate([legit_m, f_m])
+    amount = np.concatenate([legit_amount, f_amount])
+    channel = np.concatenate([legit_channel, f_channel])
+    device = np.concatenate([legit_device, f_device])
+    is_fraud = np.concatenate([legit_fraud, np.ones(len(f_ts), dtype=bool)])
+
+    window = config.drift_window
+    if window is not None:
+        w0, w1 = pd.Timestamp(window[0]).value, pd.Timestamp(window[1]).value
+        in_w = (ts >= w0) & (ts < w1)
+        if "amount" in config.drift:
+            amount = np.where(in_w, amount * 1.8, amount)
+        if "channel" in config.drift:
+            flip = in_w & (rng.random(len(ts)) < 0.5)
+            channel = np.where(flip, 1, channel)
+        if "night" in config.drift:
+            shift = in_w & (rng.random(len(ts)) < 0.4)
+            night_ts = (ts // NS_PER_DAY) * NS_PER_DAY + rng.integers(0, 5 * 3600, size=len(ts)) * NS_PER_SECOND
+            ts = np.where(shift, night_ts, ts)
+
+    order = np.argsort(ts, kind="stable")
+    ts, u, m, amount, channel, device, is_fraud = (a[order] for a in
+                                                    (ts, u, m, amount, channel, device, is_fraud))
+    n_t = len(ts)
+    transaction_ids = np.arange(1, n_t + 1, dtype="int64") + 10_000_000
+    transactions = pd.DataFrame({
+        "transaction_id": transaction_ids,
+        "user_id": user_ids[u],
+        "merchant_id": merchant_ids[m],
+        "amount": np.round(amount, 2),
+        "channel": np.array(CHANNELS)[channel],
+        "device_id": [f"d{user_ids[a]}-{b}" for a, b in zip(u, device, strict=True)],
+        "event_timestamp": _ts(ts),
+    })
+
+    # Late labels: chargebacks arrive days to weeks after the transaction ---------------------
+    reported = is_fraud & (rng.random(n_t) < 0.92)
+    delay_s = np.round(rng.gamma(2.0, 6.0, size=n_t) * 86_400 + 86_400).astype("int64")
+    delay_ns = delay_s * NS_PER_SECOND
+    delay_ns = np.minimum(delay_ns, 60 * NS_PER_DAY)
+    fraud_labels = pd.DataFrame({
+        "transaction_id": transaction_ids[reported],
+        "user_id": user_ids[u[reported]],
+        "merchant_id": merchant_ids[m[reported]],
+        "transaction_timestamp": _ts(ts[reported]),
+        "label_timestamp": _ts(ts[reported] + delay_ns[reported]),
+        "is_fraud": np.ones(int(reported.sum()), dtype="int64"),
+    })
+
+    activity = _generate_activity(rng, config, signup_ns, churn_ns, base_amount, start_ns, end_ns)
+    activity.insert(0, "user_id", user_ids[activity.pop("uidx").to_numpy()])
+
+    tables = RawTables(users, merchants, transactions, fraud_labels, activity)
+    if config.bad_rows:
+        inject_bad_rows(tables, config.bad_rows, rng)
+    return tables
+
+
+def _generate_activity(rng: np.random.Generator, config: SyntheticConfig, signup_ns: np.ndarray,
+                       churn_ns: np.ndarray, base_amount: np.ndarray, start_ns: int,
+                       end_ns: int) -> pd.DataFrame:
+    """Shop activity: purchases slow down and returns rise in the ~60 days before a user churns."""
+    n_u = len(signup_ns)
+    # history starts 180 days before the period so 90/180-day windows are full from day one
+    hist_start = start_ns - 180 * NS_PER_DAY
+    purchase_rate = rng.gamma(2.0, 0.12, size=n_u) + 0.02  # purchases per day
+    active_from = np.maximum(signup_ns, hist_start)
+    active_to = np.minimum(churn_ns, end_ns)
+    span_days = np.maximum((active_to - active_from) / NS_PER_DAY, 0.0)
+    # oversample, then thin by the decay towards churn
+    n_candidates = rng.poisson(purchase_rate * span_days * 4.0)
+    uidx = np.repeat(np.arange(n_u), n_candidates)
+    t = active_from[uidx] + (rng.random(len(uidx)) * span_days[uidx] * 86_400).astype("int64") * NS_PER_SECOND
+    days_to_churn = (churn_ns[uidx] - t) / NS_PER_DAY  # huge for non-churners
+    decay = np.clip(days_to_churn / 60.0, 0.12, 1.0)  # activity fades over the last 60 days
+    is_view = rng.random(len(uidx)) < 0.5  # about as many views as purchases
+    keep = rng.random(len(uidx)) < decay * 0.25
+    uidx, t, is_view, decay = uidx[keep], t[keep], is_view[keep], decay[keep]
+    value = base_amount[uidx] * rng.lognormal(0.2, 0.5, size=len(uidx))
+    window = config.drift_window
+    if window is not None and "basket" in config.drift:
+        w0, w1 = pd.Timestamp(window[0]).value, pd.Timestamp(window[1]).value
+        value = np.where((t >= w0) & (t < w1), value * 1.7, value)
+    event_type = np.where(is_view, "view", "purchase").astype(object)
+    amount = np.where(is_view, 0.0, np.round(value, 2))
+    # returns: a purchase is followed by a return with a probability that rises before churn
+    purchases = ~is_view
+    return_p = 0.04 + 0.30 * (1.0 - decay)
+    returned = purchases & (rng.random(len(uidx)) < return_p)
+    r_t = t[returned] + rng.integers(1, 14, size=returned.sum()) * NS_PER_DAY
+    r_ok = r_t < np.minimum(end_ns, churn_ns[uidx[returned]])
+    frame = pd.DataFrame({
+        "uidx": np.concatenate([uidx, uidx[returned][r_ok]]),
+        "event_type": np.concatenate([event_type, np.full(r_ok.sum(), "return", dtype=object)]),
+        "amount": np.concatenate([amount, amount[returned][r_ok]]),
+        "event_timestamp": _ts(np.concatenate([t, r_t[r_ok]])),
+    })
+    return frame.sort_values("event_timestamp", kind="stable").reset_index(drop=True)
+
+
+def inject_bad_rows(tables: RawTables, n: int, rng: np.random.Generator) -> None:
+    """Append n bad transaction rows of every kind validation must catch (a realistic dirty feed)."""
+    tx = tables.transactions
+    sample = tx.sample(n=min(n, len(tx)), random_state=int(rng.integers(0, 2**31))).copy()
+    kinds = ["null_key", "negative_amount", "absurd_amount", "future_timestamp",
+             "unknown_channel", "duplicate", "unknown_user", "before_range"]
+    parts = []
+    for i, kind in enumerate(kinds):
+        rows = sample.iloc[i::len(kinds)].copy()
+        if rows.empty:
+            continue
+        if kind == "null_key":
+            rows["user_id"] = pd.NA
+        elif kind == "negative_amount":
+            rows["amount"] = -rows["amount"]
+        elif kind == "absurd_amount":
+            rows["amount"] = 5_000_000.0
+        elif kind == "future_timestamp":
+            rows["event_timestamp"] = pd.Timestamp("2100-01-01", tz="UTC")
+        elif kind == "unknown_channel":
+            rows["channel"] = "fax"
+        elif kind == "unknown_user":
+            rows["user_id"] = 999_999_999
+        elif kind == "before_range":
+            rows["event_timestamp"] = pd.Timestamp("1999-12-31", tz="UTC")
+        if kind != "duplicate":
+            rows["transaction_id"] = rows["transaction_id"] + 900_000_000
+        parts.append(rows)
+    bad = pd.concat(parts)
+    bad["user_id"] = bad["user_id"].astype("Int64")
+    tx = tx.astype({"user_id": "Int64"})
+    tables.transactions = pd.concat([tx, bad], ignore_index=True)
+
+
+def write(tables: RawTables, raw_dir: Path) -> dict[str, int]:
+    """Write each raw table as parquet under raw_dir; return row counts."""
+    raw_dir.mkdir(parents=True, exist_ok=True)
+    counts = {}
+    for name, frame in tables.items():
+        frame = frame.copy()
+        for col in frame.columns:
+            if isinstance(frame[col].dtype, pd.DatetimeTZDtype):
+                frame[col] = frame[col].astype("datetime64[us, UTC]")
+        frame.to_parquet(raw_dir / f"{name}.parquet", index=False)
+        counts[name] = len(frame)
+    return counts
