@@ -35,6 +35,10 @@ class Settings(BaseSettings):
     redis_connection_string: str = "127.0.0.1:6379"
     registry_url: str = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
+    fraud_service: str = "fraud_detection_v1"
+    churn_service: str = "churn_prediction_v1"
+    max_batch_size: int = 1000
+
     materialize_chunk: str = "1d"
     online_timeout_seconds: float = 0.5
     api_keys: str = ""

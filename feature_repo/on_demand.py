@@ -5,9 +5,9 @@ from typing import Any
 from feast import Field
 from feast.on_demand_feature_view import on_demand_feature_view
 from feast.types import Float64, Int64
-
 from fraud_features import user_profile, user_transaction_stats
 from sources import transaction_request
+
 
 @on_demand_feature_view(
     sources=[transaction_request, user_transaction_stats, user_profile],

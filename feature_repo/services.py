@@ -1,8 +1,7 @@
 """Versioned feature services: what each model version reads, by name."""
 
-from feast import FeatureService
-
 from churn_features import customer_activity
+from feast import FeatureService
 from fraud_features import merchant_risk_stats, user_realtime_activity, user_transaction_stats
 from on_demand import transaction_request_features
 

@@ -3,10 +3,11 @@
 Conventions (the PIT contract every view follows):
 - A feature row stamped T describes the entity using only events with timestamp in [T - w, T)
   for each window w, and only labels whose availability time is < T. It never sees the future.
-- Rows sit on a grid (hourly, or daily for churn), and a row is written only at grid points
-  where a value can change: the first grid point after an event enters a window and the
-  first grid point after it leaves one. Between rows the value is constant, so Feast's
-  "latest row at or before the entity timestamp" gives the exact value at any time.
+- Rows sit on a grid (hourly, or daily for churn), and a row is written at grid points where
+  a value can change (the first grid point after an event enters a window and the first
+  after it leaves one) plus a heartbeat every midnight while the entity has events in its
+  longest window. Between rows the value is constant, so Feast's "latest row at or before
+  the entity timestamp" gives the exact value at any time, and a 2-day TTL never hides one.
 - A run over the interval [start, end) writes exactly the rows with start < T <= end, read
   from events in [start - lookback, end). Running the intervals one by one gives the same
   tables as one run over their union.
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 import shutil
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import duckdb
@@ -55,17 +56,53 @@ VIEWS: tuple[ViewSpec, ...] = (USER_TRANSACTION_STATS, MERCHANT_RISK_STATS, CUST
 VIEWS_BY_NAME = {v.name: v for v in VIEWS}
 
 
+def connect() -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB connection in UTC, without the terminal progress bar."""
+    con = duckdb.connect()
+    con.execute("SET enable_progress_bar = false")
+    con.execute("SET TimeZone='UTC'")
+    return con
+
+
 def _interval(d: timedelta) -> str:
     return f"INTERVAL {int(d.total_seconds())} SECOND"
 
 
 def _probes_sql(events: str, entity: str, grid: timedelta, windows: list[timedelta]) -> str:
-    """Grid points strictly after each event enters and after it leaves each window."""
+    """Grid points where a value can change, plus a daily heartbeat while anything is in a window.
+
+    Change points: the first grid point after each event enters, and after it leaves, each
+    window. Heartbeats: every midnight at which one of the entity's events is still inside the
+    longest window (not across longer idle gaps), so a live entity has a row at least daily and the
+    view's TTL can be short (stale pipelines show up as missing features, and historical
+    retrieval joins far fewer candidate rows).
+    """
     unit = "hour" if grid == HOUR else "day"
+    longest = max(windows)
     parts = [f"SELECT {entity}, date_trunc('{unit}', ts) + {_interval(grid)} AS ts FROM {events}"]
     parts += [f"SELECT {entity}, date_trunc('{unit}', ts + {_interval(w)}) + {_interval(grid)} AS ts "
               f"FROM {events}" for w in windows]
+    spans = _live_spans_sql(events, entity, "date_trunc('day', ts) + INTERVAL 1 DAY",
+                            f"date_trunc('day', ts + {_interval(longest)})")
+    parts.append(f"""SELECT {entity}, unnest(generate_series(
+            greatest(first_t, date_trunc('day', $start) + INTERVAL 1 DAY), least(last_t, $end),
+            INTERVAL 1 DAY)) AS ts FROM ({spans})""")
     return " UNION ".join(parts)
+
+
+def _live_spans_sql(events: str, entity: str, first: str, last: str) -> str:
+    """Per entity, the union of every event's [first, last] midnights, as disjoint islands.
+
+    (min/max over all events would bridge idle gaps longer than the window in a full run but
+    not in an incremental run, which reads only the lookback, so the two tables would differ.)
+    """
+    return f"""
+        SELECT {entity}, min(first_t) AS first_t, max(last_t) AS last_t FROM (
+            SELECT *, sum(is_new) OVER (PARTITION BY {entity} ORDER BY first_t) AS island FROM (
+                SELECT *, coalesce(first_t > max(last_t) OVER (PARTITION BY {entity} ORDER BY first_t
+                           ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), TRUE)::INT AS is_new
+                FROM (SELECT DISTINCT {entity}, {first} AS first_t, {last} AS last_t FROM {events})))
+        GROUP BY {entity}, island"""
 
 
 def _frame(w: timedelta) -> str:
@@ -146,11 +183,8 @@ def _merchant_risk_stats_sql() -> str:
 def _customer_activity_sql() -> str:
     d30, d60, d90, d180 = (_frame(timedelta(days=n)) for n in (30, 60, 90, 180))
     return f"""
-    WITH spans AS (
-        SELECT user_id, date_trunc('day', min(ts)) + INTERVAL 1 DAY AS first_t,
-               date_trunc('day', max(ts)) + INTERVAL 181 DAY AS last_t
-        FROM act GROUP BY user_id
-    ),
+    WITH spans AS ({_live_spans_sql("act", "user_id", "date_trunc('day', ts) + INTERVAL 1 DAY",
+                                    "date_trunc('day', ts) + INTERVAL 181 DAY")}),
     probes AS (
         SELECT user_id, unnest(generate_series(greatest(first_t, date_trunc('day', $start) + INTERVAL 1 DAY),
                                                least(last_t, $end), INTERVAL 1 DAY)) AS ts
@@ -233,13 +267,12 @@ class ComputeReport:
 def _utc(dt: datetime) -> datetime:
     if dt.tzinfo is None:
         raise FeastkitError(f"timestamp {dt} has no timezone", "pass UTC timestamps, e.g. 2026-01-01T00:00Z")
-    return dt.astimezone(timezone.utc)
+    return dt.astimezone(UTC)
 
 
 def data_range(clean_dir: Path) -> tuple[datetime, datetime]:
     """[start, end) covering every clean event, on whole hours."""
-    con = duckdb.connect()
-    con.execute("SET TimeZone='UTC'")
+    con = connect()
     try:
         lo, hi = con.execute(f"""
             SELECT min(ts), max(ts) FROM (
@@ -302,9 +335,8 @@ def compute_view(spec: ViewSpec, clean_dir: Path, features_dir: Path, start: dat
     out_dir.mkdir(parents=True, exist_ok=True)
     if spec is USER_PROFILE:
         return _write_reference_view(spec, clean_dir, out_dir)
-    con = duckdb.connect()
+    con = connect()
     try:
-        con.execute("SET TimeZone='UTC'")
         _register_inputs(con, spec, clean_dir, start, end)
         params = {"start": start, "end": end}
         con.execute(f"CREATE TEMP TABLE fresh AS {_SQL[spec.name]()}", params)
@@ -347,10 +379,9 @@ def compute_view(spec: ViewSpec, clean_dir: Path, features_dir: Path, start: dat
 
 def _write_reference_view(spec: ViewSpec, clean_dir: Path, out_dir: Path) -> tuple[int, int]:
     """A dimension table (one row per entity, stamped when it came to be) is rewritten whole."""
-    con = duckdb.connect()
+    con = connect()
     try:
-        con.execute("SET TimeZone='UTC'")
-        _register_inputs(con, spec, clean_dir, datetime.now(timezone.utc), datetime.now(timezone.utc))
+        _register_inputs(con, spec, clean_dir, datetime.now(UTC), datetime.now(UTC))
         path = out_dir / "part-all.parquet"
         tmp = path.with_suffix(".parquet.tmp")
         con.execute(f"COPY ({_SQL[spec.name]()} ORDER BY {spec.entity}) TO '{tmp}' (FORMAT parquet)")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +33,7 @@ class SyntheticConfig:
 
     n_users: int = 2_000
     n_merchants: int = 300
-    start: datetime = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    start: datetime = datetime(2026, 1, 1, tzinfo=UTC)
     days: int = 120
     seed: int = 7
     txn_per_user_per_day: float = 1.0
@@ -41,7 +41,7 @@ class SyntheticConfig:
     drift_start: datetime | None = None
     drift_days: int = 7
     bad_rows: int = 0
-    churn_share: float = 0.3
+    churn_share: float = 0.4
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -119,9 +119,12 @@ def generate(config: SyntheticConfig) -> RawTables:
 
     churner = rng.random(n_u) < config.churn_share
     churn_ns = np.full(n_u, np.iinfo("int64").max, dtype="int64")
-    churn_lo = max(signup_ns.max(), start_ns + 45 * NS_PER_DAY)
-    churn_ns[churner] = rng.integers(min(churn_lo, end_ns - NS_PER_DAY), end_ns + 30 * NS_PER_DAY,
-                                     size=churner.sum())
+    # churn anywhere from 60 days before the period (activity history starts 180 days before)
+    # to 30 days after it, but never in an account's first 60 days
+    churn_lo = np.maximum(signup_ns + 60 * NS_PER_DAY, start_ns - 60 * NS_PER_DAY)
+    churn_hi = end_ns + 30 * NS_PER_DAY
+    churn_ns[churner] = (churn_lo + rng.random(n_u) * np.maximum(churn_hi - churn_lo, NS_PER_DAY)
+                         ).astype("int64")[churner]
     users = pd.DataFrame({
         "user_id": user_ids,
         "signup_timestamp": _ts(signup_ns),
@@ -176,7 +179,8 @@ def generate(config: SyntheticConfig) -> RawTables:
     f_ep = np.repeat(np.arange(n_episodes), ep_size)
     f_ts = ep_t0[f_ep] + rng.integers(0, 25 * 60, size=len(f_ep)) * NS_PER_SECOND
     f_u = ep_user[f_ep]
-    risky = np.flatnonzero(risk >= 3.0)
+    # risk >= 3, or with few merchants (maybe none that risky) the riskiest there are
+    risky = np.flatnonzero(risk >= min(3.0, risk.max()))
     f_m = np.where(rng.random(len(f_ep)) < 0.6, rng.choice(risky, size=len(f_ep)),
                    rng.integers(0, n_m, size=len(f_ep)))
     f_amount = base_amount[f_u] * rng.uniform(2.5, 9.0, size=len(f_ep))

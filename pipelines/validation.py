@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
-import duckdb
-
 from feastkit.errors import FeastkitError
+from pipelines.aggregates import connect
 from pipelines.synthetic import ACTIVITY_TYPES, CHANNELS
 
 MAX_AMOUNT = 100_000.0
@@ -105,13 +104,12 @@ def validate_table(table: str, raw_dir: Path, clean_dir: Path, quarantine_dir: P
     """Split raw_dir/<table>.parquet into clean_dir/<table>.parquet and quarantine_dir/<table>.parquet."""
     if table not in _KEYS:
         raise FeastkitError(f"no validation rules for table '{table}'", f"use one of {list(_KEYS)}")
-    as_of = as_of or datetime.now(timezone.utc)
+    as_of = as_of or datetime.now(UTC)
     src = _require(raw_dir / f"{table}.parquet", f"raw table '{table}'")
     clean_dir.mkdir(parents=True, exist_ok=True)
     quarantine_dir.mkdir(parents=True, exist_ok=True)
-    con = duckdb.connect()
+    con = connect()
     try:
-        con.execute("SET TimeZone='UTC'")
         con.execute(f"CREATE VIEW users AS SELECT * FROM read_parquet('{_require(raw_dir / 'users.parquet', 'raw table users')}')")
         con.execute(f"CREATE VIEW merchants AS SELECT * FROM read_parquet('{_require(raw_dir / 'merchants.parquet', 'raw table merchants')}')")
         columns = [r[0] for r in con.execute(f"DESCRIBE SELECT * FROM read_parquet('{src}')").fetchall()]

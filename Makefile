@@ -1,0 +1,43 @@
+# feastkit: every target installs what it needs into a local virtualenv (.venv) first.
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+BIN := $(VENV)/bin
+INSTALLED := $(VENV)/.installed
+
+.PHONY: install demo test test-unit test-integration lint serve bench clean
+
+$(INSTALLED): pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found — install Python 3.11 or run 'make PYTHON=/path/to/python3.11 ...'"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[redis,dev]"
+	@touch $@
+
+install: $(INSTALLED)
+
+## The main job end to end on the embedded default (sqlite online, DuckDB offline, local files).
+demo: $(INSTALLED)
+	@PATH="$(abspath $(BIN)):$$PATH" bash scripts/demo.sh
+
+## All tests: unit and integration (real Redis and PostgreSQL, started if they are down).
+test: $(INSTALLED)
+	@bash scripts/ensure-services.sh
+	$(BIN)/ruff check .
+	$(BIN)/pytest -q
+
+test-unit: $(INSTALLED)
+	$(BIN)/pytest -q tests/unit
+
+test-integration: $(INSTALLED)
+	@bash scripts/ensure-services.sh
+	$(BIN)/pytest -q tests/integration
+
+lint: $(INSTALLED)
+	$(BIN)/ruff check .
+
+serve: $(INSTALLED)
+	$(BIN)/feastkit serve
+
+clean:
+	rm -rf data feature_repo/data .pytest_cache .ruff_cache

@@ -1,0 +1,299 @@
+"""The `feastkit` command line: generate, validate, compute, apply, materialize, train, serve, doctor."""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import datetime
+from pathlib import Path
+
+import click
+import pandas as pd
+
+from feastkit.errors import FeastkitError
+from feastkit.settings import Settings, get_settings
+
+
+def parse_time(text: str | None, name: str) -> datetime | None:
+    """ISO date or datetime; no timezone means UTC."""
+    if text is None:
+        return None
+    try:
+        ts = pd.Timestamp(text)
+    except (ValueError, TypeError):
+        raise FeastkitError(f"--{name} '{text}' is not a date or time",
+                            "use ISO format, e.g. 2026-03-01 or 2026-03-01T05:00Z") from None
+    if pd.isna(ts):
+        raise FeastkitError(f"--{name} '{text}' is not a date or time", "use ISO format, e.g. 2026-03-01")
+    ts = ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+    return ts.to_pydatetime()
+
+
+def _interval(start: str | None, end: str | None) -> tuple[datetime | None, datetime | None]:
+    a, b = parse_time(start, "start"), parse_time(end, "end")
+    if a is not None and b is not None and b <= a:
+        raise FeastkitError(f"--end {end} is not after --start {start}", "pass an end later than the start")
+    return a, b
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.pass_context
+def cli(ctx: click.Context) -> None:
+    """feastkit: real-time fraud and churn prediction on Feast.
+
+    Configuration comes from FEASTKIT_* environment variables (see README): FEASTKIT_DATA_DIR,
+    FEASTKIT_PROFILE (local | redis | postgres-registry), FEASTKIT_MODELS_DIR, ...
+    """
+    ctx.obj = get_settings()
+
+
+@cli.command()
+@click.option("--users", default=2000, show_default=True, help="Number of users.")
+@click.option("--merchants", default=300, show_default=True, help="Number of merchants.")
+@click.option("--days", default=120, show_default=True, help="Days of card transactions.")
+@click.option("--start", default="2026-01-01", show_default=True, help="First day (UTC).")
+@click.option("--seed", default=7, show_default=True, help="Random seed: same seed, same data.")
+@click.option("--txn-rate", default=1.0, show_default=True, help="Mean card transactions per user per day.")
+@click.option("--drift", default="", help="Comma-separated kinds to shift: amount,night,channel,basket.")
+@click.option("--drift-start", default=None, help="Start of the drift window (default: last --drift-days).")
+@click.option("--drift-days", default=7, show_default=True, help="Length of the drift window in days.")
+@click.option("--bad-rows", default=40, show_default=True, help="Dirty rows to inject (validation demo).")
+@click.pass_obj
+def generate(settings: Settings, users: int, merchants: int, days: int, start: str, seed: int,
+             txn_rate: float, drift: str, drift_start: str | None, drift_days: int, bad_rows: int) -> None:
+    """Generate realistic raw events (users, merchants, transactions, late labels, activity)."""
+    from pipelines.synthetic import SyntheticConfig, write
+    from pipelines.synthetic import generate as make
+
+    config = SyntheticConfig(
+        n_users=users, n_merchants=merchants, days=days, start=parse_time(start, "start"), seed=seed,
+        txn_per_user_per_day=txn_rate, drift=tuple(k for k in drift.split(",") if k),
+        drift_start=parse_time(drift_start, "drift-start"), drift_days=drift_days, bad_rows=bad_rows)
+    counts = write(make(config), settings.raw_dir)
+    click.echo(f"raw data in {settings.raw_dir}: " + ", ".join(f"{k}={v:,}" for k, v in counts.items()))
+    if config.drift_window:
+        a, b = config.drift_window
+        click.echo(f"drift {','.join(config.drift)} injected in [{a:%Y-%m-%d}, {b:%Y-%m-%d})")
+
+
+def _validate(settings: Settings) -> None:
+    from pipelines.validation import validate_all
+
+    click.echo("validation (rows in = accepted + quarantined):")
+    for report in validate_all(settings.raw_dir, settings.clean_dir, settings.quarantine_dir):
+        click.echo("  " + report.line())
+    click.echo(f"  quarantined rows, with reasons: {settings.quarantine_dir}")
+
+
+@cli.command()
+@click.pass_obj
+def validate(settings: Settings) -> None:
+    """Check raw tables; bad rows go to quarantine/ with a reason column."""
+    _validate(settings)
+
+
+@cli.command()
+@click.option("--start", default=None, help="Interval start (default: start of the data).")
+@click.option("--end", default=None, help="Interval end, exclusive (default: end of the data).")
+@click.option("--views", default="", help="Comma-separated feature tables (default: all).")
+@click.option("--skip-validation", is_flag=True, help="Use the existing clean tables as they are.")
+@click.pass_obj
+def compute(settings: Settings, start: str | None, end: str | None, views: str, skip_validation: bool) -> None:
+    """Validate raw events, then compute the windowed feature tables for [start, end)."""
+    from pipelines.aggregates import compute_features
+
+    a, b = _interval(start, end)
+    if not skip_validation:
+        _validate(settings)
+    report = compute_features(settings.clean_dir, settings.features_dir, a, b,
+                              [v for v in views.split(",") if v] or None)
+    click.echo(f"features for [{report.start:%Y-%m-%d %H:%M}, {report.end:%Y-%m-%d %H:%M}) UTC "
+               f"in {settings.features_dir}:")
+    for line in report.lines():
+        click.echo("  " + line)
+
+
+@cli.command()
+@click.pass_obj
+def apply(settings: Settings) -> None:
+    """Register the feature repo with Feast (`feast apply` for the selected profile)."""
+    from feastkit.store import apply_repo
+
+    out = apply_repo(settings)
+    created = [line.strip() for line in out.splitlines()
+               if line.strip().startswith(("Created", "Updated", "Deleted", "Removed"))]
+    click.echo(f"applied {settings.repo_path} with {settings.feature_store_yaml.name}: "
+               f"{len(created)} change(s)")
+    for line in created:
+        click.echo("  " + line)
+
+
+@cli.command()
+@click.option("--start", default=None,
+              help="Interval start (UTC). Default: what is still servable at --end (each view's TTL).")
+@click.option("--end", default=None, help="Interval end, exclusive (UTC). Default: end of the data.")
+@click.option("--incremental", is_flag=True, help="From the last materialized end up to --end (or the data end).")
+@click.option("--views", default="", help="Comma-separated feature views (default: all online views).")
+@click.option("--chunk", default=None, help="Chunk length, e.g. 6h or 1d (default FEASTKIT_MATERIALIZE_CHUNK).")
+@click.pass_obj
+def materialize(settings: Settings, start: str | None, end: str | None, incremental: bool, views: str,
+                chunk: str | None) -> None:
+    """Load feature rows with event time in [start, end) into the online store."""
+    from feastkit.store import (
+        last_materialized_end,
+        materialize_interval,
+        materialize_servable,
+        open_store,
+        parse_duration,
+    )
+    from pipelines.aggregates import data_range
+
+    a, b = _interval(start, end)
+    store = open_store(settings)
+    chosen = [v for v in views.split(",") if v] or None
+    if incremental:
+        if a is not None:
+            raise FeastkitError("--incremental picks its own start", "drop --start, or drop --incremental")
+        a = last_materialized_end(store, chosen)
+        if a is None:
+            raise FeastkitError("nothing has been materialized yet, so there is no watermark to continue from",
+                                "run `feastkit materialize --start ... --end ...` once first")
+    if b is None:
+        b = data_range(settings.clean_dir)[1]
+    if a is None:
+        for report in materialize_servable(settings, b, chosen, store):
+            click.echo(report.line())
+        return
+    if b <= a:
+        click.echo(f"online store already up to date (materialized up to {a:%Y-%m-%d %H:%M} UTC)")
+        return
+    report = materialize_interval(settings, a, b, chosen, parse_duration(chunk) if chunk else None, store)
+    click.echo(report.line())
+
+
+@cli.command("training-set")
+@click.option("--service", required=True, help="Feature service, e.g. fraud_detection_v1.")
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Write the set as parquet.")
+@click.option("--rows", default=3, show_default=True, help="Rows to print.")
+@click.pass_obj
+def training_set(settings: Settings, service: str, out: Path | None, rows: int) -> None:
+    """Build the PIT training set of a feature service and summarise it."""
+    from feastkit.store import open_store, require_applied
+    from pipelines.training import labelled_entities
+    from pipelines.training_sets import build_training_set, get_service
+
+    store = open_store(settings)
+    require_applied(store)
+    get_service(store, service)
+    frame = build_training_set(store, service, labelled_entities(service, settings.clean_dir))
+    click.echo(f"{service}: {frame.shape[0]:,} rows x {frame.shape[1]} columns, "
+               f"label rate {frame['label'].mean():.4f}, "
+               f"{frame['event_timestamp'].min():%Y-%m-%d} .. {frame['event_timestamp'].max():%Y-%m-%d}")
+    with pd.option_context("display.width", 160, "display.max_columns", 12):
+        click.echo(frame.head(rows).to_string(max_cols=12))
+    if out:
+        frame.to_parquet(out, index=False)
+        click.echo(f"written to {out}")
+
+
+@cli.command()
+@click.option("--service", "services", multiple=True,
+              help="Feature service(s) to train (default: all three).")
+@click.option("--no-promote", is_flag=True, help="Save the bundle without making it the serving one.")
+@click.option("--seed", default=0, show_default=True)
+@click.pass_obj
+def train(settings: Settings, services: tuple[str, ...], no_promote: bool, seed: int) -> None:
+    """Train, evaluate on the later window, and save a model bundle per feature service."""
+    from feastkit.store import open_store, require_applied
+    from pipelines.training import TASKS, train_service
+
+    store = open_store(settings)
+    require_applied(store)
+    for service in services or tuple(TASKS):
+        result = train_service(store, service, settings.clean_dir, settings.models_dir, seed=seed,
+                               promote_bundle=not no_promote)
+        click.echo(result.line())
+        click.echo(f"  bundle: {result.path}{' (promoted)' if result.promoted else ''}")
+
+
+@cli.command()
+@click.option("--service", default="churn_prediction_v1", show_default=True)
+@click.pass_obj
+def leakage(settings: Settings, service: str) -> None:
+    """Show what leakage does: the same model on PIT features vs a naive latest-value join."""
+    from feastkit.store import open_store, require_applied
+    from pipelines.training import leaky_vs_pit
+
+    store = open_store(settings)
+    require_applied(store)
+    result = leaky_vs_pit(store, settings.clean_dir, settings.features_dir, service)
+    click.echo(f"{service} evaluation ROC AUC: point-in-time {result['pit_roc_auc']:.3f}  vs  "
+               f"leaky latest-value join {result['leaky_roc_auc']:.3f} (optimistic: it saw the future)")
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True)
+@click.option("--workers", default=1, show_default=True)
+@click.pass_obj
+def serve(settings: Settings, host: str, port: int, workers: int) -> None:
+    """Run the prediction API (FastAPI + uvicorn); refuses to start on an inconsistent bundle."""
+    import uvicorn
+
+    from serving.app import ServingState, create_app
+
+    state = ServingState.load(settings)  # fail here, with a one-line reason, not inside uvicorn
+    click.echo(f"serving {state.fraud.bundle.feature_service} {state.fraud.bundle.version} and "
+               f"{state.churn.bundle.feature_service} {state.churn.bundle.version} on http://{host}:{port} "
+               f"(docs at /docs)")
+    if workers > 1:
+        uvicorn.run("serving.app:create_app", factory=True, host=host, port=port, workers=workers,
+                    log_level="warning")
+    else:
+        uvicorn.run(create_app(settings, state), host=host, port=port, log_level="warning")
+
+
+@cli.command("demo-requests")
+@click.option("--url", default="http://127.0.0.1:8000", show_default=True)
+@click.pass_obj
+def demo_requests(settings: Settings, url: str) -> None:
+    """Send a known-fraud pattern, a normal transaction, an unknown user and churn requests."""
+    from serving.examples import run_examples
+
+    for title, request, response in run_examples(settings, url):
+        click.echo(f"\n== {title}\n-> {json.dumps(request)}\n<- {json.dumps(response, indent=1)}")
+
+
+@cli.command()
+@click.pass_obj
+def doctor(settings: Settings) -> None:
+    """Check configuration, registry, online store and model bundles; exit 1 if something is off."""
+    from feastkit.doctor import run_checks
+
+    ok = True
+    for name, passed, detail in run_checks(settings):
+        ok &= passed
+        click.echo(f"{'ok  ' if passed else 'FAIL'} {name}: {detail}")
+    if not ok:
+        sys.exit(1)
+
+
+def main() -> None:
+    """Entry point: errors meant for people are printed as one line, without a traceback."""
+    try:
+        cli.main(standalone_mode=False)
+    except FeastkitError as exc:
+        click.echo(f"feastkit: error: {exc.message}", err=True)
+        sys.exit(2)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

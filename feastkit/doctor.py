@@ -1,0 +1,43 @@
+"""Health checks for an installation: configuration, registry, online store, model bundles."""
+
+from __future__ import annotations
+
+from feastkit.errors import FeastkitError
+from feastkit.settings import Settings
+
+
+def run_checks(settings: Settings) -> list[tuple[str, bool, str]]:
+    """(check, passed, detail) for each part a deployment needs."""
+    results: list[tuple[str, bool, str]] = []
+    try:
+        results.append(("profile", True, f"{settings.profile} -> {settings.feature_store_yaml}"))
+    except FeastkitError as exc:
+        return [("profile", False, exc.message)]
+    results.append(("data", settings.features_dir.is_dir(),
+                     str(settings.features_dir) if settings.features_dir.is_dir()
+                     else f"no feature tables in {settings.features_dir}: run `feastkit compute`"))
+    try:
+        from feastkit.store import open_store, require_applied
+
+        store = open_store(settings)
+        require_applied(store)
+        results.append(("registry", True, f"{len(store.list_feature_views())} feature views, "
+                                           f"{len(store.list_feature_services())} feature services"))
+    except FeastkitError as exc:
+        return [*results, ("registry", False, exc.message)]
+    from serving.bundle import current_bundle
+    from serving.features import OnlineStoreUnavailable, ServiceReader
+
+    for service in (settings.fraud_service, settings.churn_service):
+        try:
+            bundle = current_bundle(settings.models_dir, service)
+            bundle.check_against(store)
+            results.append((f"model {service}", True, f"version {bundle.version}, fingerprint matches"))
+        except FeastkitError as exc:
+            results.append((f"model {service}", False, exc.message))
+    try:
+        ServiceReader.build(store, settings.fraud_service).ping()
+        results.append(("online store", True, type(store.config.online_store).__name__))
+    except (OnlineStoreUnavailable, Exception) as exc:
+        results.append(("online store", False, f"{type(exc).__name__}: {str(exc)[:200]}"))
+    return results

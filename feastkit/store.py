@@ -1,0 +1,199 @@
+"""Feast wiring: open the configured feature store, apply the repo, materialize explicit intervals."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import subprocess
+import sys
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from feastkit.errors import FeastkitError
+from feastkit.settings import Settings
+
+if TYPE_CHECKING:
+    from feast import FeatureStore
+
+
+def feast_environment(settings: Settings) -> dict[str, str]:
+    """Environment variables the feature repo and its profiles read (set for this process too)."""
+    env = {
+        "FEASTKIT_DATA_DIR": str(settings.data_dir),
+        "FEASTKIT_REDIS_CONNECTION_STRING": settings.redis_connection_string,
+        "FEASTKIT_REGISTRY_URL": settings.registry_url,
+    }
+    os.environ.update(env)
+    return env
+
+
+def quiet_feast() -> None:
+    """Silence library chatter that is not for users (Feast resets warning filters on import)."""
+    import feast  # noqa: F401  (import first: its modules install their own filters)
+
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=".*experimental.*")
+    for name in ("feast", "feast.infra.offline_stores.file_source", "feast.repo_config"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def open_store(settings: Settings) -> FeatureStore:
+    """The FeatureStore for the selected profile; fails with a hint when the repo is not applied."""
+    from feast import FeatureStore
+
+    quiet_feast()
+    feast_environment(settings)
+    yaml_path = settings.feature_store_yaml
+    return FeatureStore(repo_path=str(settings.repo_path), fs_yaml_file=yaml_path)
+
+
+def require_applied(store: FeatureStore) -> None:
+    """Raise a clear error when the registry has no feature views yet."""
+    try:
+        views = store.list_feature_views()
+    except Exception as exc:  # registry missing or unreachable
+        raise FeastkitError(f"the feature registry cannot be read ({type(exc).__name__}: {exc})",
+                            "run `feastkit apply` (or `cd feature_repo && feast apply`)") from None
+    if not views:
+        raise FeastkitError("the feature registry is empty", "run `feastkit apply` first")
+
+
+def apply_repo(settings: Settings) -> str:
+    """Run `feast apply` on the repo for the selected profile, exactly as a user would; returns its output."""
+    env = {**os.environ, **feast_environment(settings)}
+    feast_bin = Path(sys.executable).with_name("feast")
+    cmd = [str(feast_bin) if feast_bin.exists() else "feast", "-c", str(settings.repo_path),
+           "-f", str(settings.feature_store_yaml), "apply"]
+    (settings.repo_path / "data").mkdir(exist_ok=True)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-5:])
+        raise FeastkitError(f"`feast apply` failed:\n{tail}", "fix the definition it names and apply again")
+    return re.sub(r"\x1b\[[0-9;]*m", "", proc.stdout)
+
+
+def parse_duration(text: str) -> timedelta:
+    """'90m', '6h', '1d' -> timedelta."""
+    units = {"m": "minutes", "h": "hours", "d": "days"}
+    try:
+        value, unit = float(text[:-1]), units[text[-1]]
+        delta = timedelta(**{unit: value})
+    except (KeyError, ValueError, IndexError):
+        raise FeastkitError(f"'{text}' is not a duration", "write it like 90m, 6h or 1d") from None
+    if value <= 0:
+        raise FeastkitError(f"duration '{text}' must be positive", "write it like 90m, 6h or 1d")
+    return delta
+
+
+def chunks(start: datetime, end: datetime, size: timedelta) -> Iterator[tuple[datetime, datetime]]:
+    """Consecutive [a, b) pieces of [start, end), each at most `size` long."""
+    a = start
+    while a < end:
+        b = min(a + size, end)
+        yield a, b
+        a = b
+
+
+@dataclass(frozen=True)
+class MaterializeReport:
+    """Which views were written for which interval, in how many chunks."""
+
+    start: datetime
+    end: datetime
+    views: list[str]
+    chunks: int
+
+    def line(self) -> str:
+        return (f"materialized {len(self.views)} view(s) for [{self.start:%Y-%m-%d %H:%M}, "
+                f"{self.end:%Y-%m-%d %H:%M}) UTC in {self.chunks} chunk(s): {', '.join(self.views)}")
+
+
+def _check_interval(start: datetime, end: datetime) -> tuple[datetime, datetime]:
+    if start.tzinfo is None or end.tzinfo is None:
+        raise FeastkitError("materialization bounds need a timezone", "pass UTC times such as 2026-03-01T00:00Z")
+    if end <= start:
+        raise FeastkitError(f"end {end:%Y-%m-%d %H:%M} is not after start {start:%Y-%m-%d %H:%M}",
+                            "pass --start earlier than --end")
+    return start.astimezone(UTC), end.astimezone(UTC)
+
+
+def materialize_interval(settings: Settings, start: datetime, end: datetime,
+                         views: list[str] | None = None, chunk: timedelta | None = None,
+                         store: FeatureStore | None = None) -> MaterializeReport:
+    """Load the feature rows that belong to [start, end) into the online store, chunk by chunk.
+
+    Rows of views tagged `row_timestamp: window_end` belong to the interval when
+    start < T <= end (the same rows `feastkit compute` writes for it); other rows when
+    start <= T < end.
+
+    Explicit intervals instead of `materialize-incremental`: reruns and backfills are
+    deterministic, the watermark cannot be corrupted by `feast apply` or a future end date,
+    and chunking bounds memory on long ranges.
+    """
+    start, end = _check_interval(start, end)
+    store = store or open_store(settings)
+    require_applied(store)
+    known = {fv.name for fv in store.list_feature_views() if fv.online}
+    chosen = sorted(known) if not views else list(views)
+    unknown = sorted(set(chosen) - known)
+    if unknown:
+        raise FeastkitError(f"unknown feature view(s) {unknown}", f"choose from {sorted(known)}")
+    size = chunk or parse_duration(settings.materialize_chunk)
+    window_end = {fv.name for fv in store.list_feature_views()
+                  if fv.tags.get("row_timestamp") == "window_end"}
+    at_end = [v for v in chosen if v in window_end]
+    at_event = [v for v in chosen if v not in window_end]
+    one = timedelta(microseconds=1)
+    n = 0
+    for a, b in chunks(start, end, size):
+        # Feast's bounds are inclusive at both ends. Rows stamped at a window's end belong to
+        # (a, b]; rows stamped at their event time belong to [a, b). Either way a row belongs to
+        # exactly one interval, the one whose compute run wrote it.
+        if at_end:
+            store.materialize(start_date=a + one, end_date=b, feature_views=at_end)
+        if at_event:
+            store.materialize(start_date=a, end_date=b - one, feature_views=at_event)
+        n += 1
+    return MaterializeReport(start, end, chosen, n)
+
+
+def last_materialized_end(store: FeatureStore, views: list[str] | None = None) -> datetime | None:
+    """The exclusive end of what every chosen view has materialized (None if any view has nothing)."""
+    ends = []
+    for fv in store.list_feature_views():
+        if not fv.online or (views and fv.name not in views):
+            continue
+        end = fv.most_recent_end_time
+        if end is None:
+            return None
+        ends.append(end.astimezone(UTC) + timedelta(microseconds=1))
+    return min(ends) if ends else None
+
+
+EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
+
+
+def materialize_servable(settings: Settings, end: datetime, views: list[str] | None = None,
+                         store: FeatureStore | None = None) -> list[MaterializeReport]:
+    """Materialize only what can still be served at `end`: each view's last TTL (all of a no-TTL view)."""
+    store = store or open_store(settings)
+    require_applied(store)
+    by_start: dict[datetime, list[str]] = {}
+    for fv in store.list_feature_views():
+        if not fv.online or (views and fv.name not in views):
+            continue
+        ttl = fv.ttl or timedelta(0)
+        start = EARLIEST if ttl <= timedelta(0) else end - ttl - timedelta(hours=1)
+        by_start.setdefault(start, []).append(fv.name)
+    reports = []
+    for start, names in sorted(by_start.items()):
+        # dimension views without TTL are small: one chunk; windowed views are chunked
+        chunk = end - start if start == EARLIEST else None
+        reports.append(materialize_interval(settings, start, end, sorted(names), chunk, store))
+    return reports

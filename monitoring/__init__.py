@@ -1,0 +1,1 @@
+"""Monitoring: drift, freshness and training-serving skew checks."""

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The whole loop on the embedded default: data -> features -> Feast -> models -> online store -> API.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PORT="${FEASTKIT_DEMO_PORT:-8000}"
+step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+
+step "1/8 generate realistic raw events (seeded; 40 dirty rows injected)"
+feastkit generate
+step "2/8 validate + compute point-in-time windowed features (DuckDB)"
+feastkit compute
+step "3/8 register the feature repo with Feast (feast apply)"
+feastkit apply
+step "4/8 build point-in-time training sets through Feast get_historical_features"
+for service in fraud_detection_v1 fraud_detection_v2 churn_prediction_v1; do
+  feastkit training-set --service "$service" --rows 3
+done
+step "5/8 train, evaluate on the later window, save model bundles"
+feastkit train
+feastkit leakage
+step "6/8 materialize into the online store (sqlite)"
+feastkit materialize
+step "7/8 start the prediction API and send requests"
+LOG="$(mktemp)"
+feastkit serve --port "$PORT" >"$LOG" 2>&1 &
+SERVER=$!
+trap 'kill "$SERVER" 2>/dev/null || true; wait "$SERVER" 2>/dev/null || true' EXIT
+for _ in $(seq 1 120); do
+  if curl -sf "http://127.0.0.1:$PORT/ready" >/dev/null 2>&1; then break; fi
+  if ! kill -0 "$SERVER" 2>/dev/null; then echo "the server failed to start:"; cat "$LOG"; exit 1; fi
+  sleep 0.5
+done
+curl -sf "http://127.0.0.1:$PORT/ready" >/dev/null || { echo "the server did not become ready:"; cat "$LOG"; exit 1; }
+feastkit demo-requests --url "http://127.0.0.1:$PORT"
+step "8/8 stop the server"
+kill "$SERVER"; wait "$SERVER" 2>/dev/null || true
+trap - EXIT
+echo "server stopped. API docs while running: http://127.0.0.1:$PORT/docs  (make serve)"

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Make sure the real services the integration tests use are up: start them if they are down.
+set -u
+redis_up() { python3 - <<'PY'
+import socket, sys
+s = socket.socket(); s.settimeout(1)
+try:
+    s.connect(("127.0.0.1", 6379)); s.sendall(b"PING\r\n"); sys.exit(0 if s.recv(16).startswith(b"+PONG") else 1)
+except OSError:
+    sys.exit(1)
+PY
+}
+pg_up() { pg_isready -h 127.0.0.1 -p 5432 -q 2>/dev/null; }
+
+if ! redis_up; then
+  echo "Redis is down on 127.0.0.1:6379: starting it"
+  mkdir -p /var/lib/redis /var/log/redis 2>/dev/null || true
+  redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no \
+    --dir /var/lib/redis --logfile /var/log/redis/ci.log || true
+  for _ in $(seq 1 20); do redis_up && break; sleep 0.5; done
+fi
+if command -v pg_isready >/dev/null && ! pg_up; then
+  echo "PostgreSQL is down on 127.0.0.1:5432: starting it"
+  pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -1)" main start || true
+  for _ in $(seq 1 30); do pg_up && break; sleep 0.5; done
+fi
+redis_up || { echo "error: Redis is not reachable on 127.0.0.1:6379 and could not be started"; exit 1; }
+echo "services: redis ok$(pg_up && echo ', postgres ok')"

@@ -1,0 +1,1 @@
+"""The prediction API: FastAPI model server on Feast online features."""

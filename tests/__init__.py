@@ -1,0 +1,1 @@
+"""feastkit test suite."""

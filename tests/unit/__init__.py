@@ -1,0 +1,1 @@
+"""Unit tests: pipelines and helpers on small generated data."""
