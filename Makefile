@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: install demo test test-unit test-integration lint serve bench clean
+.PHONY: install demo test test-unit test-integration lint serve bench bench-batch bench-serving bench-drift airflow clean
 
 $(INSTALLED): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found — install Python 3.11 or run 'make PYTHON=/path/to/python3.11 ...'"; exit 1; }
@@ -39,5 +39,23 @@ lint: $(INSTALLED)
 serve: $(INSTALLED)
 	$(BIN)/feastkit serve
 
+## Benchmarks print same-run ratios against baselines; scale with ARGS="--help" to see flags.
+bench: bench-batch bench-serving bench-drift
+
+bench-batch: $(INSTALLED)
+	@bash scripts/ensure-services.sh
+	$(PY) bench/batch.py $(ARGS)
+
+bench-serving: $(INSTALLED)
+	@bash scripts/ensure-services.sh
+	$(PY) bench/serving.py $(ARGS)
+
+bench-drift: $(INSTALLED)
+	$(PY) bench/drift.py $(ARGS)
+
+## Airflow standalone on this repo's DAGs, with AIRFLOW_HOME in .airflow/ (gitignored).
+airflow: $(INSTALLED)
+	@PATH="$(abspath $(BIN)):$$PATH" bash scripts/airflow.sh
+
 clean:
-	rm -rf data feature_repo/data .pytest_cache .ruff_cache
+	rm -rf data feature_repo/data .pytest_cache .ruff_cache .airflow

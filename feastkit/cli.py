@@ -278,6 +278,15 @@ def doctor(settings: Settings) -> None:
         sys.exit(1)
 
 
+# --- monitoring commands (drift, freshness, skew) ---
+
+
+# --- orchestration commands ---
+
+
+# --- serving and benchmark commands ---
+
+
 def main() -> None:
     """Entry point: errors meant for people are printed as one line, without a traceback."""
     try:
