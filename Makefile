@@ -4,6 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
+DEV_INSTALLED := $(VENV)/.installed-dev
 
 .PHONY: install demo test test-unit test-integration lint serve bench bench-batch bench-serving bench-drift airflow clean
 
@@ -11,29 +12,33 @@ $(INSTALLED): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found — install Python 3.11 or run 'make PYTHON=/path/to/python3.11 ...'"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[redis]"
+	@touch $@
+
+$(DEV_INSTALLED): $(INSTALLED)
 	$(PY) -m pip install --quiet -e ".[redis,dev]"
 	@touch $@
 
-install: $(INSTALLED)
+install: $(DEV_INSTALLED)
 
 ## The main job end to end on the embedded default (sqlite online, DuckDB offline, local files).
 demo: $(INSTALLED)
 	@PATH="$(abspath $(BIN)):$$PATH" bash scripts/demo.sh
 
 ## All tests: unit and integration (real Redis and PostgreSQL, started if they are down).
-test: $(INSTALLED)
+test: $(DEV_INSTALLED)
 	@bash scripts/ensure-services.sh
 	$(BIN)/ruff check .
 	$(BIN)/pytest -q
 
-test-unit: $(INSTALLED)
+test-unit: $(DEV_INSTALLED)
 	$(BIN)/pytest -q tests/unit
 
-test-integration: $(INSTALLED)
+test-integration: $(DEV_INSTALLED)
 	@bash scripts/ensure-services.sh
 	$(BIN)/pytest -q tests/integration
 
-lint: $(INSTALLED)
+lint: $(DEV_INSTALLED)
 	$(BIN)/ruff check .
 
 serve: $(INSTALLED)
@@ -42,19 +47,19 @@ serve: $(INSTALLED)
 ## Benchmarks print same-run ratios against baselines; scale with ARGS="--help" to see flags.
 bench: bench-batch bench-serving bench-drift
 
-bench-batch: $(INSTALLED)
+bench-batch: $(DEV_INSTALLED)
 	@bash scripts/ensure-services.sh
 	$(PY) bench/batch.py $(ARGS)
 
-bench-serving: $(INSTALLED)
+bench-serving: $(DEV_INSTALLED)
 	@bash scripts/ensure-services.sh
 	$(PY) bench/serving.py $(ARGS)
 
-bench-drift: $(INSTALLED)
+bench-drift: $(DEV_INSTALLED)
 	$(PY) bench/drift.py $(ARGS)
 
 ## Airflow standalone on this repo's DAGs, with AIRFLOW_HOME in .airflow/ (gitignored).
-airflow: $(INSTALLED)
+airflow: $(DEV_INSTALLED)
 	@PATH="$(abspath $(BIN)):$$PATH" bash scripts/airflow.sh
 
 clean:
