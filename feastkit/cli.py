@@ -117,15 +117,15 @@ def compute(settings: Settings, start: str | None, end: str | None, views: str, 
 @click.pass_obj
 def apply(settings: Settings) -> None:
     """Register the feature repo with Feast (`feast apply` for the selected profile)."""
-    from feastkit.store import apply_repo
+    from feastkit.store import apply_repo, open_store
 
-    out = apply_repo(settings)
-    created = [line.strip() for line in out.splitlines()
-               if line.strip().startswith(("Created", "Updated", "Deleted", "Removed"))]
+    apply_repo(settings)
+    store = open_store(settings)
     click.echo(f"applied {settings.repo_path} with {settings.feature_store_yaml.name}: "
-               f"{len(created)} change(s)")
-    for line in created:
-        click.echo("  " + line)
+               f"{len(store.list_entities())} entities, {len(store.list_feature_views())} feature views, "
+               f"{len(store.list_on_demand_feature_views())} on-demand view(s), "
+               f"{len(store.list_feature_services())} feature services "
+               f"({', '.join(sorted(s.name for s in store.list_feature_services()))})")
 
 
 @cli.command()
@@ -190,7 +190,8 @@ def training_set(settings: Settings, service: str, out: Path | None, rows: int) 
                f"label rate {frame['label'].mean():.4f}, "
                f"{frame['event_timestamp'].min():%Y-%m-%d} .. {frame['event_timestamp'].max():%Y-%m-%d}")
     with pd.option_context("display.width", 160, "display.max_columns", 12):
-        click.echo(frame.head(rows).to_string(max_cols=12))
+        shown = frame.sample(min(rows, len(frame)), random_state=0).sort_values("event_timestamp")
+        click.echo(shown.to_string(max_cols=12))
     if out:
         frame.to_parquet(out, index=False)
         click.echo(f"written to {out}")
@@ -281,7 +282,115 @@ def doctor(settings: Settings) -> None:
 # --- monitoring commands (drift, freshness, skew) ---
 
 
+@cli.command()
+@click.option("--service", default=None, help="Feature service (default: the fraud and churn services).")
+@click.option("--end", default=None, help="End of the current window, exclusive (default: end of the data).")
+@click.option("--current-days", default=7, show_default=True, help="Length of the current window.")
+@click.option("--reference-days", default=28, show_default=True, help="Reference window: days before it.")
+@click.option("--alpha", default=0.05, show_default=True, help="Significance after Benjamini-Hochberg.")
+@click.option("--ks-threshold", default=0.1, show_default=True, help="Minimum KS statistic (numeric).")
+@click.option("--psi-threshold", default=0.2, show_default=True, help="Minimum PSI.")
+@click.option("--max-rows", default=10_000, show_default=True, help="Entity rows sampled per window.")
+@click.option("--fail-on-drift/--no-fail-on-drift", default=True, show_default=True,
+              help="Exit 1 when a feature drifted (so a scheduler marks the task failed).")
+@click.pass_obj
+def drift(settings: Settings, service: str | None, end: str | None, current_days: int, reference_days: int,
+          alpha: float, ks_threshold: float, psi_threshold: float, max_rows: int,
+          fail_on_drift: bool) -> None:
+    """Compare the last days' features with the weeks before (KS/PSI/chi-square + BH); write reports."""
+    from monitoring.checks import run_monitoring
+    from monitoring.drift import DriftThresholds
+
+    thresholds = DriftThresholds(alpha=alpha, ks_statistic=ks_threshold, psi=psi_threshold)
+    outcome = run_monitoring(settings, end=parse_time(end, "end"), current_days=current_days,
+                             reference_days=reference_days, feature_service=service, checks=("drift",),
+                             thresholds=thresholds, max_rows=max_rows)
+    for run in outcome.drift:
+        tested = len(run.features)
+        click.echo(f"{run.feature_service}: current [{run.current.start:%Y-%m-%d}, {run.current.end:%Y-%m-%d}) "
+                   f"{run.current.rows:,} rows vs reference [{run.reference.start:%Y-%m-%d}, "
+                   f"{run.reference.end:%Y-%m-%d}) {run.reference.rows:,} rows: "
+                   f"{len(run.drifted)} of {tested} feature(s) drifted")
+        for f in run.features:
+            if f.drifted:
+                click.echo(f"  DRIFT {run.refs[f.feature]}: {'; '.join(f.reasons)}")
+        if run.prediction is not None:
+            p = run.prediction
+            click.echo(f"  model score ({run.model_version}): mean {p.mean_reference:.4f} -> "
+                       f"{p.mean_current:.4f}, KS {p.ks_statistic:.3f}, PSI {p.psi:.3f}"
+                       f"{'  DRIFT' if p.drifted else ''}")
+    click.echo(f"report: {outcome.report_html}")
+    click.echo(f"json:   {outcome.report_json}")
+    if outcome.drifted and fail_on_drift:
+        sys.exit(1)
+
+
+@cli.command()
+@click.option("--as-of", default=None, help="Judge freshness at this time (default: now, UTC).")
+@click.option("--fail-on-stale/--no-fail-on-stale", default=True, show_default=True,
+              help="Exit 1 when a view is older than its SLA.")
+@click.pass_obj
+def freshness(settings: Settings, as_of: str | None, fail_on_stale: bool) -> None:
+    """Age of each feature view's materialized data against its SLA (tag freshness_sla, else TTL)."""
+    from datetime import UTC
+    from datetime import datetime as dt
+
+    from feastkit.store import open_store, require_applied
+    from monitoring.freshness import check_freshness
+
+    store = open_store(settings)
+    require_applied(store)
+    moment = parse_time(as_of, "as-of") or dt.now(UTC)
+    results = check_freshness(store, moment)
+    click.echo(f"freshness at {moment:%Y-%m-%d %H:%M} UTC:")
+    for r in results:
+        click.echo(f"  {'STALE' if r.stale else 'ok   '} {r.view}: {r.reason}")
+    if any(r.stale for r in results) and fail_on_stale:
+        sys.exit(1)
+
+
+@cli.command()
+@click.option("--service", default=None, help="Feature service (default: the fraud and churn services).")
+@click.option("--sample", default=200, show_default=True, help="Entities sampled per feature view.")
+@click.option("--fail-on-skew/--no-fail-on-skew", default=True, show_default=True,
+              help="Exit 1 when online and offline values disagree.")
+@click.pass_obj
+def skew(settings: Settings, service: str | None, sample: int, fail_on_skew: bool) -> None:
+    """Online values of sampled entities vs Feast's offline values at the materialization end."""
+    from monitoring.checks import run_monitoring
+
+    if sample <= 0:
+        raise FeastkitError(f"--sample {sample} is not positive", "pass e.g. --sample 200")
+    outcome = run_monitoring(settings, feature_service=service, sample_entities=sample, checks=("skew",))
+    for name, results in outcome.skew.items():
+        bad = [r for r in results if r.mismatches]
+        click.echo(f"{name}: {len(results)} feature(s) compared, {len(bad)} with mismatches")
+        for r in bad:
+            click.echo(f"  SKEW {r.feature}: {r.mismatches}/{r.compared} entities differ, e.g. {r.examples[0]}")
+    click.echo(f"report: {outcome.report_html}")
+    if outcome.skewed and fail_on_skew:
+        sys.exit(1)
+
+
 # --- orchestration commands ---
+
+
+@cli.command("run-interval")
+@click.option("--start", required=True, help="Interval start (UTC), e.g. 2026-03-21T18:00Z.")
+@click.option("--end", required=True, help="Interval end, exclusive (UTC).")
+@click.option("--no-materialize", is_flag=True, help="Only validate and compute the feature tables.")
+@click.pass_obj
+def run_interval(settings: Settings, start: str, end: str, no_materialize: bool) -> None:
+    """What one feature_pipeline + materialize DAG run does, for [start, end), without Airflow."""
+    from pipelines.jobs import run_feature_pipeline, run_materialize
+
+    a, b = _interval(start, end)
+    report = run_feature_pipeline(settings, a, b)
+    click.echo(f"features for [{a:%Y-%m-%d %H:%M}, {b:%Y-%m-%d %H:%M}) UTC: "
+               + ", ".join(f"{k}={v:,}" for k, v in report["rows"].items()))
+    if not no_materialize:
+        for line in run_materialize(settings, [(a, b)]).lines:
+            click.echo(line)
 
 
 # --- serving and benchmark commands ---
