@@ -146,7 +146,7 @@ class RunningServer:
         return self.log_path.read_text(errors="replace")
 
 
-def start_server(settings: Settings, log_path: Path, timeout: float = 60.0) -> RunningServer:
+def start_server(settings: Settings, log_path: Path, timeout: float = 180.0) -> RunningServer:
     """Run `feastkit serve` as a real process on a free port and wait until /ready answers 200."""
     port = free_port()
     log = log_path.open("w")
@@ -158,7 +158,7 @@ def start_server(settings: Settings, log_path: Path, timeout: float = 60.0) -> R
         if proc.poll() is not None:
             raise RuntimeError(f"server exited with {proc.returncode}:\n{log_path.read_text()}")
         try:
-            if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
+            if httpx.get(f"{url}/ready", timeout=10).status_code == 200:
                 return RunningServer(url, proc, log_path)
         except httpx.HTTPError:
             pass

@@ -20,6 +20,8 @@ from tests.conftest import (
 )
 
 pytestmark = pytest.mark.integration
+# Generous: these tests check behaviour, not speed, and CI machines are shared.
+HTTP = httpx.Client(timeout=60)
 
 
 def _at(deployment: Deployment, hours: float) -> str:
@@ -40,16 +42,16 @@ def fraud_body(deployment: Deployment, **overrides: object) -> dict:
 
 
 def test_health_ready_and_docs(server: RunningServer) -> None:
-    assert httpx.get(f"{server.url}/health").json()["status"] == "ok"
-    ready = httpx.get(f"{server.url}/ready").json()
+    assert HTTP.get(f"{server.url}/health").json()["status"] == "ok"
+    ready = HTTP.get(f"{server.url}/ready").json()
     assert ready["ready"] is True and ready["checks"]["online_store"] == "ok"
-    schema = httpx.get(f"{server.url}/openapi.json").json()
+    schema = HTTP.get(f"{server.url}/openapi.json").json()
     assert {"/v1/predict/fraud", "/v1/predict/churn", "/health", "/ready"} <= set(schema["paths"])
-    assert httpx.get(f"{server.url}/docs").status_code == 200
+    assert HTTP.get(f"{server.url}/docs").status_code == 200
 
 
 def test_fraud_prediction_with_explanation(server: RunningServer, deployment: Deployment) -> None:
-    r = httpx.post(f"{server.url}/v1/predict/fraud", params={"explain": "true"},
+    r = HTTP.post(f"{server.url}/v1/predict/fraud", params={"explain": "true"},
                    json=fraud_body(deployment))
     assert r.status_code == 200, r.text
     body = r.json()
@@ -64,25 +66,25 @@ def test_fraud_prediction_with_explanation(server: RunningServer, deployment: De
 
 def test_suspicious_transaction_scores_higher_than_a_normal_one(server: RunningServer,
                                                                 deployment: Deployment) -> None:
-    normal = httpx.post(f"{server.url}/v1/predict/fraud", params={"explain": "true"},
+    normal = HTTP.post(f"{server.url}/v1/predict/fraud", params={"explain": "true"},
                         json=fraud_body(deployment, timestamp=_at(deployment, 14))).json()
     usual = normal["features"]["amount_avg_30d"]
-    odd = httpx.post(f"{server.url}/v1/predict/fraud", json=fraud_body(
+    odd = HTTP.post(f"{server.url}/v1/predict/fraud", json=fraud_body(
         deployment, amount=round(usual * 9, 2), timestamp=_at(deployment, 2.5), channel="web")).json()
     assert odd["probability"] > normal["probability"]
 
 
 def test_unknown_user_is_predicted_with_defaults(server: RunningServer, deployment: Deployment) -> None:
-    r = httpx.post(f"{server.url}/v1/predict/fraud", json=fraud_body(deployment, user_id=9_999_999_999))
+    r = HTTP.post(f"{server.url}/v1/predict/fraud", json=fraud_body(deployment, user_id=9_999_999_999))
     assert r.status_code == 200, r.text
     assert "txn_count_30d" in r.json()["missing_features"]
-    churn = httpx.post(f"{server.url}/v1/predict/churn", json={"user_id": 9_999_999_999})
+    churn = HTTP.post(f"{server.url}/v1/predict/churn", json={"user_id": 9_999_999_999})
     assert churn.status_code == 200 and "purchase_count_30d" in churn.json()["missing_features"]
 
 
 def test_churn_prediction(server: RunningServer, deployment: Deployment) -> None:
     user = _known_user(deployment)
-    r = httpx.post(f"{server.url}/v1/predict/churn", params={"explain": "true"},
+    r = HTTP.post(f"{server.url}/v1/predict/churn", params={"explain": "true"},
                    json={"user_id": user, "as_of": _at(deployment, 1)})
     assert r.status_code == 200, r.text
     body = r.json()
@@ -105,7 +107,7 @@ def test_churn_prediction(server: RunningServer, deployment: Deployment) -> None
 ])
 def test_bad_fraud_requests_get_clear_422s(server: RunningServer, deployment: Deployment,
                                            change: dict, field: str) -> None:
-    r = httpx.post(f"{server.url}/v1/predict/fraud", json=fraud_body(deployment, **change))
+    r = HTTP.post(f"{server.url}/v1/predict/fraud", json=fraud_body(deployment, **change))
     assert r.status_code == 422, r.text
     assert field in r.json()["error"]
 
@@ -114,21 +116,21 @@ def test_bad_fraud_requests_get_clear_422s(server: RunningServer, deployment: De
 def test_missing_fields_are_named(server: RunningServer, deployment: Deployment, missing: str) -> None:
     body = fraud_body(deployment)
     del body[missing]
-    r = httpx.post(f"{server.url}/v1/predict/fraud", json=body)
+    r = HTTP.post(f"{server.url}/v1/predict/fraud", json=body)
     assert r.status_code == 422 and missing in r.json()["error"] and "required" in r.json()["error"].lower()
 
 
 @pytest.mark.parametrize("payload", [b"{not json", b"", b"[]", b'"text"', b"null"])
 def test_malformed_bodies(server: RunningServer, payload: bytes) -> None:
     for path in ("/v1/predict/fraud", "/v1/predict/churn"):
-        r = httpx.post(f"{server.url}{path}", content=payload, headers={"content-type": "application/json"})
+        r = HTTP.post(f"{server.url}{path}", content=payload, headers={"content-type": "application/json"})
         assert r.status_code == 422, (path, payload, r.text)
         assert r.json()["error"].startswith("invalid request")
 
 
 def test_wrong_method_and_route(server: RunningServer) -> None:
-    assert httpx.get(f"{server.url}/v1/predict/fraud").status_code == 405
-    assert httpx.post(f"{server.url}/v1/predict/nothing", json={}).status_code == 404
+    assert HTTP.get(f"{server.url}/v1/predict/fraud").status_code == 405
+    assert HTTP.post(f"{server.url}/v1/predict/nothing", json={}).status_code == 404
     assert "Traceback" not in server.log()
 
 
