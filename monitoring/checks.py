@@ -1,0 +1,242 @@
+"""The monitoring run: drift windows through Feast, freshness, skew, one decision and the reports."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from feastkit.errors import FeastkitError
+from feastkit.settings import Settings
+from monitoring.drift import DriftThresholds, FeatureDrift, compare_feature, compare_frames, decide
+from monitoring.freshness import ViewFreshness, check_freshness
+from monitoring.skew import FeatureSkew, check_skew
+
+if TYPE_CHECKING:
+    from feast import FeatureStore
+
+CHECKS = ("drift", "freshness", "skew")
+DEFAULT_MAX_ROWS = 10_000  # entity rows sampled per window for drift (Feast retrieval dominates cost)
+# Absolute timestamps (e.g. last_txn_epoch) move with the calendar by construction: every window
+# differs from the one before, so testing them for drift only produces alarms. Their meaningful
+# form (hours since the last transaction, account age) is a derived feature that is tested.
+SKIP_SUFFIXES = ("_epoch",)
+
+
+@dataclass(frozen=True)
+class Window:
+    """A half-open time window [start, end) and how many entity rows were compared in it."""
+
+    start: datetime
+    end: datetime
+    rows: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"start": self.start.isoformat(), "end": self.end.isoformat(), "rows": self.rows}
+
+
+@dataclass
+class ServiceDrift:
+    """Drift of one feature service between two windows; frames kept for the report's plots."""
+
+    feature_service: str
+    reference: Window
+    current: Window
+    features: list[FeatureDrift]
+    refs: dict[str, str]                      # feature column -> feature ref view:feature
+    skipped: list[str] = field(default_factory=list)  # refs not tested (absolute timestamps)
+    prediction: FeatureDrift | None = None
+    model_version: str | None = None
+    reference_frame: pd.DataFrame | None = field(default=None, repr=False)
+    current_frame: pd.DataFrame | None = field(default=None, repr=False)
+
+    @property
+    def drifted(self) -> list[str]:
+        out = [self.refs[f.feature] for f in self.features if f.drifted]
+        if self.prediction is not None and self.prediction.drifted:
+            out.append(f"prediction:{self.feature_service}")
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "feature_service": self.feature_service,
+            "reference": self.reference.to_dict(), "current": self.current.to_dict(),
+            "features": [{"ref": self.refs[f.feature], **f.to_dict()} for f in self.features],
+            "prediction": None if self.prediction is None else
+            {"model_version": self.model_version, **self.prediction.to_dict()},
+            "skipped": self.skipped,
+            "drifted": self.drifted,
+        }
+
+
+@dataclass
+class MonitoringOutcome:
+    """What a monitoring run found, and where its reports are."""
+
+    drifted: list[str]
+    stale: list[str]
+    skewed: list[str]
+    report_json: Path
+    report_html: Path
+    drift: list[ServiceDrift] = field(default_factory=list)
+    freshness: list[ViewFreshness] = field(default_factory=list)
+    skew: dict[str, list[FeatureSkew]] = field(default_factory=dict)
+    report: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def ok(self) -> bool:
+        return not (self.drifted or self.stale or self.skewed)
+
+
+# Windows through Feast ---------------------------------------------------------------------------
+
+
+def _utc(dt: datetime) -> datetime:
+    if dt.tzinfo is None:
+        raise FeastkitError(f"time {dt} has no timezone", "pass UTC times, e.g. 2026-03-01T00:00Z")
+    return dt.astimezone(UTC)
+
+
+def window_entities(settings: Settings, service: str, start: datetime, end: datetime) -> pd.DataFrame:
+    """The entity rows a model would have scored in [start, end): transactions or daily user snapshots."""
+    from pipelines.training import TASKS
+    from pipelines.training_sets import churn_entities, fraud_entities
+
+    task = TASKS.get(service)
+    if task == "fraud":
+        # every transaction in the window, labelled or not: drift needs no mature labels
+        frame = fraud_entities(settings.clean_dir, start, end, label_as_of=end, maturity=timedelta(0))
+    elif task == "churn":
+        frame = churn_entities(settings.clean_dir, start, end - timedelta(microseconds=1),
+                               every=timedelta(days=1), horizon=timedelta(0))
+    else:
+        raise FeastkitError(f"no entity template for feature service '{service}'",
+                            f"monitor one of {sorted(TASKS)}")
+    return frame.drop(columns=["label"], errors="ignore")
+
+
+def window_features(store: FeatureStore, settings: Settings, service: str, start: datetime,
+                    end: datetime, max_rows: int, seed: int) -> pd.DataFrame:
+    """Features of a (sampled) window exactly as the model saw them: Feast historical retrieval."""
+    from pipelines.training_sets import build_training_set
+
+    entities = window_entities(settings, service, start, end)
+    if len(entities) > max_rows:
+        entities = entities.sample(n=max_rows, random_state=seed).sort_values("event_timestamp")
+    return build_training_set(store, service, entities.reset_index(drop=True))
+
+
+def _bundle_for(settings: Settings, service: str) -> Any:
+    from serving.bundle import current_bundle
+
+    try:
+        bundle = current_bundle(settings.models_dir, service)
+    except FeastkitError:
+        return None
+    return bundle if bundle.feature_service == service else None
+
+
+def drift_between(store: FeatureStore, settings: Settings, service: str, reference: Window,
+                  current: Window, thresholds: DriftThresholds | None = None,
+                  max_rows: int = DEFAULT_MAX_ROWS, seed: int = 0,
+                  with_prediction: bool = True) -> ServiceDrift:
+    """Compare a feature service's features (and model score, when a bundle exists) across two windows."""
+    from pipelines.training_sets import describe_service
+
+    thresholds = thresholds or DriftThresholds()
+    spec = describe_service(store, service)
+    ref_frame = window_features(store, settings, service, reference.start, reference.end, max_rows, seed)
+    cur_frame = window_features(store, settings, service, current.start, current.end, max_rows, seed + 1)
+    refs = dict(zip(spec.feature_columns, spec.feature_refs, strict=True))
+    columns = [c for c in spec.feature_columns if not c.endswith(SKIP_SUFFIXES)]
+    results = compare_frames(ref_frame, cur_frame, columns, thresholds,
+                             entity_keys=feature_entity_keys(store, refs, columns))
+    out = ServiceDrift(service, Window(reference.start, reference.end, len(ref_frame)),
+                       Window(current.start, current.end, len(cur_frame)), results, refs,
+                       [refs[c] for c in spec.feature_columns if c not in columns],
+                       reference_frame=ref_frame[columns].copy(), current_frame=cur_frame[columns].copy())
+    bundle = _bundle_for(settings, service) if with_prediction else None
+    if bundle is not None:
+        ref_scores, _ = bundle.predict_proba(ref_frame)
+        cur_scores, _ = bundle.predict_proba(cur_frame)
+        score = compare_feature("prediction_score", pd.Series(ref_scores), pd.Series(cur_scores),
+                                categorical=False)
+        out.prediction = decide([score], thresholds)[0]
+        out.model_version = bundle.version
+        out.reference_frame["prediction_score"] = np.asarray(ref_scores)
+        out.current_frame["prediction_score"] = np.asarray(cur_scores)
+    return out
+
+
+def feature_entity_keys(store: FeatureStore, refs: dict[str, str], columns: list[str]) -> dict[str, list[str]]:
+    """Join keys of the entity each column describes: the view's keys; none for request-time features."""
+    views = {v.name: v for v in store.list_feature_views()}
+    out = {}
+    for column in columns:
+        view = views.get(refs[column].split(":", 1)[0])
+        if view is not None and view.join_keys:
+            out[column] = list(view.join_keys)
+    return out
+
+
+def default_windows(end: datetime, current_days: int, reference_days: int) -> tuple[Window, Window]:
+    """Current = the last `current_days` before `end`; reference = the `reference_days` before that."""
+    if current_days <= 0 or reference_days <= 0:
+        raise FeastkitError("window lengths must be positive", "pass e.g. --current-days 7 --reference-days 28")
+    cut = end - timedelta(days=current_days)
+    return Window(cut - timedelta(days=reference_days), cut), Window(cut, end)
+
+
+# The run -----------------------------------------------------------------------------------------
+
+
+def run_monitoring(settings: Settings, *, end: datetime | None = None, current_days: int = 7,
+                   reference_days: int = 28, feature_service: str | None = None,
+                   sample_entities: int = 200, checks: tuple[str, ...] = CHECKS,
+                   thresholds: DriftThresholds | None = None, max_rows: int = DEFAULT_MAX_ROWS,
+                   as_of: datetime | None = None, seed: int = 0,
+                   store: FeatureStore | None = None) -> MonitoringOutcome:
+    """Drift, freshness and skew for one feature service (default: the fraud and churn services).
+
+    `end` closes the current window (default: the end of the data). Freshness is judged at
+    `as_of`, default `end` when given, else now. Reports go under settings.reports_dir.
+    """
+    from feastkit.store import open_store, require_applied
+    from monitoring.report import write_reports
+    from pipelines.aggregates import data_range
+
+    unknown = sorted(set(checks) - set(CHECKS))
+    if unknown or not checks:
+        raise FeastkitError(f"unknown check(s) {unknown or '(none)'}", f"choose from {list(CHECKS)}")
+    store = store or open_store(settings)
+    require_applied(store)
+    services = [feature_service] if feature_service else [settings.fraud_service, settings.churn_service]
+    thresholds = thresholds or DriftThresholds()
+    started = datetime.now(UTC)
+
+    drift: list[ServiceDrift] = []
+    if "drift" in checks:
+        data_end = _utc(end) if end is not None else data_range(settings.clean_dir)[1]
+        reference, current = default_windows(data_end, current_days, reference_days)
+        drift = [drift_between(store, settings, s, reference, current, thresholds, max_rows, seed)
+                 for s in services]
+    freshness: list[ViewFreshness] = []
+    if "freshness" in checks:
+        moment = _utc(as_of) if as_of is not None else (_utc(end) if end is not None else started)
+        freshness = check_freshness(store, moment)
+    skew: dict[str, list[FeatureSkew]] = {}
+    if "skew" in checks:
+        skew = {s: check_skew(store, s, settings.clean_dir, None, sample_entities, seed) for s in services}
+
+    drifted = [ref for d in drift for ref in d.drifted]
+    stale = [f.view for f in freshness if f.stale]
+    skewed = sorted({f.feature for results in skew.values() for f in results if f.mismatches})
+    outcome = MonitoringOutcome(drifted, stale, skewed, Path(), Path(), drift, freshness, skew)
+    outcome.report_json, outcome.report_html, outcome.report = write_reports(
+        settings.reports_dir, outcome, thresholds=thresholds, generated_at=started,
+        checks=list(checks))
+    return outcome
