@@ -42,6 +42,21 @@ class Settings(BaseSettings):
     materialize_chunk: str = "1d"
     online_timeout_seconds: float = 0.5
     api_keys: str = ""
+    # Serving (serving/app.py, docs/serving.md)
+    online_retry_seconds: float = 1.0     # after a failed online read, fail fast this long
+    max_request_bytes: int = 1_048_576    # request bodies above this get 413
+    push_to: str = "online"               # "online" or "online_and_offline"
+    log_level: str = "INFO"
+    access_log: bool = True
+
+    # Orchestration (dags/): cron schedules in UTC, first interval, catchup, promotion rule
+    schedule_feature_pipeline: str = "0 * * * *"
+    schedule_train: str = "0 3 * * 1"
+    schedule_drift_check: str = "30 4 * * *"
+    dag_start_date: str = "2026-01-01"
+    dag_catchup: bool = False
+    promote_metric: str = "pr_auc"
+    promote_tolerance: float = 0.0
 
     @model_validator(mode="after")
     def _derive_paths(self) -> Settings:

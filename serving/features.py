@@ -9,7 +9,9 @@ inputs, so a model sees online what it saw in training.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import threading
+import time
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -19,6 +21,75 @@ if TYPE_CHECKING:
 
 class OnlineStoreUnavailable(RuntimeError):
     """The online store could not be read (down, unreachable, or timing out)."""
+
+
+@dataclass
+class StoreGuard:
+    """Fails fast while the online store is known to be down, and lets a probe through after a pause.
+
+    After a failed read, requests get an immediate 503 for `retry_seconds` instead of each one
+    waiting for the socket timeout; then the next request (or a /ready probe) tries the store
+    again, and one success closes the guard. No restart is needed when the store comes back.
+    """
+
+    retry_seconds: float = 1.0
+    down_until: float = 0.0
+    last_error: str = ""
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def check(self) -> None:
+        """Raise OnlineStoreUnavailable without touching the store while it is marked down."""
+        if self.down_until and time.monotonic() < self.down_until:
+            raise OnlineStoreUnavailable(
+                f"{self.last_error} (failing fast; next attempt within {self.retry_seconds:g}s)")
+
+    def failed(self, error: str) -> None:
+        with self._lock:
+            self.last_error = error
+            self.down_until = time.monotonic() + self.retry_seconds
+
+    def succeeded(self) -> None:
+        if self.down_until:
+            with self._lock:
+                self.down_until = 0.0
+                self.last_error = ""
+
+    @property
+    def is_down(self) -> bool:
+        return bool(self.down_until)
+
+
+def describe_error(exc: BaseException) -> str:
+    """A short, single-line reason for logs and 503 bodies (never credentials: no config dumps)."""
+    text = " ".join(str(exc).split())[:240]
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def bound_online_store(store: FeatureStore, timeout_seconds: float) -> None:
+    """Bound every online-store call by `timeout_seconds` and never retry inside one request.
+
+    For Redis, Feast builds its client from the connection string, whose `key=value` parts
+    become redis-py arguments: missing `socket_timeout`/`socket_connect_timeout` are added here
+    (a configured value wins). redis-py retries failed commands 3 times with a backoff of up
+    to 10 s by default; the retry here is set to none, so a dead store costs one timeout and
+    recovery happens on the next request through a fresh connection.
+    """
+    config = store.config.online_store
+    if getattr(config, "type", "") != "redis":
+        return
+    parts = config.connection_string.split(",")
+    present = {p.split("=", 1)[0].strip() for p in parts if "=" in p}
+    for key in ("socket_timeout", "socket_connect_timeout"):
+        if key not in present:
+            parts.append(f"{key}={timeout_seconds:g}")
+    config.connection_string = ",".join(parts)
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    online_store = store._get_provider().online_store
+    client = online_store._get_client(config)
+    if hasattr(client, "set_retry"):
+        client.set_retry(Retry(NoBackoff(), 0))
 
 
 @dataclass
@@ -33,9 +104,10 @@ class ServiceReader:
     request_fields: list[str]
     odfvs: list[tuple[OnDemandFeatureView, list[str]]]  # (view, its output columns in the service)
     output_columns: list[str]
+    guard: StoreGuard = field(default_factory=StoreGuard)
 
     @classmethod
-    def build(cls, store: FeatureStore, service: str) -> ServiceReader:
+    def build(cls, store: FeatureStore, service: str, guard: StoreGuard | None = None) -> ServiceReader:
         fs = store.get_feature_service(service)
         views = {v.name: v for v in store.list_feature_views()}
         odfv_by_name = {o.name: o for o in store.list_on_demand_feature_views()}
@@ -69,16 +141,12 @@ class ServiceReader:
                 for req in odfv.source_request_sources.values():
                     request_fields += [f.name for f in req.schema if f.name not in request_fields]
                 odfvs.append((odfv, names))
-        return cls(store, service, base_refs, ttl, join_keys, request_fields, odfvs, outputs)
+        return cls(store, service, base_refs, ttl, join_keys, request_fields, odfvs, outputs,
+                   guard or StoreGuard())
 
     def read(self, rows: list[dict[str, Any]], as_of_epochs: list[float]) -> list[dict[str, Any]]:
         """Feature values per row (None where missing or expired at that row's time)."""
-        entity_rows = [{k: row[k] for k in self.join_keys} for row in rows]
-        try:
-            response = self.store.get_online_features(features=self.base_refs, entity_rows=entity_rows)
-            raw = response.to_dict(include_event_timestamps=True)
-        except Exception as exc:  # any store failure becomes one clear, typed error
-            raise OnlineStoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
+        raw = self.read_raw(rows)
         columns: dict[str, list[Any]] = {}
         for name, ttl in self.ttl_seconds.items():
             values, stamps = raw.get(name, [None] * len(rows)), raw.get(f"{name}__ts", [0] * len(rows))
@@ -96,10 +164,28 @@ class ServiceReader:
                 columns[name] = list(result[name])
         return [{name: columns[name][i] for name in self.output_columns} for i in range(len(rows))]
 
+    def read_raw(self, rows: list[dict[str, Any]]) -> dict[str, list[Any]]:
+        """One Feast online read for all rows: base feature values and their event timestamps."""
+        self.guard.check()
+        entity_rows = [{k: row[k] for k in self.join_keys} for row in rows]
+        try:
+            response = self.store.get_online_features(features=self.base_refs, entity_rows=entity_rows)
+            raw = response.to_dict(include_event_timestamps=True)
+        except Exception as exc:  # any store failure becomes one clear, typed error
+            reason = describe_error(exc)
+            self.guard.failed(reason)
+            raise OnlineStoreUnavailable(reason) from exc
+        self.guard.succeeded()
+        return raw
+
     def ping(self) -> None:
-        """One cheap read: raises OnlineStoreUnavailable when the store cannot answer."""
+        """One cheap read, bypassing the fail-fast guard: raises OnlineStoreUnavailable when the
+        store cannot answer, and closes the guard when it can."""
         probe = {k: -1 for k in self.join_keys}
         try:
             self.store.get_online_features(features=self.base_refs[:1], entity_rows=[probe])
         except Exception as exc:
-            raise OnlineStoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
+            reason = describe_error(exc)
+            self.guard.failed(reason)
+            raise OnlineStoreUnavailable(reason) from exc
+        self.guard.succeeded()

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, create_model, field_validator
 
 MAX_ID = 2**63 - 1
 EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
 FUTURE_TOLERANCE = timedelta(days=1)
 
 
-def _plausible(value: datetime | None) -> datetime | None:
+def plausible_time(value: datetime | None) -> datetime | None:
+    """Reject timestamps before 2000 or more than a day in the future (ValueError names the range)."""
     if value is None:
         return None
     latest = datetime.now(UTC) + FUTURE_TOLERANCE
@@ -37,7 +38,7 @@ class FraudRequest(BaseModel):
     channel: Literal["pos", "web", "app"] | None = Field(None, description="Where it happened.")
     device_id: str | None = Field(None, max_length=128)
 
-    _check_timestamp = field_validator("timestamp")(_plausible)
+    _check_timestamp = field_validator("timestamp")(plausible_time)
 
 
 class ChurnRequest(BaseModel):
@@ -48,7 +49,7 @@ class ChurnRequest(BaseModel):
     user_id: int = Field(..., ge=0, le=MAX_ID)
     as_of: AwareDatetime | None = Field(None, description="Score as of this time (default: now).")
 
-    _check_as_of = field_validator("as_of")(_plausible)
+    _check_as_of = field_validator("as_of")(plausible_time)
 
 
 FeatureValues = dict[str, float | int | None]
@@ -79,6 +80,13 @@ class ChurnResponse(_Prediction):
 class ErrorResponse(BaseModel):
     error: str
     detail: list[str] = Field(default_factory=list)
+    request_id: str | None = Field(None, description="The request's X-Request-ID, also in the logs.")
+
+
+class DetailResponse(BaseModel):
+    """FastAPI's error body (`HTTPException`), used by the monitoring routes."""
+
+    detail: str
 
 
 class HealthResponse(BaseModel):
@@ -89,3 +97,40 @@ class HealthResponse(BaseModel):
 class ReadyResponse(BaseModel):
     ready: bool
     checks: dict[str, str]
+
+
+class FraudBatchResponse(BaseModel):
+    predictions: list[FraudResponse] = Field(..., description="One per transaction, same order.")
+
+
+class ChurnBatchResponse(BaseModel):
+    predictions: list[ChurnResponse] = Field(..., description="One per user, same order.")
+
+
+def batch_requests(max_batch_size: int) -> tuple[type[BaseModel], type[BaseModel]]:
+    """Batch request bodies bounded by the configured size (documented as maxItems)."""
+    config = ConfigDict(extra="forbid")
+    fraud: Any = (list[FraudRequest], Field(..., min_length=1, max_length=max_batch_size,
+                                            description=f"1 to {max_batch_size} transactions."))
+    churn: Any = (list[ChurnRequest], Field(..., min_length=1, max_length=max_batch_size,
+                                            description=f"1 to {max_batch_size} users."))
+    return (create_model("FraudBatchRequest", __config__=config, transactions=fraud),
+            create_model("ChurnBatchRequest", __config__=config, users=churn))
+
+
+def push_request(max_batch_size: int) -> type[BaseModel]:
+    """Push body: events whose fields are checked against the push source's schema."""
+    events: Any = (list[dict[str, Any]], Field(
+        ..., min_length=1, max_length=max_batch_size,
+        description="Rows with the push source's columns: its feature views' entity keys, "
+                    "features and timestamp field (ISO 8601 with a timezone)."))
+    return create_model("PushRequest", __config__=ConfigDict(extra="forbid", json_schema_extra={
+        "examples": [{"events": [{"user_id": 1001, "txn_count_10m": 3, "amount_sum_10m": 412.5,
+                                  "event_timestamp": "2026-04-30T21:15:00Z"}]}]}), events=events)
+
+
+class PushResponse(BaseModel):
+    push_source: str
+    rows: int
+    feature_views: list[str]
+    to: Literal["online", "online_and_offline"]

@@ -1,0 +1,69 @@
+"""Prometheus series of the prediction API, one registry per app (GET /metrics)."""
+
+from __future__ import annotations
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25,
+                   0.5, 1.0, 2.5)
+SCORE_BUCKETS = tuple(round(i / 20, 2) for i in range(1, 21))
+
+# The documented series (docs/serving.md); tests check each one exists and moves.
+SERIES = (
+    "feastkit_http_requests_total",
+    "feastkit_http_request_duration_seconds",
+    "feastkit_online_read_duration_seconds",
+    "feastkit_online_store_errors_total",
+    "feastkit_missing_features_total",
+    "feastkit_prediction_score",
+    "feastkit_predictions_total",
+    "feastkit_push_rows_total",
+    "feastkit_auth_failures_total",
+)
+
+
+class ServingMetrics:
+    """Counters and histograms, registered on their own registry so apps never collide."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter("feastkit_http_requests", "HTTP requests by route, method and status.",
+                                ["route", "method", "status"], registry=r)
+        self.request_seconds = Histogram(
+            "feastkit_http_request_duration_seconds", "HTTP request latency by route (server side).",
+            ["route", "method"], buckets=LATENCY_BUCKETS, registry=r)
+        self.online_seconds = Histogram(
+            "feastkit_online_read_duration_seconds",
+            "Online feature store read latency per feature service (one read per request or batch).",
+            ["feature_service"], buckets=LATENCY_BUCKETS, registry=r)
+        self.online_errors = Counter(
+            "feastkit_online_store_errors", "Online store reads or writes that failed, by reason.",
+            ["operation", "reason"], registry=r)
+        self.missing = Counter(
+            "feastkit_missing_features",
+            "Features served with the bundle default (unknown entity or older than the view's TTL).",
+            ["feature_service", "feature"], registry=r)
+        self.scores = Histogram("feastkit_prediction_score", "Predicted probability per model.",
+                                ["model", "model_version"], buckets=SCORE_BUCKETS, registry=r)
+        self.predictions = Counter("feastkit_predictions", "Predictions by model and decision.",
+                                   ["model", "decision"], registry=r)
+        self.pushed = Counter("feastkit_push_rows", "Rows pushed to the online store per push source.",
+                              ["push_source"], registry=r)
+        self.auth_failures = Counter("feastkit_auth_failures",
+                                     "Requests refused for a missing or wrong API key.", registry=r)
+
+    def render(self) -> tuple[bytes, str]:
+        """The exposition text of this process's series.
+
+        Only this registry is rendered: importing Feast sets PROMETHEUS_MULTIPROC_DIR to a
+        private directory of its own, so prometheus-client's multiprocess mode cannot be
+        relied on to mean "aggregate feastkit workers" (see docs/serving.md, several workers).
+        """
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST

@@ -1,0 +1,495 @@
+"""Production behaviour of the prediction API: batch, push, metrics, logs, auth, limits, faults."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import subprocess
+import time
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pandas as pd
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from feastkit.errors import FeastkitError
+from feastkit.settings import Settings
+from serving.app import ServingState, create_app
+from serving.logs import JsonFormatter
+from serving.metrics import SERIES
+from tests.conftest import (
+    Deployment,
+    feastkit_bin,
+    make_settings,
+    settings_env,
+    start_server,
+    stop_server,
+)
+from tests.integration.serving_support import PrivateRedis, private_copy
+from tests.integration.test_api import _at, _known_user
+
+with warnings.catch_warnings():  # starlette's note about a future httpx; not about this code
+    warnings.simplefilter("ignore")
+    from starlette.testclient import TestClient
+
+pytestmark = pytest.mark.integration
+
+_USERS: dict[Path, int] = {}
+
+
+def known_user(deployment: Deployment) -> int:
+    """A user with transactions in the last day of data (looked up once per deployment)."""
+    clean = deployment.settings.clean_dir
+    if clean not in _USERS:
+        _USERS[clean] = _known_user(deployment)
+    return _USERS[clean]
+
+
+def fraud_body(deployment: Deployment, **overrides: object) -> dict:
+    body = {"transaction_id": "t-1", "user_id": known_user(deployment), "merchant_id": 501,
+            "amount": 42.5, "timestamp": _at(deployment, 2), "channel": "pos"}
+    body.update(overrides)
+    return body
+
+
+API_KEY = "fk-test-8c1d9a77e2b54f0e"
+OTHER_KEY = "fk-test-2f4e6a8b0c1d3e5f"
+
+
+@pytest.fixture(scope="module")
+def copy_settings(deployment: Deployment, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    """A private copy of the deployment (pushes here never reach the shared online store)."""
+    return private_copy(deployment, tmp_path_factory.mktemp("serving-copy"),
+                        fraud_service="fraud_detection_v2", max_batch_size=50,
+                        max_request_bytes=64_000)
+
+
+@pytest.fixture(scope="module")
+def state(copy_settings: Settings) -> ServingState:
+    return ServingState.load(copy_settings)
+
+
+@pytest.fixture()
+def client(copy_settings: Settings, state: ServingState) -> Iterator[TestClient]:
+    with TestClient(create_app(copy_settings, state)) as c:
+        yield c
+
+
+@pytest.fixture()
+def captured_logs() -> Iterator[io.StringIO]:
+    """The JSON lines the serving logger writes during one test."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    logger = logging.getLogger("feastkit.serving")
+    logger.addHandler(handler)
+    yield stream
+    logger.removeHandler(handler)
+
+
+def _samples(client: TestClient) -> dict[tuple[str, tuple], float]:
+    text = client.get("/metrics").text
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def _value(samples: dict, name: str, **labels: str) -> float:
+    """Sum of a series' samples whose labels include `labels`."""
+    return sum(v for (n, lab), v in samples.items()
+               if n == name and set(labels.items()) <= set(lab))
+
+
+# Batch -----------------------------------------------------------------------------------------
+
+
+def test_fraud_batch_equals_single_predictions(client: TestClient, deployment: Deployment) -> None:
+    user = known_user(deployment)
+    bodies = [fraud_body(deployment, transaction_id=f"t-{i}", amount=20.0 + 37 * i,
+                         timestamp=_at(deployment, 0.5 + i), user_id=user if i % 3 else 9_999_999 + i,
+                         merchant_id=500 + i)
+              for i in range(12)]
+    singles = [client.post("/v1/predict/fraud?explain=true", json=b) for b in bodies]
+    assert all(r.status_code == 200 for r in singles), singles[0].text
+    batch = client.post("/v1/predict/fraud:batch?explain=true", json={"transactions": bodies})
+    assert batch.status_code == 200, batch.text
+    predictions = batch.json()["predictions"]
+    assert len(predictions) == len(bodies)
+    for single, batched in zip(singles, predictions, strict=True):
+        single = single.json()
+        assert batched["transaction_id"] == single["transaction_id"]
+        assert batched["probability"] == pytest.approx(single["probability"], abs=1e-12)
+        assert batched["decision"] == single["decision"]
+        assert batched["missing_features"] == single["missing_features"]
+        assert batched["features"] == single["features"]
+    assert any(p["missing_features"] for p in predictions)      # unknown users in the mix
+    assert any("txn_count_30d" not in p["missing_features"] for p in predictions)  # and known
+
+
+def test_churn_batch_equals_single_predictions(client: TestClient, deployment: Deployment) -> None:
+    user = known_user(deployment)
+    bodies = [{"user_id": user + i, "as_of": _at(deployment, 1 + i)} for i in range(8)]
+    bodies.append({"user_id": 9_999_999_999})
+    singles = [client.post("/v1/predict/churn", json=b).json() for b in bodies]
+    batch = client.post("/v1/predict/churn:batch", json={"users": bodies})
+    assert batch.status_code == 200, batch.text
+    for single, batched in zip(singles, batch.json()["predictions"], strict=True):
+        assert batched["user_id"] == single["user_id"]
+        assert batched["probability"] == pytest.approx(single["probability"], abs=1e-12)
+        assert batched["missing_features"] == single["missing_features"]
+
+
+def test_batch_reads_the_online_store_once(client: TestClient, deployment: Deployment) -> None:
+    before = _value(_samples(client), "feastkit_online_read_duration_seconds_count",
+                    feature_service="fraud_detection_v2")
+    bodies = [fraud_body(deployment, transaction_id=f"b-{i}") for i in range(30)]
+    assert client.post("/v1/predict/fraud:batch", json={"transactions": bodies}).status_code == 200
+    after = _value(_samples(client), "feastkit_online_read_duration_seconds_count",
+                   feature_service="fraud_detection_v2")
+    assert after - before == 1
+
+
+def test_batch_size_and_body_size_limits(client: TestClient, deployment: Deployment) -> None:
+    too_many = [fraud_body(deployment)] * 51  # max_batch_size is 50 here
+    r = client.post("/v1/predict/fraud:batch", json={"transactions": too_many})
+    assert r.status_code == 413 and "at most 50" in r.json()["error"], r.text
+    r = client.post("/v1/predict/churn:batch", json={"users": [{"user_id": 1}] * 51})
+    assert r.status_code == 413
+    assert client.post("/v1/predict/churn:batch", json={"users": []}).status_code == 422
+
+    def small() -> Iterator[bytes]:  # a chunked body under the cap goes through
+        yield b'{"users": [{"user_id": 1},'
+        yield b' {"user_id": 2}]}'
+
+    r = client.post("/v1/predict/churn:batch", content=small(),
+                    headers={"content-type": "application/json"})
+    assert r.status_code == 200 and len(r.json()["predictions"]) == 2, r.text
+    huge = {"transactions": [fraud_body(deployment, transaction_id="x" * 60)] * 40,
+            "padding": "y" * 70_000}
+    r = client.post("/v1/predict/fraud:batch", json=huge)  # above max_request_bytes (64 000)
+    assert r.status_code == 413 and "larger than 64000 bytes" in r.json()["error"]
+
+    one = json.dumps(fraud_body(deployment)).encode()
+
+    def chunks() -> Iterator[bytes]:  # no content-length: the cap counts streamed bytes
+        yield b'{"transactions": ['
+        for _ in range(2000):
+            yield one + b","
+        yield b"{}]}"
+
+    r = client.post("/v1/predict/fraud:batch", content=chunks(),
+                    headers={"content-type": "application/json"})
+    assert r.status_code == 413
+
+
+# Push ------------------------------------------------------------------------------------------
+
+
+def test_push_makes_new_values_visible_to_the_next_prediction(client: TestClient,
+                                                              deployment: Deployment) -> None:
+    user = known_user(deployment)
+    at = _at(deployment, 3)
+    body = fraud_body(deployment, user_id=user, timestamp=at)
+    before = client.post("/v1/predict/fraud?explain=true", json=body).json()
+    assert before["feature_service"] == "fraud_detection_v2"
+    assert "txn_count_10m" in before["missing_features"]  # the stream has been quiet for hours
+    pushed_at = (pd.Timestamp(at) - pd.Timedelta(minutes=1)).isoformat()
+    event = {"user_id": user, "txn_count_10m": 9, "amount_sum_10m": 2750.0,
+             "event_timestamp": pushed_at}
+    r = client.post("/v1/push/user_realtime_push", json={"events": [event]})
+    assert r.status_code == 200, r.text
+    assert r.json() == {"push_source": "user_realtime_push", "rows": 1,
+                        "feature_views": ["user_realtime_activity"], "to": "online"}
+    after = client.post("/v1/predict/fraud?explain=true", json=body).json()
+    assert after["features"]["txn_count_10m"] == 9
+    assert after["features"]["amount_sum_10m"] == 2750.0
+    assert "txn_count_10m" not in after["missing_features"]
+    assert after["probability"] != before["probability"]
+    # an older event never replaces the newer value
+    older = {**event, "txn_count_10m": 1, "event_timestamp":
+             (pd.Timestamp(at) - pd.Timedelta(minutes=5)).isoformat()}
+    assert client.post("/v1/push/user_realtime_push", json={"events": [older]}).status_code == 200
+    again = client.post("/v1/predict/fraud?explain=true", json=body).json()
+    assert again["features"]["txn_count_10m"] == 9
+
+
+@pytest.mark.parametrize("event, named", [
+    ({"txn_count_10m": 1, "amount_sum_10m": 1.0, "event_timestamp": "2026-03-01T00:00:00Z"},
+     "user_id"),
+    ({"user_id": 1, "txn_count_10m": "many", "amount_sum_10m": 1.0,
+      "event_timestamp": "2026-03-01T00:00:00Z"}, "txn_count_10m"),
+    ({"user_id": 1, "txn_count_10m": 1, "amount_sum_10m": 1.0,
+      "event_timestamp": "2026-03-01 00:00:00"}, "event_timestamp"),
+    ({"user_id": 1, "txn_count_10m": 1, "amount_sum_10m": 1.0,
+      "event_timestamp": "2026-03-01T00:00:00Z", "surprise": 3}, "surprise"),
+])
+def test_push_validates_against_the_push_source_schema(client: TestClient, event: dict,
+                                                       named: str) -> None:
+    r = client.post("/v1/push/user_realtime_push", json={"events": [event]})
+    assert r.status_code == 422, r.text
+    assert named in r.json()["error"]
+
+
+def test_unknown_push_source_lists_the_known_ones(client: TestClient) -> None:
+    r = client.post("/v1/push/clicks", json={"events": [{"user_id": 1}]})
+    assert r.status_code == 404
+    assert "clicks" in r.json()["error"] and "user_realtime_push" in r.json()["detail"][0]
+
+
+# Observability ---------------------------------------------------------------------------------
+
+
+def test_metrics_expose_the_documented_series_and_they_move(client: TestClient,
+                                                           deployment: Deployment) -> None:
+    text = client.get("/metrics").text
+    for series in SERIES:
+        assert f"# TYPE {series} " in text, series
+    before = _samples(client)
+    assert client.post("/v1/predict/fraud", json=fraud_body(deployment)).status_code == 200
+    assert client.post("/v1/predict/fraud", json=fraud_body(
+        deployment, user_id=9_999_999_999)).status_code == 200
+    assert client.post("/v1/predict/churn", json={"user_id": 9_999_999_998}).status_code == 200
+    after = _samples(client)
+
+    def moved(name: str, **labels: str) -> float:
+        return _value(after, name, **labels) - _value(before, name, **labels)
+
+    assert moved("feastkit_http_request_duration_seconds_count", route="/v1/predict/fraud") == 2
+    assert moved("feastkit_http_requests_total", route="/v1/predict/churn", status="200") == 1
+    assert moved("feastkit_online_read_duration_seconds_count",
+                 feature_service="fraud_detection_v2") == 2
+    assert moved("feastkit_prediction_score_count", model="fraud_detection_v2") == 2
+    assert moved("feastkit_prediction_score_count", model="churn_prediction_v1") == 1
+    assert moved("feastkit_predictions_total", model="fraud_detection_v2") == 2
+    assert moved("feastkit_missing_features_total", feature_service="fraud_detection_v2",
+                 feature="txn_count_30d") == 1
+    assert moved("feastkit_missing_features_total", feature_service="churn_prediction_v1") >= 1
+
+
+def test_request_id_in_and_out_and_json_access_log(client: TestClient, deployment: Deployment,
+                                                  captured_logs: io.StringIO) -> None:
+    r = client.post("/v1/predict/fraud", json=fraud_body(deployment),
+                    headers={"X-Request-ID": "order-7731"})
+    assert r.headers["x-request-id"] == "order-7731"
+    generated = client.get("/health").headers["x-request-id"]
+    assert len(generated) == 32
+    bad = client.post("/v1/predict/fraud", json={"amount": -1})
+    assert bad.json()["request_id"] == bad.headers["x-request-id"]
+    lines = [json.loads(line) for line in captured_logs.getvalue().splitlines()]
+    access = [e for e in lines if e["message"] == "request"]
+    mine = next(e for e in access if e["request_id"] == "order-7731")
+    assert mine["route"] == "/v1/predict/fraud" and mine["status"] == 200
+    assert mine["duration_ms"] > 0 and mine["level"] == "info"
+    assert any(e["request_id"] == generated and e["path"] == "/health" for e in access)
+
+
+# Security --------------------------------------------------------------------------------------
+
+
+PROTECTED = ["/v1/predict/fraud", "/v1/predict/fraud:batch", "/v1/predict/churn",
+             "/v1/predict/churn:batch", "/v1/push/user_realtime_push"]
+
+
+def _valid_bodies(deployment: Deployment) -> dict[str, dict]:
+    tx = fraud_body(deployment)
+    return {
+        "/v1/predict/fraud": tx,
+        "/v1/predict/fraud:batch": {"transactions": [tx, tx]},
+        "/v1/predict/churn": {"user_id": 7},
+        "/v1/predict/churn:batch": {"users": [{"user_id": 7}]},
+        "/v1/push/user_realtime_push": {"events": [{
+            "user_id": 424242, "txn_count_10m": 1, "amount_sum_10m": 3.5,
+            "event_timestamp": _at(deployment, 0)}]},
+    }
+
+
+def test_api_keys_protect_predict_and_push_and_are_never_logged(
+        copy_settings: Settings, state: ServingState, deployment: Deployment,
+        captured_logs: io.StringIO) -> None:
+    settings = copy_settings.model_copy(update={"api_keys": f"{API_KEY}, {OTHER_KEY}"})
+    bodies = _valid_bodies(deployment)
+    with TestClient(create_app(settings, state)) as c:
+        for path in PROTECTED:
+            none = c.post(path, json=bodies[path])
+            assert none.status_code == 401 and "missing API key" in none.json()["error"], path
+            assert none.headers["www-authenticate"] == "Bearer"
+            wrong = c.post(path, json=bodies[path], headers={"X-API-Key": API_KEY + "x"})
+            assert wrong.status_code == 401 and "not recognised" in wrong.json()["error"], path
+            bearer_wrong = c.post(path, json=bodies[path],
+                                  headers={"Authorization": f"Bearer {API_KEY[:-1]}"})
+            assert bearer_wrong.status_code == 401, path
+            ok = c.post(path, json=bodies[path], headers={"X-API-Key": API_KEY})
+            assert ok.status_code == 200, (path, ok.text)
+            ok = c.post(path, json=bodies[path], headers={"Authorization": f"Bearer {OTHER_KEY}"})
+            assert ok.status_code == 200, (path, ok.text)
+        for open_path in ("/health", "/ready", "/metrics", "/openapi.json"):
+            assert c.get(open_path).status_code == 200, open_path
+        schema = c.get("/openapi.json").json()
+        assert {"APIKeyHeader", "HTTPBearer"} <= set(schema["components"]["securitySchemes"])
+        failures = _value(_samples(c), "feastkit_auth_failures_total")
+        assert failures == 3 * len(PROTECTED)
+    logged = captured_logs.getvalue()
+    assert "unauthorized" in logged and "/v1/push/user_realtime_push" in logged
+    for key in (API_KEY, OTHER_KEY, API_KEY + "x", API_KEY[:-1]):
+        assert key not in logged
+
+
+def test_no_keys_configured_means_open_routes(client: TestClient, deployment: Deployment) -> None:
+    r = client.post("/v1/predict/fraud", json=fraud_body(deployment), headers={"X-API-Key": "any"})
+    assert r.status_code == 200
+
+
+# Start-up refusals -----------------------------------------------------------------------------
+
+
+def _serve_once(settings: Settings, tmp_path: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([feastkit_bin(), "serve", "--port", "1"], env=settings_env(settings),
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+
+
+def test_refuses_to_start_without_a_registry_or_with_a_broken_bundle(
+        deployment: Deployment, tmp_path: Path) -> None:
+    from tests.conftest import copy_repo_definitions
+
+    copy_repo_definitions(tmp_path / "fresh" / "repo")
+    no_registry = make_settings(tmp_path / "fresh", data_dir=deployment.settings.data_dir)
+    with pytest.raises(FeastkitError, match="feastkit apply"):
+        ServingState.load(no_registry)
+    proc = _serve_once(no_registry, tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "feastkit: error:" in proc.stderr and "apply" in proc.stderr
+
+    import shutil
+
+    models = tmp_path / "models"
+    shutil.copytree(deployment.settings.models_dir, models)
+    service = models / deployment.settings.fraud_service
+    current = (service / "CURRENT").read_text().strip()
+    (service / current / "model.joblib").write_bytes(b"not a model")
+    broken = deployment.settings.model_copy(update={"models_dir": models})
+    with pytest.raises(FeastkitError, match="cannot be loaded"):
+        ServingState.load(broken)
+    proc = _serve_once(broken, tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "cannot be loaded" in proc.stderr and "feastkit train" in proc.stderr
+
+
+# Fault tolerance with a real Redis server ------------------------------------------------------
+
+
+@pytest.fixture()
+def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+    server = PrivateRedis.start_new(tmp_path / "redis")
+    yield server
+    server.stop()
+
+
+def _timed_post(url: str, body: dict, timeout: float = 30.0) -> tuple[httpx.Response, float]:
+    started = time.monotonic()
+    r = httpx.post(url, json=body, timeout=timeout)
+    return r, time.monotonic() - started
+
+
+def _wait_for(predicate, what: str, within: float = 30.0) -> None:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"not {what} after {within}s")
+
+
+def test_redis_down_or_slow_gives_fast_503_and_recovers_without_restart(
+        deployment: Deployment, private_redis: PrivateRedis, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from feastkit.store import apply_repo, materialize_servable, open_store
+    from tests.conftest import copy_repo_definitions
+
+    timeout = 0.5
+    # the deployment's feature tables, applied with the redis profile and materialized into a
+    # redis-server of this test's own (the shared one on 6379 is never stopped)
+    copy_repo_definitions(tmp_path / "copy" / "repo")
+    settings = make_settings(tmp_path / "copy", data_dir=deployment.settings.data_dir,
+                             profile="redis",
+                             redis_connection_string=private_redis.connection_string())
+    apply_repo(settings)
+    materialize_servable(settings, deployment.data_end, store=open_store(settings))
+    private_redis.snapshot()
+    monkeypatch.setenv("FEASTKIT_ONLINE_TIMEOUT_SECONDS", str(timeout))
+    monkeypatch.setenv("FEASTKIT_ONLINE_RETRY_SECONDS", "0.5")
+    server = start_server(settings, tmp_path / "server.log")
+    try:
+        url = f"{server.url}/v1/predict/fraud"
+        body = fraud_body(deployment)
+        # a client timeout far above the bound: the server, not the client, must cut the wait
+        bound = timeout + 2.0
+        ok, _ = _timed_post(url, body)
+        assert ok.status_code == 200 and ok.json()["missing_features"] == [], ok.text
+
+        # slow: the server is frozen, sockets stay open, nothing answers
+        private_redis.pause()
+        for _ in range(3):
+            r, elapsed = _timed_post(url, body)
+            assert r.status_code == 503, r.text
+            assert elapsed < bound, elapsed
+            assert "online feature store unavailable" in r.json()["error"]
+            assert r.json()["detail"] and r.headers["retry-after"]
+        ready = httpx.get(f"{server.url}/ready", timeout=30)
+        assert ready.status_code == 503 and ready.json()["ready"] is False
+        assert ready.json()["checks"]["online_store"].startswith("unavailable")
+        assert httpx.get(f"{server.url}/health", timeout=30).status_code == 200
+        private_redis.resume()
+        _wait_for(lambda: httpx.post(url, json=body, timeout=30).status_code == 200,
+                  "recovered from a frozen Redis")
+
+        # down: the process is gone, connections are refused
+        private_redis.kill()
+        for _ in range(3):
+            r, elapsed = _timed_post(url, body)
+            assert r.status_code == 503 and elapsed < bound, (r.text, elapsed)
+        assert httpx.get(f"{server.url}/ready", timeout=30).json()["ready"] is False
+        batch = httpx.post(f"{url}:batch", json={"transactions": [body, body]}, timeout=30)
+        assert batch.status_code == 503
+
+        # back on the same port with the same data: the same process serves again
+        private_redis.start()
+        _wait_for(lambda: httpx.get(f"{server.url}/ready", timeout=30).status_code == 200,
+                  "ready again after Redis restarted")
+        r = httpx.post(url, json=body, timeout=30)
+        assert r.status_code == 200 and r.json()["missing_features"] == [], r.text
+        assert server.process.poll() is None
+        metrics = httpx.get(f"{server.url}/metrics", timeout=30).text
+        errors = [line for line in metrics.splitlines()
+                  if line.startswith("feastkit_online_store_errors_total{")]
+        assert errors and any(float(line.rsplit(" ", 1)[1]) > 0 for line in errors)
+    finally:
+        stop_server(server)
+    log = server.log()
+    assert "Traceback" not in log
+    assert '"message": "online store unavailable"' in log
+
+
+def test_numpy_scorer_matches_the_bundle_on_the_same_features(state: ServingState,
+                                                              deployment: Deployment) -> None:
+    from serving.inference import Scorer
+
+    user = known_user(deployment)
+    epoch = pd.Timestamp(_at(deployment, 2)).timestamp()
+    rows = [{"user_id": u, "merchant_id": m, "amount": a, "transaction_epoch": epoch}
+            for u, m, a in [(user, 501, 42.5), (9_999_999_999, 501, 10.0), (user, 77_777, 900.0)]]
+    features = state.fraud.reader.read(rows, [epoch] * len(rows))
+    features.append({**features[0], "amount_zscore": "3.5", "txn_count_1d": None})
+    expected_p, expected_missing = state.fraud.bundle.predict_proba(pd.DataFrame(features))
+    scorer = Scorer(state.fraud.bundle)
+    got_p, got_missing = scorer.predict_proba(features)
+    assert got_missing == expected_missing
+    assert any(expected_missing) and not all(expected_missing)
+    assert got_p.tolist() == pytest.approx(expected_p.tolist(), abs=1e-12)
+    x, _ = scorer.matrix(features)
+    assert x.tolist() == state.fraud.bundle.matrix(pd.DataFrame(features))[0].tolist()
