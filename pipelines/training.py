@@ -214,3 +214,73 @@ def leaky_vs_pit(store: FeatureStore, clean_dir: Path, features_dir: Path,
     _, _, pit_metrics, _ = fit_and_evaluate(pit, spec.feature_columns, defaults, seed)
     _, _, leaky_metrics, _ = fit_and_evaluate(leaky, spec.feature_columns, defaults, seed)
     return {"pit_roc_auc": pit_metrics["roc_auc"], "leaky_roc_auc": leaky_metrics["roc_auc"]}
+
+
+# Scheduled retraining: promote only if not worse -------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PromotionDecision:
+    """A retrained bundle, the serving one it was compared with, and whether it was promoted."""
+
+    feature_service: str
+    version: str
+    metric: str
+    new_value: float
+    serving_version: str | None
+    serving_value: float | None
+    tolerance: float
+    promoted: bool
+    reason: str
+
+    def line(self) -> str:
+        verdict = "promoted" if self.promoted else "kept serving bundle"
+        return f"{self.feature_service}: {verdict} ({self.reason})"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in self.__dict__.items()}
+
+
+def train_and_promote_if_not_worse(store: FeatureStore, service: str, clean_dir: Path, models_dir: Path,
+                                   metric: str = "pr_auc", tolerance: float = 0.0,
+                                   seed: int = 0) -> PromotionDecision:
+    """Train a new bundle and promote it only if `metric` >= the serving bundle's value - `tolerance`.
+
+    Each bundle's metric is the one recorded in its manifest (its own later evaluation window).
+    The replaced bundle is kept as PREVIOUS, so `serving.bundle.rollback` restores it. A serving
+    bundle trained on feature definitions that have changed since cannot be served any more, so
+    the new bundle replaces it whatever its score.
+    """
+    from serving.bundle import current_bundle
+
+    result = train_service(store, service, clean_dir, models_dir, seed=seed, promote_bundle=False)
+    if metric not in result.metrics:
+        raise FeastkitError(f"unknown promotion metric '{metric}'",
+                            f"choose one of {sorted(k for k in result.metrics if not k.startswith('eval_'))}")
+    new_value = float(result.metrics[metric])
+    try:
+        serving = current_bundle(models_dir, service)
+    except FeastkitError:
+        serving = None
+    if serving is None:
+        promoted, old_value, reason = True, None, "no serving bundle yet"
+    else:
+        old_value = serving.manifest.get("metrics", {}).get(metric)
+        try:
+            serving.check_against(store)
+            still_valid = True
+        except FeastkitError:
+            still_valid = False
+        if not still_valid:
+            promoted, reason = True, "the serving bundle's feature definitions changed since it was trained"
+        elif old_value is None:
+            promoted, reason = True, f"the serving bundle recorded no {metric}"
+        else:
+            promoted = new_value >= float(old_value) - tolerance
+            reason = (f"{metric} {new_value:.4f} vs serving {float(old_value):.4f}, "
+                      f"tolerance {tolerance:g}: {'not worse' if promoted else 'worse'}")
+    if promoted:
+        promote(models_dir, service, result.version)
+    return PromotionDecision(service, result.version, metric, new_value,
+                             serving.version if serving is not None else None,
+                             float(old_value) if old_value is not None else None, tolerance, promoted, reason)

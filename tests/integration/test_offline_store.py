@@ -215,18 +215,21 @@ def test_created_timestamp_ties_pick_the_newer_row(repo: dict[str, Any]) -> None
 
 
 def test_real_training_sets_equal_the_stock_store(deployment: Deployment, tmp_path: Path) -> None:
-    """fraud_detection_v2 and churn_prediction_v1 built through profiles/asof.yaml on the real repo."""
+    """fraud_detection_v2 and churn_prediction_v1 on the real repo: the default (ASOF) store vs
+    Feast's own duckdb store (profiles/stock-duckdb.yaml)."""
     from feastkit.store import apply_repo, open_store
 
     copy_repo_definitions(tmp_path / "repo")
-    settings = make_settings(tmp_path, data_dir=deployment.settings.data_dir, profile="asof")
+    settings = make_settings(tmp_path, data_dir=deployment.settings.data_dir, profile="stock-duckdb")
     apply_repo(settings)
-    asof = open_store(settings)
+    reference = open_store(settings)
+    asof = deployment.store
+    assert type(asof.config.offline_store).__name__ == "AsofDuckDBOfflineStoreConfig"
     clean = deployment.settings.clean_dir
     for service, entities in (("fraud_detection_v2", fraud_entities(clean)),
                               ("churn_prediction_v1", churn_entities(clean))):
         fast = build_training_set(asof, service, entities)
-        stock = build_training_set(deployment.store, service, entities)
+        stock = build_training_set(reference, service, entities)
         assert len(fast) == len(entities)
         pd.testing.assert_frame_equal(fast, stock)
         assert fast.notna().mean().mean() > 0.5  # real values, not an all-null frame

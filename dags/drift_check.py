@@ -1,0 +1,44 @@
+"""Daily monitoring: feature drift, freshness and online/offline skew as of the run's interval end.
+
+The task fails (no retries: drift is a finding, not a glitch) when the checks are not ok; its
+log names what drifted, what is stale or skewed, and where the HTML report is.
+Catchup is off by default (FEASTKIT_DAG_CATCHUP): backfill to check past days.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from airflow.sdk import CronDataIntervalTimetable, dag, task
+
+from feastkit.settings import Settings
+from pipelines.jobs import default_args, start_date
+
+SETTINGS = Settings()
+
+
+@dag(
+    dag_id="drift_check",
+    schedule=CronDataIntervalTimetable(SETTINGS.schedule_drift_check, timezone="UTC"),
+    start_date=start_date(SETTINGS),
+    catchup=SETTINGS.dag_catchup,
+    max_active_runs=1,
+    default_args=default_args(retries=2),
+    dagrun_timeout=timedelta(hours=2),
+    tags=["feastkit", "monitoring"],
+    doc_md=__doc__,
+)
+def drift_check() -> None:
+    @task(execution_timeout=timedelta(hours=1))
+    def run_checks(data_interval_end=None) -> dict[str, Any]:
+        """monitoring.run_monitoring(settings, end=data_interval_end); fails when not ok."""
+        from pipelines.jobs import fail_fast, job_settings, run_drift_check
+
+        with fail_fast():
+            return run_drift_check(job_settings(), end=data_interval_end)
+
+    run_checks()
+
+
+drift_check()

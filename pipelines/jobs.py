@@ -1,0 +1,314 @@
+"""Scheduled jobs behind the Airflow DAGs: one function per task, each bound to an explicit interval.
+
+This module is imported by the DAG files at parse time, so it imports nothing heavy at module
+level (no Feast, pandas, DuckDB or scikit-learn): every job imports what it needs when it runs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from feastkit.errors import FeastkitError
+from feastkit.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# The feature tables `feastkit compute` writes (pipelines.aggregates.VIEWS), named here so the DAG
+# files can declare one Airflow Asset per table without importing DuckDB at parse time.
+FEATURE_TABLES: tuple[str, ...] = ("user_transaction_stats", "merchant_risk_stats", "customer_activity",
+                                   "user_realtime_activity", "user_profile")
+RAW_TABLES: tuple[str, ...] = ("transactions", "activity", "fraud_labels", "users", "merchants")
+ASSET_URI = "x-feastkit://features/{table}"
+SETTINGS_VARIABLE = "feastkit_settings"
+
+
+def asset_uri(table: str) -> str:
+    """The Airflow Asset URI of a feature table."""
+    return ASSET_URI.format(table=table)
+
+
+# What every DAG shares ---------------------------------------------------------------------------
+
+OWNER = "feastkit"
+
+
+def default_args(retries: int = 2) -> dict[str, Any]:
+    """Task defaults: an owner, retries with exponential backoff (1, 2, 4 ... min, at most 30)."""
+    from datetime import timedelta
+
+    return {"owner": OWNER, "retries": retries, "retry_delay": timedelta(minutes=1),
+            "retry_exponential_backoff": 2.0, "max_retry_delay": timedelta(minutes=30)}
+
+
+def start_date(settings: Settings) -> datetime:
+    """The first data interval's start (FEASTKIT_DAG_START_DATE, UTC)."""
+    return utc(settings.dag_start_date)
+
+
+class fail_fast:  # noqa: N801  (used as a context manager: `with fail_fast():`)
+    """Turn a FeastkitError (bad data or configuration) into a failed task without retries.
+
+    Retrying cannot fix a corrupt file or a wrong setting, so the task fails at once and its log
+    ends with the problem and the fix. Any other exception is left to Airflow's retries.
+    """
+
+    def __enter__(self) -> fail_fast:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> bool:
+        if isinstance(exc, FeastkitError):
+            from airflow.sdk.exceptions import AirflowFailException
+
+            log.error("feastkit: error: %s", exc.message)
+            raise AirflowFailException(exc.message) from None
+        return False
+
+
+# Settings for a task -----------------------------------------------------------------------------
+
+
+def job_settings(overrides: dict[str, Any] | None = None) -> Settings:
+    """Settings from FEASTKIT_* env vars, overridden by the Airflow Variable `feastkit_settings`.
+
+    The Variable holds a JSON object of Settings fields, e.g. {"profile": "redis"}; it is read only
+    inside a running task (never at parse time) and is optional.
+    """
+    values: dict[str, Any] = {**_variable_overrides(), **(overrides or {})}
+    unknown = sorted(set(values) - set(Settings.model_fields))
+    if unknown:
+        raise FeastkitError(f"Airflow Variable '{SETTINGS_VARIABLE}' names unknown setting(s) {unknown}",
+                            f"use fields of feastkit.settings.Settings, e.g. {sorted(Settings.model_fields)[:4]}")
+    return Settings(**values)
+
+
+def _variable_overrides() -> dict[str, Any]:
+    raw = os.environ.get(f"AIRFLOW_VAR_{SETTINGS_VARIABLE.upper()}")
+    if raw is None:
+        try:
+            from airflow.sdk import Variable
+
+            raw = Variable.get(SETTINGS_VARIABLE, default=None)
+        except Exception as exc:  # no Airflow, or no task context: env vars only
+            log.debug("no Airflow Variable %s: %s", SETTINGS_VARIABLE, exc)
+            raw = None
+    if not raw:
+        return {}
+    try:
+        values = json.loads(raw) if isinstance(raw, str) else dict(raw)
+    except (ValueError, TypeError):
+        raise FeastkitError(f"Airflow Variable '{SETTINGS_VARIABLE}' is not a JSON object",
+                            'set it to JSON such as {"profile": "redis"}') from None
+    if not isinstance(values, dict):
+        raise FeastkitError(f"Airflow Variable '{SETTINGS_VARIABLE}' is not a JSON object",
+                            'set it to JSON such as {"profile": "redis"}')
+    return values
+
+
+# Intervals ---------------------------------------------------------------------------------------
+
+
+def utc(value: datetime | str) -> datetime:
+    """A timezone-aware UTC datetime from a datetime or an ISO string (no zone means UTC)."""
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            raise FeastkitError(f"'{value}' is not an ISO date or time",
+                                "use ISO format, e.g. 2026-03-01T05:00:00+00:00") from None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    value = value.astimezone(UTC)
+    # a plain datetime: Airflow hands tasks pendulum DateTimes, which pandas cannot compare
+    return datetime(value.year, value.month, value.day, value.hour, value.minute, value.second,
+                    value.microsecond, tzinfo=UTC)
+
+
+def check_interval(start: datetime | str, end: datetime | str) -> tuple[datetime, datetime]:
+    """Validated UTC [start, end); a run without a data interval is refused with the fix."""
+    a, b = utc(start), utc(end)
+    if b <= a:
+        raise FeastkitError(
+            f"the interval [{a.isoformat()}, {b.isoformat()}) is empty",
+            "schedule the DAG with an interval timetable (CronDataIntervalTimetable), or pass "
+            "start < end in the run's conf")
+    return a, b
+
+
+def intervals_from_asset_events(extras: list[dict[str, Any]]) -> list[tuple[datetime, datetime]]:
+    """The distinct [start, end) intervals announced by feature_pipeline asset events, in time order."""
+    found = set()
+    for extra in extras:
+        if extra and "start" in extra and "end" in extra:
+            found.add(check_interval(extra["start"], extra["end"]))
+    return sorted(found)
+
+
+# File checks: fail before writing anything --------------------------------------------------------
+
+
+def check_parquet_files(paths: list[Path], what: str, fix: str) -> None:
+    """Raise a FeastkitError naming the first missing or unreadable parquet file."""
+    import pyarrow.parquet as pq
+
+    for path in paths:
+        if not path.is_file():
+            raise FeastkitError(f"{what} {path} is missing", fix)
+        try:
+            pq.read_metadata(path)
+        except Exception as exc:
+            raise FeastkitError(f"{what} {path} is not a readable parquet file ({type(exc).__name__}: "
+                                f"{str(exc).splitlines()[0][:160]})", fix) from None
+
+
+def check_raw_tables(settings: Settings) -> None:
+    """Every raw table the feature pipeline reads exists and is a readable parquet file."""
+    check_parquet_files([settings.raw_dir / f"{t}.parquet" for t in RAW_TABLES], "raw table file",
+                        "restore the file from its source (or rerun `feastkit generate`), then clear "
+                        "the failed task to rerun the interval")
+
+
+def check_feature_files(settings: Settings, views: list[str] | None = None) -> None:
+    """Every file of the feature tables materialization reads is a readable parquet file."""
+    files: list[Path] = []
+    for table in views or FEATURE_TABLES:
+        files += sorted((settings.features_dir / table).glob("*.parquet"))
+    check_parquet_files(files, "feature file",
+                        "rerun the feature_pipeline DAG for the intervals that wrote it (or "
+                        "`feastkit compute --start ... --end ...`), then clear the failed task")
+
+
+# Jobs --------------------------------------------------------------------------------------------
+
+
+def run_validation(settings: Settings) -> dict[str, dict[str, int]]:
+    """Validate the raw tables into clean + quarantine; per table rows_in = accepted + quarantined.
+
+    Validation reads whole raw tables (the aggregates then read only the lookback an interval
+    needs), so its counts reconcile per table exactly as `feastkit validate` reports them.
+    """
+    from pipelines.validation import validate_all
+
+    check_raw_tables(settings)
+    reports = validate_all(settings.raw_dir, settings.clean_dir, settings.quarantine_dir)
+    for r in reports:
+        log.info("validation %s", r.line())
+    return {r.table: {"rows_in": r.rows_in, "accepted": r.accepted, "quarantined": r.quarantined,
+                      **{f"reason_{k}": v for k, v in r.reasons.items()}} for r in reports}
+
+
+def run_compute(settings: Settings, start: datetime | str, end: datetime | str) -> dict[str, Any]:
+    """Compute every feature table's rows for exactly [start, end) (rows start < T <= end).
+
+    Reruns and backfills replace exactly the rows the interval owns, so they are idempotent.
+    """
+    from pipelines.aggregates import compute_features
+
+    a, b = check_interval(start, end)
+    computed = compute_features(settings.clean_dir, settings.features_dir, a, b)
+    for line in computed.lines():
+        log.info("features [%s, %s) %s", a.isoformat(), b.isoformat(), line)
+    return {"start": a.isoformat(), "end": b.isoformat(), "rows": dict(computed.rows),
+            "files": dict(computed.files)}
+
+
+def run_feature_pipeline(settings: Settings, start: datetime | str, end: datetime | str) -> dict[str, Any]:
+    """Validate the raw tables, then compute the feature tables for [start, end)."""
+    validation = run_validation(settings)
+    return {**run_compute(settings, start, end), "validation": validation}
+
+
+@dataclass
+class MaterializeRunReport:
+    """Which intervals one materialize run loaded into the online store."""
+
+    intervals: list[list[str]]
+    views: list[str]
+    chunks: int
+    lines: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def run_materialize(settings: Settings, intervals: list[tuple[datetime | str, datetime | str]],
+                    views: list[str] | None = None) -> MaterializeRunReport:
+    """Materialize each explicit interval (chunked, never `materialize-incremental`).
+
+    Feature files are checked before anything is written, so a corrupt file fails the run with
+    the online store untouched. Replaying an older interval never regresses a newer online
+    value: the sqlite store is feastkit's monotonic one and Redis skips older writes.
+    """
+    from feastkit.store import materialize_interval, open_store
+
+    checked = sorted({check_interval(a, b) for a, b in intervals})
+    if not checked:
+        raise FeastkitError("no interval to materialize",
+                            "trigger the run from feature_pipeline's assets, or pass start/end in its conf")
+    check_feature_files(settings, views)
+    store = open_store(settings)
+    lines, chunks, chosen = [], 0, []
+    for a, b in checked:
+        report = materialize_interval(settings, a, b, views=views, store=store)
+        log.info(report.line())
+        lines.append(report.line())
+        chunks += report.chunks
+        chosen = report.views
+    return MaterializeRunReport([[a.isoformat(), b.isoformat()] for a, b in checked], chosen, chunks, lines)
+
+
+def run_training(settings: Settings, promote_metric: str | None = None,
+                 promote_tolerance: float | None = None,
+                 services: list[str] | None = None) -> list[dict[str, Any]]:
+    """Retrain every feature service's model and promote each new bundle only if it is not worse.
+
+    A new bundle is promoted when its `promote_metric` is at least the serving bundle's minus
+    `promote_tolerance` (defaults from settings); the replaced bundle stays as PREVIOUS for
+    `rollback`. Returns one decision per service.
+    """
+    from feastkit.store import open_store, require_applied
+    from pipelines.training import TASKS, train_and_promote_if_not_worse
+
+    metric = promote_metric or settings.promote_metric
+    tolerance = settings.promote_tolerance if promote_tolerance is None else promote_tolerance
+    store = open_store(settings)
+    require_applied(store)
+    decisions = []
+    for service in services or list(TASKS):
+        decision = train_and_promote_if_not_worse(store, service, settings.clean_dir, settings.models_dir,
+                                                  metric=metric, tolerance=tolerance)
+        log.info(decision.line())
+        decisions.append(decision.as_dict())
+    return decisions
+
+
+def run_drift_check(settings: Settings, end: datetime | str) -> dict[str, Any]:
+    """Run the monitoring checks as of `end`; raises when drift, staleness or skew is found."""
+    try:
+        from monitoring import run_monitoring
+    except ImportError:
+        raise FeastkitError("the monitoring checks (monitoring.run_monitoring) are not installed",
+                            "install the monitoring module of feastkit, then clear the failed task") from None
+    result = run_monitoring(settings, end=utc(end))
+    summary = {"ok": bool(result.ok), "drifted": _names(result.drifted), "stale": _names(result.stale),
+               "skewed": _names(result.skewed), "report_html": str(result.report_html)}
+    log.info("monitoring as of %s: %s", utc(end).isoformat(), json.dumps(summary))
+    if not result.ok:
+        raise FeastkitError(
+            f"monitoring found problems as of {utc(end):%Y-%m-%d %H:%M} UTC: drifted={summary['drifted']} "
+            f"stale={summary['stale']} skewed={summary['skewed']}",
+            f"read the report at {summary['report_html']}; retrain or fix the pipeline, then clear the task")
+    return summary
+
+
+def _names(items: Any) -> list[str]:
+    if not items:
+        return []
+    if isinstance(items, dict):
+        return sorted(str(k) for k in items)
+    return [str(getattr(i, "name", i)) for i in items]
