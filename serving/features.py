@@ -14,6 +14,8 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from pipelines.training_sets import describe_service
+
 if TYPE_CHECKING:
     from feast import FeatureStore
     from feast.on_demand_feature_view import OnDemandFeatureView
@@ -108,39 +110,32 @@ class ServiceReader:
 
     @classmethod
     def build(cls, store: FeatureStore, service: str, guard: StoreGuard | None = None) -> ServiceReader:
-        fs = store.get_feature_service(service)
+        # join keys, request fields and output columns: the same reading of the registry as training
+        spec = describe_service(store, service)
         views = {v.name: v for v in store.list_feature_views()}
         odfv_by_name = {o.name: o for o in store.list_on_demand_feature_views()}
         base_refs: list[str] = []
         ttl: dict[str, float] = {}
-        join_keys: list[str] = []
-        request_fields: list[str] = []
         odfvs = []
-        outputs: list[str] = []
 
         def add_view_features(view_name: str, names: list[str]) -> None:
             view = views[view_name]
-            for key in view.join_keys:
-                if key not in join_keys:
-                    join_keys.append(key)
             for name in names:
                 ref = f"{view_name}:{name}"
                 if ref not in base_refs:
                     base_refs.append(ref)
                     ttl[name] = view.ttl.total_seconds() if view.ttl else 0.0
 
-        for projection in fs.feature_view_projections:
+        for projection in store.get_feature_service(service).feature_view_projections:
             names = [f.name for f in projection.features]
-            outputs += names
             if projection.name in views:
                 add_view_features(projection.name, names)
             else:
                 odfv = odfv_by_name[projection.name]
                 for source in odfv.source_feature_view_projections.values():
                     add_view_features(source.name, [f.name for f in source.features])
-                for req in odfv.source_request_sources.values():
-                    request_fields += [f.name for f in req.schema if f.name not in request_fields]
                 odfvs.append((odfv, names))
+        join_keys, request_fields, outputs = spec.join_keys, spec.request_fields, spec.feature_columns
         return cls(store, service, base_refs, ttl, join_keys, request_fields, odfvs, outputs,
                    guard or StoreGuard())
 
