@@ -1,18 +1,51 @@
-"""Feast online store plugins: the sqlite store, guarded so an older event never overwrites a newer one."""
+"""Feast online store plugins: Feast's sqlite and Redis stores with a column-wise write path.
+
+Both keep Feast's keys, values and tables, so `get_online_features` reads what they write
+unchanged. `online_write_arrow` is what feastkit's compute engine
+(`feastkit.compute_engines.ArrowWriteComputeEngine`) calls with whole Arrow batches; it returns
+False when a batch has a type the column encoders do not cover, and the engine then takes
+Feast's own conversion and `online_write_batch`.
+"""
 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+import numpy as np
+import pyarrow as pa
 from feast import FeatureView, RepoConfig
 from feast.infra.key_encoding_utils import serialize_entity_key
-from feast.infra.online_stores.sqlite import SqliteOnlineStore, SqliteOnlineStoreConfig, _table_id
+from feast.infra.online_stores.helpers import _mmh3
+from feast.infra.online_stores.redis import (
+    RedisOnlineStore,
+    RedisOnlineStoreConfig,
+    _versioned_fv_name,
+)
+from feast.infra.online_stores.sqlite import (
+    SqliteOnlineStore,
+    SqliteOnlineStoreConfig,
+    _quote_id,
+    _table_id,
+)
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 from feast.utils import to_naive_utc
+from feast.value_type import ValueType
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from feastkit.arrow_encoding import (
+    encode_entity_keys,
+    encode_timestamps,
+    encode_values,
+    event_micros,
+    integers_as_feast_sees_them,
+    naive_datetimes,
+    optional_naive_datetimes,
+    plan_batch,
+)
 
 _LOOKUP_BATCH = 500
 
@@ -60,34 +93,178 @@ class MonotonicSqliteOnlineStore(SqliteOnlineStore):
         table_name = _table_id(config.project, table, config.registry.enable_online_feature_view_versioning)
         version = config.entity_key_serialization_version
         keys = [serialize_entity_key(row[0], entity_key_serialization_version=version) for row in data]
-        stored: dict[bytes, datetime] = {}
-        unique = list(dict.fromkeys(keys))
-        try:
-            for i in range(0, len(unique), _LOOKUP_BATCH):
-                batch = unique[i:i + _LOOKUP_BATCH]
-                marks = ", ".join("?" * len(batch))
-                for key, ts in conn.execute(
-                    f'SELECT entity_key, max(event_ts) FROM "{table_name}" '
-                    f"WHERE entity_key IN ({marks}) GROUP BY entity_key", batch):
-                    parsed = _as_naive(ts)
-                    if parsed is not None:
-                        stored[bytes(key)] = parsed
-        except sqlite3.OperationalError:
-            stored = {}  # table not created yet: nothing to protect
-        # newest row per key within the batch (later rows win ties), then only if not older than stored
-        newest: dict[bytes, int] = {}
-        for i, (key, row) in enumerate(zip(keys, data, strict=True)):
-            j = newest.get(key)
-            if j is None or to_naive_utc(row[2]) >= to_naive_utc(data[j][2]):
-                newest[key] = i
-        keep = []
-        for key, i in newest.items():
-            current = stored.get(key)
-            if current is None or to_naive_utc(data[i][2]) >= current:
-                keep.append(data[i])
-        skipped = len(data) - len(keep)
+        kept = _newest_not_older(keys, [to_naive_utc(row[2]) for row in data], _stored_times(conn, table_name, keys))
+        # a null created timestamp reaches here as NaT, which Feast's sqlite writer cannot bind
+        keep = [row if not _is_nat(row[3]) else (row[0], row[1], row[2], None) for row in (data[i] for i in kept)]
+        self._count_skipped(len(data) - len(keep), progress)
+        if keep:
+            super().online_write_batch(config, table, keep, progress)
+
+    @staticmethod
+    def _count_skipped(skipped: int, progress: Callable[[int], Any] | None) -> None:
         MonotonicSqliteOnlineStore.skipped_writes += skipped
         if skipped and progress:
             progress(skipped)
-        if keep:
-            super().online_write_batch(config, table, keep, progress)
+
+    def online_write_arrow(self, config: RepoConfig, table: FeatureView, batch: pa.RecordBatch,
+                           join_keys: dict[str, ValueType], progress: Callable[[int], Any] | None) -> bool:
+        """Write a whole batch with column-encoded values; False when Feast's own path must do it."""
+        store_config = config.online_store
+        plan = plan_batch(batch, table, join_keys)
+        if (plan is None or config.entity_key_serialization_version != 3 or store_config.vector_enabled
+                or getattr(store_config, "enable_openai_compatible_store", False)):
+            return False
+        if batch.num_rows == 0:
+            return True
+        conn = self._get_conn(config)
+        table_name = _table_id(config.project, table, config.registry.enable_online_feature_view_versioning)
+        keys = encode_entity_keys(batch, join_keys)
+        event_times = naive_datetimes(event_micros(batch.column(plan.timestamp_field)))
+        created_times = (optional_naive_datetimes(batch.column(plan.created_field)) if plan.created_field
+                         else [None] * batch.num_rows)
+        kept = _newest_not_older(keys, event_times, _stored_times(conn, table_name, keys))
+        self._count_skipped(batch.num_rows - len(kept), progress)
+        if not kept:
+            return True
+        take = pa.array(kept, pa.int64())
+        rows: list[tuple] = []
+        for name, value_type in plan.features:
+            column = batch.column(name).take(take)
+            values = encode_values(column, value_type)
+            texts = _value_texts(column, value_type)
+            rows.extend(zip([keys[i] for i in kept], [name] * len(kept), values, texts,
+                            [event_times[i] for i in kept], [created_times[i] for i in kept], strict=True))
+        upsert = (f"INSERT INTO {_quote_id(table_name)} "
+                  "(entity_key, feature_name, value, value_text, event_ts, created_ts) VALUES (?, ?, ?, ?, ?, ?) "
+                  "ON CONFLICT(entity_key, feature_name) DO UPDATE SET value = excluded.value, "
+                  "value_text = excluded.value_text, event_ts = excluded.event_ts, "
+                  "created_ts = excluded.created_ts;")
+        with conn:
+            conn.executemany(upsert, rows)
+        if progress:
+            progress(len(kept))
+        return True
+
+
+def _is_nat(value: Any) -> bool:
+    return value is not None and value != value  # NaT is the one datetime unequal to itself
+
+
+def _stored_times(conn: sqlite3.Connection, table_name: str, keys: list[bytes]) -> dict[bytes, datetime]:
+    """The newest stored event time of each of these entity keys (none when the table is new)."""
+    stored: dict[bytes, datetime] = {}
+    unique = list(dict.fromkeys(keys))
+    try:
+        for i in range(0, len(unique), _LOOKUP_BATCH):
+            batch = unique[i:i + _LOOKUP_BATCH]
+            marks = ", ".join("?" * len(batch))
+            for key, ts in conn.execute(
+                f'SELECT entity_key, max(event_ts) FROM "{table_name}" '
+                f"WHERE entity_key IN ({marks}) GROUP BY entity_key", batch):
+                parsed = _as_naive(ts)
+                if parsed is not None:
+                    stored[bytes(key)] = parsed
+    except sqlite3.OperationalError:
+        return {}  # table not created yet: nothing to protect
+    return stored
+
+
+def _newest_not_older(keys: Sequence[bytes], event_times: Sequence[datetime],
+                      stored: dict[bytes, datetime]) -> list[int]:
+    """Row positions to write: each key's newest row (later rows win ties) unless the store is newer."""
+    newest: dict[bytes, int] = {}
+    for i, key in enumerate(keys):
+        j = newest.get(key)
+        if j is None or event_times[i] >= event_times[j]:
+            newest[key] = i
+    return sorted(i for key, i in newest.items()
+                  if (current := stored.get(key)) is None or event_times[i] >= current)
+
+
+def _value_texts(column: pa.Array, value_type: ValueType) -> list[str | None]:
+    """Feast's sqlite `value_text` column: str() of the stored value, None for a null."""
+    if value_type in (ValueType.DOUBLE, ValueType.FLOAT):
+        floats = column.to_numpy(zero_copy_only=False).astype(np.float64)
+        return [None if f != f else str(f) for f in floats.tolist()]
+    if value_type == ValueType.STRING:
+        return column.to_pylist()
+    if value_type in (ValueType.INT64, ValueType.INT32):
+        ints = integers_as_feast_sees_them(column)
+        if value_type == ValueType.INT32:
+            ints = ints.astype(np.int32)
+        return [None if null else str(v) for v, null in
+                zip(ints.tolist(), column.is_null().to_numpy(zero_copy_only=False).tolist(), strict=True)]
+    return [None if v is None else str(v) for v in column.to_pylist()]  # bool: "True" / "False"
+
+
+class FastRedisOnlineStoreConfig(RedisOnlineStoreConfig):
+    """Same options as Feast's Redis store; select with `type: feastkit.online_stores.FastRedisOnlineStore`."""
+
+    type: Literal["feastkit.online_stores.FastRedisOnlineStore"] = (  # type: ignore[assignment]
+        "feastkit.online_stores.FastRedisOnlineStore"
+    )
+
+
+class FastRedisOnlineStore(RedisOnlineStore):
+    """Feast's Redis online store with a column-wise write path for materialization.
+
+    Same keys (`serialize_entity_key` + project), same hash fields (murmur3 of `view:feature`,
+    `_ts:view`), same value bytes, same rule: a row is written only when its event time is newer
+    than the stored one and than an earlier row of the batch for the same key (unless
+    `skip_dedup`), and `key_ttl_seconds` sets an expiry. Reads are Feast's.
+    """
+
+    def online_write_arrow(self, config: RepoConfig, table: FeatureView, batch: pa.RecordBatch,
+                           join_keys: dict[str, ValueType], progress: Callable[[int], Any] | None) -> bool:
+        """Write a whole batch with column-encoded values; False when Feast's own path must do it."""
+        store_config = config.online_store
+        plan = plan_batch(batch, table, join_keys)
+        if plan is None or config.entity_key_serialization_version != 3:
+            return False
+        if batch.num_rows == 0:
+            return True
+        client = self._get_client(store_config)
+        view_name = _versioned_fv_name(table, config)
+        ts_field = f"_ts:{view_name}".encode()
+        project = config.project.encode("utf-8")
+        keys = [key + project for key in encode_entity_keys(batch, join_keys)]
+        micros = event_micros(batch.column(plan.timestamp_field))
+        kept = (range(batch.num_rows) if store_config.skip_dedup
+                else self._newer_rows(client, keys, ts_field, micros))
+        stamps = encode_timestamps(micros)
+        fields = [_mmh3(f"{view_name}:{name}") for name, _ in plan.features]
+        columns = [encode_values(batch.column(name), value_type) for name, value_type in plan.features]
+        ttl = store_config.key_ttl_seconds
+        with client.pipeline(transaction=False) as pipe:
+            for i in kept:
+                args: list[bytes] = [keys[i], ts_field, stamps[i]]
+                for field, column in zip(fields, columns, strict=True):
+                    args += (field, column[i])
+                pipe.execute_command("HSET", *args)
+                if ttl:
+                    pipe.expire(name=keys[i], time=ttl)
+            pipe.execute()
+        if progress:
+            progress(batch.num_rows)
+        return True
+
+    @staticmethod
+    def _newer_rows(client: Any, keys: list[bytes], ts_field: bytes, micros: np.ndarray) -> list[int]:
+        """Rows newer than the stored event time and than earlier rows of the batch for the same key."""
+        with client.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.hmget(key, ts_field)
+            previous = [reply[0] for reply in pipe.execute()]
+        latest: dict[bytes, int] = {}
+        kept = []
+        for i, (key, stored, new) in enumerate(zip(keys, previous, (micros * 1000).tolist(), strict=True)):
+            seen = latest.get(key, 0)
+            if stored:
+                stamp = Timestamp()
+                stamp.ParseFromString(stored)
+                seen = max(seen, stamp.seconds * 1_000_000_000 + stamp.nanos)
+            if seen and new <= seen:
+                continue
+            latest[key] = new
+            kept.append(i)
+        return kept
