@@ -34,7 +34,8 @@ TTL = timedelta(days=2)
 PROJECT = "bench_batch"
 REDIS_DB = 9  # the benchmark owns and flushes this Redis database
 PIT_CONTENDERS = ("feast-duckdb", "feastkit-asof", "duckdb-asof-floor")
-MAT_CONTENDERS = ("feast-redis", "feast-sqlite", "redis-pipeline-floor")
+MAT_CONTENDERS = ("feast-redis", "feastkit-redis", "feast-sqlite", "feastkit-sqlite", "redis-pipeline-floor")
+FEASTKIT_ENGINE = "feastkit.compute_engines.ArrowWriteComputeEngine"
 USER_FEATURES = ["txn_count_7d", "amount_sum_7d", "amount_avg_30d", "amount_max_30d", "night_share_30d"]
 MERCHANT_FEATURES = ["volume_7d", "fraud_rate_30d", "avg_ticket_30d"]
 MAT_FEATURES = [f"f{i}" for i in range(10)]
@@ -99,7 +100,8 @@ def make_pit_data(work: Path, scale: float, entity_rows: int, seed: int, users: 
     entities_marker.write_text(json.dumps(entities_spec))
 
 
-def _repo_config(work: Path, offline: str, online: dict | None = None, batch_size: int | None = None):
+def _repo_config(work: Path, offline: str, online: dict | None = None, batch_size: int | None = None,
+                 engine: str = "local"):
     from feast import RepoConfig
 
     materialization = {"pull_latest_features": True}
@@ -109,7 +111,7 @@ def _repo_config(work: Path, offline: str, online: dict | None = None, batch_siz
                       registry=str(work / "registry.db"),
                       online_store=online or {"type": "sqlite", "path": str(work / "online.db")},
                       offline_store={"type": offline}, entity_key_serialization_version=3,
-                      materialization=materialization)
+                      materialization=materialization, batch_engine={"type": engine})
 
 
 def _view(name: str, key: str, features: list[str], path: Path, ttl: timedelta):
@@ -262,10 +264,16 @@ def make_mat_data(work: Path, entities: int, seed: int) -> None:
 def _mat_store(work: Path, contender: str, batch_size: int):
     from feast import FeatureStore
 
-    online = ({"type": "redis", "connection_string": f"127.0.0.1:6379,db={REDIS_DB}"}
-              if contender != "feast-sqlite" else {"type": "sqlite", "path": str(work / "mat_online.db")})
+    redis = f"127.0.0.1:6379,db={REDIS_DB}"
+    online = {"feast-redis": {"type": "redis", "connection_string": redis},
+              "redis-pipeline-floor": {"type": "redis", "connection_string": redis},
+              "feastkit-redis": {"type": "feastkit.online_stores.FastRedisOnlineStore", "connection_string": redis},
+              "feast-sqlite": {"type": "sqlite", "path": str(work / "mat_online.db")},
+              "feastkit-sqlite": {"type": "feastkit.online_stores.MonotonicSqliteOnlineStore",
+                                  "path": str(work / "mat_online.db")}}[contender]
     (work / "mat_online.db").unlink(missing_ok=True)
-    config = _repo_config(work, "duckdb", online=online, batch_size=batch_size)
+    config = _repo_config(work, "duckdb", online=online, batch_size=batch_size,
+                          engine=FEASTKIT_ENGINE if contender.startswith("feastkit") else "local")
     config.registry.path = str(work / "mat_registry.db")
     (work / "mat_registry.db").unlink(missing_ok=True)
     store = FeatureStore(config=config)
@@ -286,6 +294,20 @@ def _redis_digest(sample: int = 200) -> str:
         for field, value in sorted(client.hgetall(key).items()):
             digest.update(field + b"=" + value)
     return f"{client.dbsize()}:{digest.hexdigest()[:16]}"
+
+
+def _sqlite_digest(path: Path) -> str:
+    """Digest of every stored row: equal digests = identical sqlite contents."""
+    import sqlite3
+
+    digest = hashlib.sha256()
+    with sqlite3.connect(path) as conn:
+        table_name = f"{PROJECT}_mat_stats"
+        for row in conn.execute(f"SELECT entity_key, feature_name, value, value_text, event_ts, created_ts "
+                                f"FROM {table_name} ORDER BY entity_key, feature_name"):
+            digest.update(repr(row).encode())
+        count = conn.execute(f"SELECT count(*) FROM {table_name}").fetchone()[0]
+    return f"{count}:{digest.hexdigest()[:16]}"
 
 
 def child_mat(contender: str, work: Path, batch_size: int) -> None:
@@ -312,7 +334,7 @@ def child_mat(contender: str, work: Path, batch_size: int) -> None:
         started = time.perf_counter()
         store.materialize(START - timedelta(days=1), START + timedelta(days=1), feature_views=[view.name])
         seconds = time.perf_counter() - started
-    digest = _redis_digest() if contender != "feast-sqlite" else ""
+    digest = _redis_digest() if "redis" in contender else _sqlite_digest(work / "mat_online.db")
     report({"seconds": seconds, "rows": rows, "digest": digest})
 
 
@@ -359,10 +381,17 @@ def bench_materialize(args: argparse.Namespace, work: Path) -> str:
                    f"online_write_batch_size={args.batch_size:,}", list(contenders.values()),
                    floor="redis-pipeline-floor", default="feast-redis", units=rows * len(MAT_FEATURES),
                    unit_name="feature values/s")]
-    if len(set(digests.values())) == 1 and len(digests) == 2:
-        lines.append("- the floor writes byte-identical Redis hashes to Feast's (sampled digest)")
-    elif len(digests) == 2:
-        lines.append(f"- Redis contents differ between Feast and the floor: {digests}")
+    if "feast-sqlite" in contenders and "feastkit-sqlite" in contenders:
+        ratio = contenders["feast-sqlite"].median_s / contenders["feastkit-sqlite"].median_s
+        lines.append(f"- feastkit-sqlite vs feast-sqlite: {ratio:.1f}x faster")
+    for store in ("redis", "sqlite"):
+        same = {name: d for name, d in digests.items() if store in name}
+        if len(same) < 2:
+            continue
+        if len(set(same.values())) == 1:
+            lines.append(f"- {', '.join(sorted(same))}: identical {store} contents (digest {next(iter(same.values()))})")
+        else:
+            lines.append(f"- {store} contents DIFFER: {same}")
     return "\n".join(lines)
 
 

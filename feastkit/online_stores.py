@@ -126,14 +126,20 @@ class MonotonicSqliteOnlineStore(SqliteOnlineStore):
         self._count_skipped(batch.num_rows - len(kept), progress)
         if not kept:
             return True
+        # rows in (entity_key, feature_name) order: the upserts then walk the primary-key B-tree
+        # sequentially instead of at random (about twice as fast on large batches)
+        kept.sort(key=keys.__getitem__)
         take = pa.array(kept, pa.int64())
+        names = sorted(name for name, _ in plan.features)
+        types = dict(plan.features)
+        columns = {name: batch.column(name).take(take) for name in names}
+        values = [encode_values(columns[name], types[name]) for name in names]
+        texts = [_value_texts(columns[name], types[name]) for name in names]
         rows: list[tuple] = []
-        for name, value_type in plan.features:
-            column = batch.column(name).take(take)
-            values = encode_values(column, value_type)
-            texts = _value_texts(column, value_type)
-            rows.extend(zip([keys[i] for i in kept], [name] * len(kept), values, texts,
-                            [event_times[i] for i in kept], [created_times[i] for i in kept], strict=True))
+        for r, i in enumerate(kept):
+            key, event_ts, created_ts = keys[i], event_times[i], created_times[i]
+            rows.extend((key, name, values[f][r], texts[f][r], event_ts, created_ts)
+                        for f, name in enumerate(names))
         upsert = (f"INSERT INTO {_quote_id(table_name)} "
                   "(entity_key, feature_name, value, value_text, event_ts, created_ts) VALUES (?, ?, ?, ?, ?, ?) "
                   "ON CONFLICT(entity_key, feature_name) DO UPDATE SET value = excluded.value, "

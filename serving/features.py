@@ -76,8 +76,10 @@ def bound_online_store(store: FeatureStore, timeout_seconds: float) -> None:
     to 10 s by default; the retry here is set to none, so a dead store costs one timeout and
     recovery happens on the next request through a fresh connection.
     """
+    from feast.infra.online_stores.redis import RedisOnlineStoreConfig
+
     config = store.config.online_store
-    if getattr(config, "type", "") != "redis":
+    if not isinstance(config, RedisOnlineStoreConfig):
         return
     parts = config.connection_string.split(",")
     present = {p.split("=", 1)[0].strip() for p in parts if "=" in p}

@@ -64,7 +64,7 @@ def test_sqlite_online_equals_latest_offline(deployment: Deployment) -> None:
 
 
 def test_redis_online_equals_latest_offline(redis_deployment: Deployment) -> None:
-    assert type(redis_deployment.store.config.online_store).__name__ == "RedisOnlineStoreConfig"
+    assert type(redis_deployment.store.config.online_store).__name__ == "FastRedisOnlineStoreConfig"
     assert_online_equals_latest_offline(redis_deployment)
 
 

@@ -1,0 +1,136 @@
+"""Aggregate benchmark: raw events -> every feature table, full history vs one incremental hour.
+
+Contenders, each in its own process (so its peak RSS is its own), on the same clean events:
+- `full`: `compute_features` over the whole data range (what a first run or a rebuild costs);
+- `incremental-hour`: one hourly interval at the end of the history, into the existing tables
+  (what each scheduled run costs);
+- `duckdb-scan-floor`: one DuckDB pass over the same raw parquet (count, sum, max per user and
+  per merchant) -- reading the input once, below which no aggregation can go.
+
+    python bench/aggregates.py                      # ~2M events: a couple of minutes
+    python bench/aggregates.py --users 60000 --days 150 --runs 1   # ~10M events
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from common import Contender, report, run_child, table
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+CONTENDERS = ("full", "incremental-hour", "duckdb-scan-floor")
+
+
+def make_events(work: Path, users: int, days: int, seed: int) -> dict[str, int]:
+    """Generate and validate synthetic raw events once per flag set; returns clean row counts."""
+    import duckdb
+
+    from pipelines.synthetic import SyntheticConfig, generate, write
+    from pipelines.validation import validate_all
+
+    marker = work / "events.json"
+    spec = {"users": users, "days": days, "seed": seed}
+    if marker.exists() and json.loads(marker.read_text())["spec"] == spec:
+        return json.loads(marker.read_text())["counts"]
+    for sub in ("raw", "clean", "quarantine", "features"):
+        shutil.rmtree(work / sub, ignore_errors=True)
+        (work / sub).mkdir(parents=True)
+    config = SyntheticConfig(n_users=users, n_merchants=max(users // 25, 5), days=days, seed=seed,
+                             start=datetime(2026, 1, 1, tzinfo=UTC))
+    write(generate(config), work / "raw")
+    validate_all(work / "raw", work / "clean", work / "quarantine")
+    con = duckdb.connect()
+    counts = {t: con.execute(f"SELECT count(*) FROM read_parquet('{work / 'clean' / t}.parquet')").fetchone()[0]
+              for t in ("transactions", "activity", "fraud_labels")}
+    marker.write_text(json.dumps({"spec": spec, "counts": counts}))
+    return counts
+
+
+def child(contender: str, work: Path) -> None:
+    from pipelines.aggregates import compute_features, data_range
+
+    clean, features = work / "clean", work / "features"
+    if contender == "full":
+        shutil.rmtree(features, ignore_errors=True)
+        started = time.perf_counter()
+        result = compute_features(clean, features)
+        seconds = time.perf_counter() - started
+        rows = sum(result.rows.values())
+    elif contender == "incremental-hour":
+        _, end = data_range(clean)
+        if not features.exists():
+            compute_features(clean, features, end=end - timedelta(hours=1))
+        started = time.perf_counter()
+        result = compute_features(clean, features, start=end - timedelta(hours=1), end=end)
+        seconds = time.perf_counter() - started
+        rows = sum(result.rows.values())
+    else:
+        import duckdb
+
+        con = duckdb.connect()
+        started = time.perf_counter()
+        for source, key in (("transactions", "user_id"), ("transactions", "merchant_id"),
+                            ("activity", "user_id")):
+            con.execute(f"SELECT {key}, count(*), sum(amount), max(event_timestamp) "
+                        f"FROM read_parquet('{work / 'clean' / source}.parquet') GROUP BY {key}").fetchall()
+        seconds = time.perf_counter() - started
+        rows = 0
+    report({"seconds": seconds, "rows": rows})
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "child":
+        child(argv[1], Path(argv[2]))
+        return
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--users", type=int, default=12_000, help="synthetic users (events grow with them)")
+    parser.add_argument("--days", type=int, default=150, help="days of history")
+    parser.add_argument("--runs", type=int, default=3, help="runs per contender (the median is shown)")
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--workdir", type=Path, help="keep generated events here (reused when flags match)")
+    args = parser.parse_args(argv)
+    if min(args.users, args.days, args.runs) < 1:
+        parser.error("users, days and runs must be positive")
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="feastkit-bench-aggregates-"))
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        started = time.perf_counter()
+        counts = make_events(work, args.users, args.days, args.seed)
+        events = counts["transactions"] + counts["activity"]
+        print(f"events: {events:,} ({counts['transactions']:,} transactions, {counts['activity']:,} "
+              f"activity, {counts['fraud_labels']:,} labels), ready in {time.perf_counter() - started:.0f}s",
+              flush=True)
+        contenders = {name: Contender(name) for name in CONTENDERS}
+        produced: dict[str, int] = {}
+        for run in range(args.runs):
+            for name, contender in contenders.items():
+                measured = run_child([__file__, "child", name, str(work)])
+                contender.seconds.append(measured["seconds"])
+                contender.peak_mb.append(measured["peak_rss_mb"])
+                produced[name] = measured["rows"]
+                print(f"  run {run + 1}: {name:20s} {measured['seconds']:8.2f}s {measured['peak_rss_mb']:8.0f} MB",
+                      flush=True)
+        lines = [table(f"Aggregates: {events:,} raw events ({args.users:,} users, {args.days} days) -> "
+                       "all feature tables", list(contenders.values()), floor="duckdb-scan-floor",
+                       default="full", units=events, unit_name="events/s")]
+        share = contenders["incremental-hour"].median_s / contenders["full"].median_s
+        lines.append(f"- feature rows written: full {produced['full']:,}, one hour {produced['incremental-hour']:,}")
+        lines.append(f"- one incremental hour costs {share:.3f} of a full run (1/{1 / share:.0f})")
+        print("\n" + "\n".join(lines))
+    finally:
+        if args.workdir is None:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
