@@ -525,6 +525,43 @@ def hand_made(hand_made_dir: Path) -> dict[str, ViewIndex]:
             for view in BRUTE}
 
 
+def test_hand_made_tables_are_the_same_in_the_join_form(hand_made_dir: Path, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The exact-edge events (ties on grid hours, at midnight) give the same rows in both forms."""
+    import pipelines.aggregates as aggregates
+
+    monkeypatch.setattr(aggregates, "JOIN_FORM_MAX_INTERVAL", HAND_END - HAND_START)
+    compute_features(hand_made_dir / "clean", tmp_path, HAND_START, HAND_END, views=list(GRID_VIEWS))
+    for view in GRID_VIEWS:
+        assert_same_table(read_view(hand_made_dir / "features", view), read_view(tmp_path, view), view)
+
+
+def test_events_exactly_at_a_row_stamp_are_left_out_in_both_forms(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """An event stamped exactly at another event's change point (06:00, midnight) is not in that row."""
+    import pipelines.aggregates as aggregates
+
+    write_clean_tables(tmp_path / "clean",
+                       [(1, 2001, 501, 10.0, "pos", "d1", "2026-01-01T05:00:00"),
+                        (2, 2001, 501, 20.0, "pos", "d1", "2026-01-01T06:00:00")], [],
+                       [(2001, "purchase", 5.0, "2026-01-01T10:00:00"),
+                        (2001, "purchase", 7.0, "2026-01-02T00:00:00")], [2001])
+    start, end = utc("2025-12-31T00:00"), utc("2026-01-03T00:00")
+    tables = {}
+    for form, longest in (("windows", timedelta(0)), ("join", end - start)):
+        monkeypatch.setattr(aggregates, "JOIN_FORM_MAX_INTERVAL", longest)
+        compute_features(tmp_path / "clean", tmp_path / form, start, end, views=list(GRID_VIEWS))
+        tables[form] = {view: read_view(tmp_path / form, view) for view in GRID_VIEWS}
+    for view in GRID_VIEWS:
+        assert_same_table(tables["windows"][view], tables["join"][view], view)
+    users = tables["join"]["user_transaction_stats"].set_index("event_timestamp")
+    assert users.loc[pd.Timestamp("2026-01-01T06:00", tz="UTC"), "txn_count_1d"] == 1
+    merchants = tables["join"]["merchant_risk_stats"].set_index("event_timestamp")
+    assert merchants.loc[pd.Timestamp("2026-01-01T06:00", tz="UTC"), "merchant_txn_count_1d"] == 1
+    activity = tables["join"]["customer_activity"].set_index("event_timestamp")
+    assert activity.loc[pd.Timestamp("2026-01-02T00:00", tz="UTC"), "purchase_count_30d"] == 1
+
+
 def joined_features(index: ViewIndex, entity: int, at: str) -> dict | None:
     joined = index.join(entity, us_of(utc(at)))
     return None if joined is None else joined[1]
@@ -778,6 +815,22 @@ def incremental_dir(world: World, span: Span, tmp_path_factory: pytest.TempPathF
 
 def test_incremental_equals_full(span: Span, incremental_dir: Path) -> None:
     assert_same_features(span.expected, incremental_dir)
+
+
+@pytest.mark.parametrize("form", ["join", "windows"])
+def test_both_aggregation_forms_give_the_full_runs_rows(form: str, world: World, span: Span, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Day-long and multi-day intervals forced into each form equal the full run (windows form)."""
+    import pipelines.aggregates as aggregates
+
+    monkeypatch.setattr(aggregates, "JOIN_FORM_MAX_INTERVAL",
+                        timedelta(days=30) if form == "join" else timedelta(0))
+    cuts = [span.burst - timedelta(days=2), span.burst - timedelta(hours=5), span.burst + timedelta(hours=19),
+            span.burst + timedelta(days=2)]
+    run_intervals(world.clean, tmp_path, cuts, GRID_VIEWS)
+    expected = {name: rows_of_interval(world.tables[name], name, cuts[0], cuts[-1]) for name in GRID_VIEWS}
+    assert all(len(frame) > 50 for frame in expected.values())
+    assert_same_features(expected, tmp_path)
 
 
 def test_rerunning_intervals_is_idempotent(world: World, span: Span,
