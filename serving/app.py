@@ -144,39 +144,35 @@ def _fraud_row(body: FraudRequest) -> tuple[dict[str, Any], float]:
              "transaction_epoch": epoch}, epoch)
 
 
+def _decided(model: LoadedModel, rows: list[dict[str, Any]], as_of: list[float], explain: bool,
+             metrics: ServingMetrics, labels: tuple[str, str]) -> list[dict[str, Any]]:
+    """Score rows and decide each with the bundle's threshold: the fields every prediction shares."""
+    bundle = model.bundle
+    out = []
+    for result in _score(model, rows, as_of, metrics):
+        decision = labels[0] if result["probability"] >= bundle.threshold else labels[1]
+        metrics.predictions.labels(bundle.feature_service, decision).inc()
+        out.append({"probability": result["probability"], "decision": decision, "threshold": bundle.threshold,
+                    "model_version": bundle.version, "feature_service": bundle.feature_service,
+                    "missing_features": result["missing"], "features": result["features"] if explain else None})
+    return out
+
+
 def _fraud_responses(model: LoadedModel, bodies: list[FraudRequest], explain: bool,
                      metrics: ServingMetrics) -> list[FraudResponse]:
     rows, epochs = zip(*(_fraud_row(b) for b in bodies), strict=True)
-    results = _score(model, list(rows), list(epochs), metrics)
-    threshold = model.bundle.threshold
-    out = []
-    for body, result in zip(bodies, results, strict=True):
-        decision = "fraud" if result["probability"] >= threshold else "legit"
-        metrics.predictions.labels(model.bundle.feature_service, decision).inc()
-        out.append(FraudResponse(
-            transaction_id=body.transaction_id, probability=result["probability"], decision=decision,
-            threshold=threshold, model_version=model.bundle.version,
-            feature_service=model.bundle.feature_service, missing_features=result["missing"],
-            features=result["features"] if explain else None))
-    return out
+    decided = _decided(model, list(rows), list(epochs), explain, metrics, ("fraud", "legit"))
+    return [FraudResponse(transaction_id=body.transaction_id, **fields)
+            for body, fields in zip(bodies, decided, strict=True)]
 
 
 def _churn_responses(model: LoadedModel, bodies: list[ChurnRequest], explain: bool,
                      metrics: ServingMetrics) -> list[ChurnResponse]:
     now = datetime.now(UTC)
     as_of = [_epoch(b.as_of or now) for b in bodies]
-    results = _score(model, [{"user_id": b.user_id} for b in bodies], as_of, metrics)
-    threshold = model.bundle.threshold
-    out = []
-    for body, result in zip(bodies, results, strict=True):
-        decision = "likely_churn" if result["probability"] >= threshold else "likely_stay"
-        metrics.predictions.labels(model.bundle.feature_service, decision).inc()
-        out.append(ChurnResponse(
-            user_id=body.user_id, probability=result["probability"], decision=decision,
-            threshold=threshold, model_version=model.bundle.version,
-            feature_service=model.bundle.feature_service, missing_features=result["missing"],
-            features=result["features"] if explain else None))
-    return out
+    decided = _decided(model, [{"user_id": b.user_id} for b in bodies], as_of, explain, metrics,
+                       ("likely_churn", "likely_stay"))
+    return [ChurnResponse(user_id=body.user_id, **fields) for body, fields in zip(bodies, decided, strict=True)]
 
 
 # Request plumbing ---------------------------------------------------------------------------------

@@ -5,6 +5,11 @@ view with a 1-day TTL), while historical retrieval does. Here every base feature
 its view's TTL at the request's time is treated as missing, and the on-demand views are
 then run by Feast (`OnDemandFeatureView.transform_dict`, the same UDF used offline) on those
 inputs, so a model sees online what it saw in training.
+
+Reads go view by view through the provider's `online_read` (what `get_online_features` calls
+underneath) with the views, join keys and feature names resolved once at start-up: the same
+keys, values and timestamps, without re-resolving feature references and building response
+protos on every request (`tests/integration/test_online.py` compares the two).
 """
 
 from __future__ import annotations
@@ -17,8 +22,9 @@ from typing import TYPE_CHECKING, Any
 from pipelines.training_sets import describe_service
 
 if TYPE_CHECKING:
-    from feast import FeatureStore
+    from feast import FeatureStore, FeatureView
     from feast.on_demand_feature_view import OnDemandFeatureView
+    from feast.value_type import ValueType
 
 
 class OnlineStoreUnavailable(RuntimeError):
@@ -96,6 +102,15 @@ def bound_online_store(store: FeatureStore, timeout_seconds: float) -> None:
         client.set_retry(Retry(NoBackoff(), 0))
 
 
+@dataclass(frozen=True)
+class ViewRead:
+    """One feature view's part of a service read: the view, its join keys (name, type) and features."""
+
+    view: FeatureView
+    join_keys: list[tuple[str, ValueType]]
+    features: list[str]
+
+
 @dataclass
 class ServiceReader:
     """Reads one feature service online; built once at start-up (refs parsed once, not per request)."""
@@ -108,6 +123,7 @@ class ServiceReader:
     request_fields: list[str]
     odfvs: list[tuple[OnDemandFeatureView, list[str]]]  # (view, its output columns in the service)
     output_columns: list[str]
+    view_reads: list[ViewRead]
     guard: StoreGuard = field(default_factory=StoreGuard)
 
     @classmethod
@@ -119,6 +135,7 @@ class ServiceReader:
         base_refs: list[str] = []
         ttl: dict[str, float] = {}
         odfvs = []
+        by_view: dict[str, list[str]] = {}
 
         def add_view_features(view_name: str, names: list[str]) -> None:
             view = views[view_name]
@@ -126,6 +143,7 @@ class ServiceReader:
                 ref = f"{view_name}:{name}"
                 if ref not in base_refs:
                     base_refs.append(ref)
+                    by_view.setdefault(view_name, []).append(name)
                     ttl[name] = view.ttl.total_seconds() if view.ttl else 0.0
 
         for projection in store.get_feature_service(service).feature_view_projections:
@@ -138,7 +156,9 @@ class ServiceReader:
                     add_view_features(source.name, [f.name for f in source.features])
                 odfvs.append((odfv, names))
         join_keys, request_fields, outputs = spec.join_keys, spec.request_fields, spec.feature_columns
-        return cls(store, service, base_refs, ttl, join_keys, request_fields, odfvs, outputs,
+        view_reads = [ViewRead(views[name], [(c.name, c.dtype.to_value_type()) for c in views[name].entity_columns],
+                               names) for name, names in by_view.items()]
+        return cls(store, service, base_refs, ttl, join_keys, request_fields, odfvs, outputs, view_reads,
                    guard or StoreGuard())
 
     def read(self, rows: list[dict[str, Any]], as_of_epochs: list[float]) -> list[dict[str, Any]]:
@@ -162,12 +182,10 @@ class ServiceReader:
         return [{name: columns[name][i] for name in self.output_columns} for i in range(len(rows))]
 
     def read_raw(self, rows: list[dict[str, Any]]) -> dict[str, list[Any]]:
-        """One Feast online read for all rows: base feature values and their event timestamps."""
+        """One online read per view for all rows: base feature values and their event epochs."""
         self.guard.check()
-        entity_rows = [{k: row[k] for k in self.join_keys} for row in rows]
         try:
-            response = self.store.get_online_features(features=self.base_refs, entity_rows=entity_rows)
-            raw = response.to_dict(include_event_timestamps=True)
+            raw = self._read_views(rows)
         except Exception as exc:  # any store failure becomes one clear, typed error
             reason = describe_error(exc)
             self.guard.failed(reason)
@@ -175,12 +193,33 @@ class ServiceReader:
         self.guard.succeeded()
         return raw
 
+    def _read_views(self, rows: list[dict[str, Any]]) -> dict[str, list[Any]]:
+        from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
+        from feast.type_map import feast_value_type_to_python_type, python_values_to_proto_values
+
+        provider = self.store._get_provider()
+        config = self.store.config
+        raw: dict[str, list[Any]] = {}
+        for part in self.view_reads:
+            names = [name for name, _ in part.join_keys]
+            values = [python_values_to_proto_values([row[name] for row in rows], value_type)
+                      for name, value_type in part.join_keys]
+            keys = [EntityKeyProto(join_keys=names, entity_values=list(key)) for key in zip(*values, strict=True)]
+            found = provider.online_read(config=config, table=part.view, entity_keys=keys,
+                                         requested_features=part.features)
+            for feature in part.features:
+                raw[feature] = [None if not read or feature not in read else
+                                feast_value_type_to_python_type(read[feature]) for _, read in found]
+                raw[f"{feature}__ts"] = [int(ts.timestamp()) if ts is not None and read else 0
+                                         for ts, read in found]
+        return raw
+
     def ping(self) -> None:
         """One cheap read, bypassing the fail-fast guard: raises OnlineStoreUnavailable when the
         store cannot answer, and closes the guard when it can."""
         probe = {k: -1 for k in self.join_keys}
         try:
-            self.store.get_online_features(features=self.base_refs[:1], entity_rows=[probe])
+            self._read_views([probe])
         except Exception as exc:
             reason = describe_error(exc)
             self.guard.failed(reason)

@@ -89,6 +89,30 @@ def test_on_demand_features_equal_online_and_offline(which: str, request: pytest
                                    rtol=1e-9, atol=1e-9, err_msg=column)
 
 
+@pytest.mark.parametrize("service", ["fraud_detection_v1", "fraud_detection_v2", "churn_prediction_v1"])
+@pytest.mark.parametrize("which", ["sqlite", "redis"])
+def test_reader_reads_what_get_online_features_returns(which: str, service: str,
+                                                       request: pytest.FixtureRequest) -> None:
+    """The reader's per-view `online_read` gives Feast's values and event seconds, unknown keys included."""
+    deployment: Deployment = request.getfixturevalue("deployment" if which == "sqlite" else "redis_deployment")
+    reader = ServiceReader.build(deployment.store, service)
+    users = latest_offline(deployment, "user_transaction_stats", "user_id").index[-30:]
+    merchants = latest_offline(deployment, "merchant_risk_stats", "merchant_id").index[-30:]
+    entity_rows = [{"user_id": int(u), "merchant_id": int(m)} for u, m in zip(users, merchants, strict=True)]
+    entity_rows += [{"user_id": -5, "merchant_id": int(merchants[0])}, {"user_id": int(users[0]), "merchant_id": -9},
+                    dict(entity_rows[0])]  # unknown keys and a duplicate row
+    entity_rows = [{k: row[k] for k in reader.join_keys} for row in entity_rows]
+    expected = deployment.store.get_online_features(features=reader.base_refs, entity_rows=entity_rows
+                                                    ).to_dict(include_event_timestamps=True)
+    got = reader.read_raw(entity_rows)
+    names = [ref.split(":")[1] for ref in reader.base_refs]
+    assert any(v is not None for v in got[names[0]]) and any(v is None for v in got[names[0]])
+    for name in names:
+        assert got[name] == expected[name], name
+        known = [i for i, v in enumerate(expected[f"{name}__ts"]) if got[name][i] is not None]
+        assert [got[f"{name}__ts"][i] for i in known] == [expected[f"{name}__ts"][i] for i in known], name
+
+
 def test_serving_treats_values_older_than_ttl_as_missing(deployment: Deployment) -> None:
     """Feast returns expired values online; the reader drops them exactly as training does."""
     store = deployment.store

@@ -487,6 +487,7 @@ def test_numpy_scorer_matches_the_bundle_on_the_same_features(state: ServingStat
     features.append({**features[0], "amount_zscore": "3.5", "txn_count_1d": None})
     expected_p, expected_missing = state.fraud.bundle.predict_proba(pd.DataFrame(features))
     scorer = Scorer(state.fraud.bundle)
+    assert scorer.compiled is not None  # the demo model runs as compiled trees
     got_p, got_missing = scorer.predict_proba(features)
     assert got_missing == expected_missing
     assert any(expected_missing) and not all(expected_missing)
