@@ -6,10 +6,11 @@ its view's TTL at the request's time is treated as missing, and the on-demand vi
 then run by Feast (`OnDemandFeatureView.transform_dict`, the same UDF used offline) on those
 inputs, so a model sees online what it saw in training.
 
-Reads go view by view through the provider's `online_read` (what `get_online_features` calls
-underneath) with the views, join keys and feature names resolved once at start-up: the same
-keys, values and timestamps, without re-resolving feature references and building response
-protos on every request (`tests/integration/test_online.py` compares the two).
+Reads go through the online store's `online_read` (what `get_online_features` calls underneath)
+with the views, join keys and feature names resolved once at start-up: the same keys, values and
+timestamps, without re-resolving feature references and building response protos on every
+request. With feastkit's Redis store every view is read in one pipelined round trip
+(`online_read_many`). `tests/integration/test_online.py` compares both with `get_online_features`.
 """
 
 from __future__ import annotations
@@ -199,14 +200,22 @@ class ServiceReader:
 
         provider = self.store._get_provider()
         config = self.store.config
-        raw: dict[str, list[Any]] = {}
+        reads = []
         for part in self.view_reads:
             names = [name for name, _ in part.join_keys]
             values = [python_values_to_proto_values([row[name] for row in rows], value_type)
                       for name, value_type in part.join_keys]
             keys = [EntityKeyProto(join_keys=names, entity_values=list(key)) for key in zip(*values, strict=True)]
-            found = provider.online_read(config=config, table=part.view, entity_keys=keys,
-                                         requested_features=part.features)
+            # copies: Feast's Redis store appends its timestamp field to the list it is given
+            reads.append((part.view, keys, list(part.features)))
+        read_many = getattr(provider.online_store, "online_read_many", None)
+        if read_many is not None:  # feastkit's Redis store: every view in one round trip
+            results = read_many(config, reads)
+        else:
+            results = [provider.online_read(config=config, table=view, entity_keys=keys, requested_features=features)
+                       for view, keys, features in reads]
+        raw: dict[str, list[Any]] = {}
+        for part, found in zip(self.view_reads, results, strict=True):
             for feature in part.features:
                 raw[feature] = [None if not read or feature not in read else
                                 feast_value_type_to_python_type(read[feature]) for _, read in found]
