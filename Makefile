@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 DEV_INSTALLED := $(VENV)/.installed-dev
 
-.PHONY: install demo test test-unit test-integration lint serve bench bench-batch bench-serving bench-drift airflow clean
+.PHONY: install demo test test-unit test-integration lint serve bench bench-batch bench-aggregates bench-serving bench-drift airflow clean
 
 $(INSTALLED): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found — install Python 3.11 or run 'make PYTHON=/path/to/python3.11 ...'"; exit 1; }
@@ -45,7 +45,7 @@ serve: $(INSTALLED)
 	$(BIN)/feastkit serve
 
 ## Benchmarks print same-run ratios against baselines; scale with ARGS="--help" to see flags.
-bench: bench-batch bench-serving bench-drift
+bench: bench-batch bench-aggregates bench-serving bench-drift
 
 bench-batch: $(DEV_INSTALLED)
 	@bash scripts/ensure-services.sh
@@ -54,6 +54,9 @@ bench-batch: $(DEV_INSTALLED)
 bench-serving: $(DEV_INSTALLED)
 	@bash scripts/ensure-services.sh
 	$(PY) bench/serving.py $(ARGS)
+
+bench-aggregates: $(DEV_INSTALLED)
+	$(PY) bench/aggregates.py $(ARGS)
 
 bench-drift: $(DEV_INSTALLED)
 	$(PY) bench/drift.py $(ARGS)

@@ -106,7 +106,15 @@ class ServingState:
                                     "retrain with `feastkit train`")
             bundle.check_against(store)
             models[role] = LoadedModel(bundle, ServiceReader.build(store, service, guard))
-        return cls(settings, models["fraud"], models["churn"], store, PushTarget.discover(store), guard)
+        targets = PushTarget.discover(store)
+        if settings.push_to == "online_and_offline":
+            problems = [p for p in (t.offline_write_problem() for t in targets.values()) if p]
+            if problems:
+                raise FeastkitError(
+                    f"FEASTKIT_PUSH_TO=online_and_offline is unsafe here: {problems[0]}",
+                    "push online only (the default; `feastkit compute` writes these rows offline from the "
+                    "raw events), or give the push source a single-file batch source")
+        return cls(settings, models["fraud"], models["churn"], store, targets, guard)
 
 
 def _epoch(ts: datetime) -> float:

@@ -48,6 +48,7 @@ class PushTarget:
     feature_views: list[str]
     columns: dict[str, str]          # column -> int | float | bool | str | timestamp
     timestamp_field: str
+    offline_path: str = ""           # the batch source's file path ("" when it is not a file source)
 
     @classmethod
     def discover(cls, store: FeatureStore) -> dict[str, PushTarget]:
@@ -70,9 +71,23 @@ class PushTarget:
                 for feature in view.features:
                     columns[feature.name] = _kind(feature.dtype)
             columns[timestamp_field] = "timestamp"
+            path = getattr(source.batch_source, "path", "") or ""
             targets[source.name] = cls(source.name, sorted(v.name for v in fed), columns,
-                                       timestamp_field)
+                                       timestamp_field, path)
         return targets
+
+    def offline_write_problem(self) -> str | None:
+        """Why pushing this source `online_and_offline` would damage its offline table, if it would.
+
+        Feast's file offline store appends by reading the batch source's path and writing the
+        union back to that same path. For a glob of computed day files (`.../*.parquet`) that
+        writes a new file named `*.parquet` holding the whole table, which the glob then reads
+        next to the originals: every push would duplicate every row.
+        """
+        if any(ch in self.offline_path for ch in "*?[") or self.offline_path.endswith("/"):
+            return (f"push source '{self.name}' has the batch source path '{self.offline_path}': Feast's "
+                    "offline append would rewrite that glob as one new file and duplicate the table")
+        return None
 
     def frame(self, events: list[dict[str, Any]]) -> pd.DataFrame:
         """Validate events against the schema and build the DataFrame Feast's push expects."""

@@ -353,6 +353,18 @@ def _serve_once(settings: Settings, tmp_path: Path) -> subprocess.CompletedProce
                           capture_output=True, text=True, timeout=120, cwd=tmp_path)
 
 
+def test_refuses_offline_pushes_into_a_glob_of_computed_files(deployment: Deployment, tmp_path: Path) -> None:
+    """Feast's file offline append would duplicate a glob-sourced table on every push: refuse it."""
+    settings = deployment.settings.model_copy(update={"push_to": "online_and_offline"})
+    with pytest.raises(FeastkitError, match="online_and_offline is unsafe") as info:
+        ServingState.load(settings)
+    assert "user_realtime_push" in str(info.value) and "*.parquet" in str(info.value)
+    proc = subprocess.run([feastkit_bin(), "serve", "--port", "1"], capture_output=True, text=True, timeout=120,
+                          env={**settings_env(settings), "FEASTKIT_PUSH_TO": "online_and_offline"}, cwd=tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "push online only" in proc.stderr
+
+
 def test_refuses_to_start_without_a_registry_or_with_a_broken_bundle(
         deployment: Deployment, tmp_path: Path) -> None:
     from tests.conftest import copy_repo_definitions
