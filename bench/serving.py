@@ -92,6 +92,7 @@ def loadgen_main(argv: list[str]) -> None:
     parser.add_argument("--concurrency", type=int, required=True)
     parser.add_argument("--duration", type=float, required=True)
     parser.add_argument("--warmup", type=float, default=1.0)
+    parser.add_argument("--out", required=True, help="write the JSON result to this file")
     args = parser.parse_args(argv)
     host, port = args.url.split("//", 1)[1].split(":")
     bodies = json.loads(Path(args.bodies).read_text())
@@ -104,7 +105,7 @@ def loadgen_main(argv: list[str]) -> None:
         pass
     result = asyncio.run(_load(host, int(port), requests, args.concurrency, args.duration,
                                args.warmup))
-    print(json.dumps(result))
+    Path(args.out).write_text(json.dumps(result))
 
 
 # Measurement helpers ----------------------------------------------------------------------------
@@ -132,11 +133,16 @@ def _summary(name: str, concurrency: int | str, latencies: list[float], seconds:
 
 
 def run_load(url: str, path: str, bodies_file: Path, concurrency: int, duration: float) -> dict:
+    out = bodies_file.with_suffix(f".result-{concurrency}.json")
     proc = subprocess.run(
         [sys.executable, __file__, "loadgen", "--url", url, "--path", path, "--bodies",
-         str(bodies_file), "--concurrency", str(concurrency), "--duration", str(duration)],
-        capture_output=True, text=True, check=True)
-    return json.loads(proc.stdout)
+         str(bodies_file), "--concurrency", str(concurrency), "--duration", str(duration), "--out", str(out)],
+        capture_output=True, text=True, check=False)
+    if proc.returncode != 0 or not out.is_file():
+        raise RuntimeError(f"load generator failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}")
+    result = json.loads(out.read_text())
+    out.unlink()
+    return result
 
 
 def free_port() -> int:
