@@ -103,18 +103,23 @@ def _sqlite_rows(path: Path) -> list[tuple]:
 DAY_ORDERS = [[0, 1, 2, 3], [3, 1, 0, 2]]  # in order, and with backfills of older days
 
 
+REDIS_OPTIONS = [{}, {"skip_dedup": True, "key_ttl_seconds": 7200}]
+
+
+@pytest.mark.parametrize("options", REDIS_OPTIONS, ids=["default", "skip-dedup-and-key-ttl"])
 @pytest.mark.parametrize("days", DAY_ORDERS, ids=["in-order", "with-backfills"])
-def test_redis_fast_path_writes_feast_bytes(tmp_path: Path, days: list[int]) -> None:
+def test_redis_fast_path_writes_feast_bytes(tmp_path: Path, days: list[int], options: dict) -> None:
     import redis
 
     require_redis()
-    for db in (STOCK_DB, FAST_DB):
-        redis.Redis(host="127.0.0.1", port=6379, db=db).flushdb()
+    clients = {db: redis.Redis(host="127.0.0.1", port=6379, db=db) for db in (STOCK_DB, FAST_DB)}
+    for client in clients.values():
+        client.flushdb()
     _write_data(tmp_path / "facts.parquet")
-    stock = _store(tmp_path, "stock", {"type": "redis", "connection_string": f"127.0.0.1:6379,db={STOCK_DB}"},
-                   None)
+    stock = _store(tmp_path, "stock", {"type": "redis", "connection_string": f"127.0.0.1:6379,db={STOCK_DB}",
+                                       **options}, None)
     fast = _store(tmp_path, "fast", {"type": "feastkit.online_stores.FastRedisOnlineStore",
-                                     "connection_string": f"127.0.0.1:6379,db={FAST_DB}"},
+                                     "connection_string": f"127.0.0.1:6379,db={FAST_DB}", **options},
                   "feastkit.compute_engines.ArrowWriteComputeEngine")
     _materialize_days(stock, days)
     _materialize_days(fast, days)
@@ -122,6 +127,9 @@ def test_redis_fast_path_writes_feast_bytes(tmp_path: Path, days: list[int]) -> 
     assert len(stock_contents) == 300
     assert fast_contents == stock_contents
     pd.testing.assert_frame_equal(_online(fast), _online(stock))
+    for db, client in clients.items():  # an expiry on every key exactly when it is configured
+        ttls = {client.ttl(key) for key in client.scan_iter(count=10_000)}
+        assert (min(ttls) > 0) if options else (ttls == {-1}), (db, sorted(ttls)[:3])
 
 
 @pytest.mark.parametrize("days", DAY_ORDERS, ids=["in-order", "with-backfills"])
