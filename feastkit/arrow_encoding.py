@@ -182,18 +182,22 @@ def optional_naive_datetimes(column: pa.Array) -> list[datetime | None]:
 
 @dataclass(frozen=True)
 class EncodablePlan:
-    """How to encode one feature view's batches: its features and join keys with their types."""
+    """How to encode one feature view's batches: its features with their types and its time fields."""
 
     features: list[tuple[str, ValueType]]
-    join_keys: dict[str, ValueType]
     timestamp_field: str
     created_field: str | None
 
 
-def plan_batch(batch: pa.RecordBatch, feature_view, join_keys: dict[str, ValueType]) -> EncodablePlan | None:
-    """The encoding plan when every column of the batch has an encoder here, else None."""
+def plan_batch(batch: pa.RecordBatch, feature_view, join_keys: dict[str, ValueType],
+               key_serialization_version: int = 3) -> EncodablePlan | None:
+    """The encoding plan when every column of the batch has an encoder here, else None.
+
+    Entity keys are encoded in Feast's serialization version 3 only.
+    """
     source = getattr(feature_view, "batch_source", None)
-    if source is None or getattr(feature_view, "source_request_sources", None) is not None:
+    if (source is None or getattr(feature_view, "source_request_sources", None) is not None
+            or key_serialization_version != 3):
         return None
     schema = batch.schema
     features = [(f.name, f.dtype.to_value_type()) for f in feature_view.features]
@@ -211,4 +215,4 @@ def plan_batch(batch: pa.RecordBatch, feature_view, join_keys: dict[str, ValueTy
             return None
     if batch.column(timestamp_field).null_count:
         return None
-    return EncodablePlan(features, dict(join_keys), timestamp_field, created_field)
+    return EncodablePlan(features, timestamp_field, created_field)

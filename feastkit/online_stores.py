@@ -110,8 +110,8 @@ class MonotonicSqliteOnlineStore(SqliteOnlineStore):
                            join_keys: dict[str, ValueType], progress: Callable[[int], Any] | None) -> bool:
         """Write a whole batch with column-encoded values; False when Feast's own path must do it."""
         store_config = config.online_store
-        plan = plan_batch(batch, table, join_keys)
-        if (plan is None or config.entity_key_serialization_version != 3 or store_config.vector_enabled
+        plan = plan_batch(batch, table, join_keys, config.entity_key_serialization_version)
+        if (plan is None or store_config.vector_enabled
                 or getattr(store_config, "enable_openai_compatible_store", False)):
             return False
         if batch.num_rows == 0:
@@ -224,8 +224,8 @@ class FastRedisOnlineStore(RedisOnlineStore):
                            join_keys: dict[str, ValueType], progress: Callable[[int], Any] | None) -> bool:
         """Write a whole batch with column-encoded values; False when Feast's own path must do it."""
         store_config = config.online_store
-        plan = plan_batch(batch, table, join_keys)
-        if plan is None or config.entity_key_serialization_version != 3:
+        plan = plan_batch(batch, table, join_keys, config.entity_key_serialization_version)
+        if plan is None:
             return False
         if batch.num_rows == 0:
             return True

@@ -118,7 +118,6 @@ class ServiceReader:
 
     store: FeatureStore
     service: str
-    base_refs: list[str]
     ttl_seconds: dict[str, float]        # base feature column -> TTL (0 = never expires)
     join_keys: list[str]
     request_fields: list[str]
@@ -133,18 +132,16 @@ class ServiceReader:
         spec = describe_service(store, service)
         views = {v.name: v for v in store.list_feature_views()}
         odfv_by_name = {o.name: o for o in store.list_on_demand_feature_views()}
-        base_refs: list[str] = []
         ttl: dict[str, float] = {}
         odfvs = []
         by_view: dict[str, list[str]] = {}
 
         def add_view_features(view_name: str, names: list[str]) -> None:
             view = views[view_name]
+            read = by_view.setdefault(view_name, [])
             for name in names:
-                ref = f"{view_name}:{name}"
-                if ref not in base_refs:
-                    base_refs.append(ref)
-                    by_view.setdefault(view_name, []).append(name)
+                if name not in read:
+                    read.append(name)
                     ttl[name] = view.ttl.total_seconds() if view.ttl else 0.0
 
         for projection in store.get_feature_service(service).feature_view_projections:
@@ -159,8 +156,13 @@ class ServiceReader:
         join_keys, request_fields, outputs = spec.join_keys, spec.request_fields, spec.feature_columns
         view_reads = [ViewRead(views[name], [(c.name, c.dtype.to_value_type()) for c in views[name].entity_columns],
                                names) for name, names in by_view.items()]
-        return cls(store, service, base_refs, ttl, join_keys, request_fields, odfvs, outputs, view_reads,
+        return cls(store, service, ttl, join_keys, request_fields, odfvs, outputs, view_reads,
                    guard or StoreGuard())
+
+    @property
+    def base_refs(self) -> list[str]:
+        """The `view:feature` references read for this service (for Feast calls and checks)."""
+        return [f"{part.view.name}:{name}" for part in self.view_reads for name in part.features]
 
     def read(self, rows: list[dict[str, Any]], as_of_epochs: list[float]) -> list[dict[str, Any]]:
         """Feature values per row (None where missing or expired at that row's time)."""
