@@ -24,14 +24,13 @@ from pathlib import Path
 
 import duckdb
 import pandas as pd
+import pyarrow as pa
 
 from feastkit.errors import FeastkitError
+from pipelines.windows import Aggregate, window_aggregates
 
 HOUR = timedelta(hours=1)
 DAY = timedelta(days=1)
-# intervals up to this long aggregate by joining each new row to its entity's events; longer ones
-# with window functions over the event stream (the same values; see _windowed_sql)
-JOIN_FORM_MAX_INTERVAL = timedelta(hours=6)
 
 
 @dataclass(frozen=True)
@@ -108,142 +107,135 @@ def _live_spans_sql(events: str, entity: str, first: str, last: str) -> str:
         GROUP BY {entity}, island"""
 
 
-def _windowed_sql(events: str, probes: str, aggregates: list[str], windows: dict[str, timedelta],
-                  by_join: bool) -> str:
-    """One row per probe (k, ts) with each aggregate over the entity's events in [ts - w, ts).
+@dataclass(frozen=True)
+class WindowedQuery:
+    """A grid view: its events (k, ts, ...), the interval's row stamps (k, ts), the window
+    aggregates at each stamp, and a SELECT over the relation `windowed` (k, ts, aggregates)
+    that names, casts and derives the view's features."""
 
-    `events` and `probes` are relations with columns (k, ts, ...) and (k, ts); each aggregate
-    is written with a window placeholder, e.g. "count(amount) {d7}". Two equivalent forms:
-    - windows (long intervals): probes are merged into the event stream and every aggregate is a
-      window function over `RANGE BETWEEN w PRECEDING AND 1 MICROSECOND PRECEDING`; only the
-      events of probed entities enter the stream;
-    - join (short intervals): each probe joins its entity's events in its longest window and
-      every aggregate is filtered to its own window. Work grows with probes x events per window,
-      so an hourly run reads a few entities' history instead of computing windows over all of it.
-    Probe rows carry NULL / FALSE / 0 in every event column, so they never count in a window.
-    `tests/unit/test_aggregates.py` checks hourly runs (join) against full runs (windows).
+    events: str
+    probes: str
+    aggregates: tuple[Aggregate, ...]
+    select: str
+
+
+def _windowed(con: duckdb.DuckDBPyConnection, query: WindowedQuery, params: dict) -> None:
+    """Evaluate the query's aggregates at every stamp into the temp table `fresh`.
+
+    Only the events of entities with a stamp in the interval are read, sorted by (k, ts); the
+    aggregates come from `pipelines.windows` (prefix sums, exact) chunk by chunk of entities.
     """
-    longest = max(windows.values())
-    if by_join:
-        fill = {name: f"FILTER (WHERE ts >= pts - {_interval(w)})" for name, w in windows.items()}
-        selects = ",\n            ".join(a.format(**fill) for a in aggregates)
-        return f"""
-        SELECT pk AS k, pts AS ts, {selects}
-        FROM (SELECT k AS pk, ts AS pts FROM ({probes})) p
-        LEFT JOIN ({events}) e ON e.k = p.pk AND e.ts >= p.pts - {_interval(longest)} AND e.ts < p.pts
-        GROUP BY pk, pts"""
-    fill = {name: f"OVER {_frame(w)}" for name, w in windows.items()}
-    selects = ",\n            ".join(a.format(**fill) for a in aggregates)
-    return f"""
-        SELECT k, ts, * EXCLUDE (k, ts, probe) FROM (
-            SELECT k, ts, probe, {selects}
-            FROM (SELECT *, FALSE AS probe FROM ({events}) WHERE k IN (SELECT k FROM ({probes}))
-                  UNION ALL BY NAME
-                  SELECT k, ts, TRUE AS probe FROM ({probes})))
-        WHERE probe"""
+    con.execute(f"CREATE OR REPLACE TEMP TABLE stamps AS SELECT k, ts FROM ({query.probes})", params)
+    probes = con.sql("SELECT k, epoch_us(ts) AS ts FROM stamps ORDER BY k, ts").to_arrow_table()
+    events = con.sql(f"""SELECT * REPLACE (epoch_us(ts) AS ts) FROM ({query.events})
+                         WHERE k IN (SELECT DISTINCT k FROM stamps) ORDER BY k, ts""").to_arrow_table()
+    windowed = pa.concat_tables(list(window_aggregates(events, probes, list(query.aggregates)))
+                                or [_empty_windowed(probes, query.aggregates)])
+    stamps = [a.name for a in query.aggregates if a.kind == "last"]
+    as_time = "".join(f", make_timestamp({c})::TIMESTAMPTZ AS {c}" for c in stamps)
+    con.register("windowed_arrow", windowed)
+    con.execute(f"""CREATE OR REPLACE TEMP VIEW windowed AS
+                    SELECT * REPLACE (make_timestamp(ts)::TIMESTAMPTZ AS ts{as_time}) FROM windowed_arrow""")
+    con.execute(f"CREATE TEMP TABLE fresh AS {query.select}")
+    con.unregister("windowed_arrow")
 
 
-def _frame(w: timedelta) -> str:
-    # events in [T - w, T): timestamps are microseconds, so "1 microsecond preceding" ends before T
-    return (f"(PARTITION BY k ORDER BY ts RANGE BETWEEN {_interval(w)} PRECEDING "
-            "AND INTERVAL 1 MICROSECOND PRECEDING)")
+def _empty_windowed(probes: pa.Table, aggregates: tuple[Aggregate, ...]) -> pa.Table:
+    types = {"count": pa.int64(), "distinct": pa.int64(), "last": pa.int64()}
+    return pa.table({"k": probes.column("k"), "ts": probes.column("ts"),
+                     **{a.name: pa.array([], type=types.get(a.kind, pa.float64())) for a in aggregates}})
 
 
 def _in_interval(probes: str) -> str:
     return f"SELECT * FROM ({probes}) WHERE ts > $start AND ts <= $end"
 
 
-def _user_transaction_stats_sql(by_join: bool) -> str:
-    windows = {"d1": DAY, "d7": timedelta(days=7), "d30": timedelta(days=30)}
-    probes = _probes_sql("tx", "user_id", HOUR, list(windows.values()))
-    events = "SELECT user_id AS k, ts, amount, merchant_id, device_id, hour(ts) < 6 AS night FROM tx"
-    aggregates = [
-        "count(amount) {d1} AS txn_count_1d",
-        "count(amount) {d7} AS txn_count_7d",
-        "count(amount) {d30} AS txn_count_30d",
-        "coalesce(sum(amount) {d1}, 0) AS amount_sum_1d",
-        "coalesce(sum(amount) {d7}, 0) AS amount_sum_7d",
-        "avg(amount) {d30} AS amount_avg_30d",
-        "stddev_samp(amount) {d30} AS amount_std_30d",
-        "max(amount) {d30} AS amount_max_30d",
-        "count(DISTINCT merchant_id) {d30} AS distinct_merchants_30d",
-        "count(DISTINCT device_id) {d30} AS distinct_devices_30d",
-        "avg(night::DOUBLE) {d30} AS night_txn_share_30d",
-        "max(CASE WHEN amount IS NOT NULL THEN epoch(ts) END) {d30} AS last_txn_epoch",
-    ]
-    probed = f"SELECT user_id AS k, ts FROM ({_in_interval(probes)})"
-    return f"""
-    SELECT k AS user_id, ts AS event_timestamp, * EXCLUDE (k, ts)
-    FROM ({_windowed_sql(events, probed, aggregates, windows, by_join)})
-    """
+def _user_transaction_stats() -> WindowedQuery:
+    d1, d7, d30 = DAY, timedelta(days=7), timedelta(days=30)
+    probes = _probes_sql("tx", "user_id", HOUR, [d1, d7, d30])
+    return WindowedQuery(
+        events="SELECT user_id AS k, ts, amount, merchant_id, device_id, hour(ts) < 6 AS night FROM tx",
+        probes=f"SELECT user_id AS k, ts FROM ({_in_interval(probes)})",
+        aggregates=(
+            Aggregate("txn_count_1d", "count", d1),
+            Aggregate("txn_count_7d", "count", d7),
+            Aggregate("txn_count_30d", "count", d30),
+            Aggregate("amount_sum_1d", "sum", d1, "amount"),
+            Aggregate("amount_sum_7d", "sum", d7, "amount"),
+            Aggregate("amount_avg_30d", "avg", d30, "amount"),
+            Aggregate("amount_std_30d", "std", d30, "amount"),
+            Aggregate("amount_max_30d", "max", d30, "amount"),
+            Aggregate("distinct_merchants_30d", "distinct", d30, "merchant_id"),
+            Aggregate("distinct_devices_30d", "distinct", d30, "device_id"),
+            Aggregate("night_count_30d", "count", d30, where="night"),
+            Aggregate("last_txn_ts", "last", d30),
+        ),
+        select="""
+        SELECT k AS user_id, ts AS event_timestamp, txn_count_1d, txn_count_7d, txn_count_30d,
+            amount_sum_1d, amount_sum_7d, amount_avg_30d, amount_std_30d, amount_max_30d,
+            distinct_merchants_30d, distinct_devices_30d,
+            night_count_30d / nullif(txn_count_30d, 0)::DOUBLE AS night_txn_share_30d,
+            epoch(last_txn_ts) AS last_txn_epoch
+        FROM windowed""")
 
 
-def _merchant_risk_stats_sql(by_join: bool) -> str:
-    windows = {f"d{n}": timedelta(days=n) for n in (1, 7, 30, 90)}
-    mev = """SELECT merchant_id, ts, amount, 1 AS is_txn, 0 AS is_cb FROM tx
-             UNION ALL
-             SELECT merchant_id, label_ts AS ts, NULL, 0, 1 FROM labels"""
-    probes = _probes_sql("mev", "merchant_id", HOUR, list(windows.values()))
-    events = "SELECT merchant_id AS k, ts, amount, is_txn, is_cb FROM mev"
-    aggregates = [
-        "coalesce(sum(is_txn) {d1}, 0) AS merchant_txn_count_1d",
-        "coalesce(sum(is_txn) {d7}, 0) AS merchant_txn_count_7d",
-        "coalesce(sum(is_txn) {d30}, 0) AS merchant_txn_count_30d",
-        "sum(is_txn) {d90} AS txn_90d",
-        "avg(amount) {d30} AS merchant_avg_ticket_30d",
-        "coalesce(sum(is_cb) {d30}, 0) AS merchant_chargebacks_30d",
-        "coalesce(sum(is_cb) {d90}, 0) AS merchant_chargebacks_90d",
-    ]
-    probed = f"SELECT merchant_id AS k, ts FROM ({_in_interval(probes)})"
-    return f"""
-    WITH mev AS ({mev})
-    SELECT k AS merchant_id, ts AS event_timestamp,
-        merchant_txn_count_1d::BIGINT AS merchant_txn_count_1d,
-        merchant_txn_count_7d::BIGINT AS merchant_txn_count_7d,
-        merchant_txn_count_30d::BIGINT AS merchant_txn_count_30d,
-        merchant_avg_ticket_30d,
-        merchant_chargebacks_30d::BIGINT AS merchant_chargebacks_30d,
-        merchant_chargebacks_90d::BIGINT AS merchant_chargebacks_90d,
-        merchant_chargebacks_90d / nullif(txn_90d, 0) AS merchant_chargeback_rate_90d
-    FROM ({_windowed_sql(events, probed, aggregates, windows, by_join)})
-    """
+def _merchant_risk_stats() -> WindowedQuery:
+    d1, d7, d30, d90 = (timedelta(days=n) for n in (1, 7, 30, 90))
+    probes = _probes_sql("mev", "merchant_id", HOUR, [d1, d7, d30, d90])
+    return WindowedQuery(
+        events="SELECT merchant_id AS k, ts, amount, is_txn, is_cb FROM mev",
+        probes=f"SELECT merchant_id AS k, ts FROM ({_in_interval(probes)})",
+        aggregates=(
+            Aggregate("merchant_txn_count_1d", "count", d1, where="is_txn"),
+            Aggregate("merchant_txn_count_7d", "count", d7, where="is_txn"),
+            Aggregate("merchant_txn_count_30d", "count", d30, where="is_txn"),
+            Aggregate("txn_90d", "count", d90, where="is_txn"),
+            Aggregate("merchant_avg_ticket_30d", "avg", d30, "amount", where="is_txn"),
+            Aggregate("merchant_chargebacks_30d", "count", d30, where="is_cb"),
+            Aggregate("merchant_chargebacks_90d", "count", d90, where="is_cb"),
+        ),
+        select="""
+        SELECT k AS merchant_id, ts AS event_timestamp, merchant_txn_count_1d, merchant_txn_count_7d,
+            merchant_txn_count_30d, merchant_avg_ticket_30d, merchant_chargebacks_30d, merchant_chargebacks_90d,
+            merchant_chargebacks_90d / nullif(txn_90d, 0) AS merchant_chargeback_rate_90d
+        FROM windowed""")
 
 
-def _customer_activity_sql(by_join: bool) -> str:
-    windows = {f"d{n}": timedelta(days=n) for n in (30, 60, 90, 180)}
+def _customer_activity() -> WindowedQuery:
+    d30, d60, d90, d180 = (timedelta(days=n) for n in (30, 60, 90, 180))
     spans = _live_spans_sql("act", "user_id", "date_trunc('day', ts) + INTERVAL 1 DAY",
                             "date_trunc('day', ts) + INTERVAL 181 DAY")
     probes = f"""
         SELECT user_id AS k, unnest(generate_series(greatest(first_t, date_trunc('day', $start) + INTERVAL 1 DAY),
                                                     least(last_t, $end), INTERVAL 1 DAY)) AS ts
         FROM ({spans})"""
-    events = """SELECT user_id AS k, ts, event_type = 'purchase' AS is_p, event_type = 'return' AS is_r,
-                       event_type = 'view' AS is_v, CASE WHEN event_type = 'purchase' THEN amount END AS p_amount
-                FROM act"""
-    aggregates = [
-        "coalesce(sum(is_p::INT) {d30}, 0) AS purchase_count_30d",
-        "coalesce(sum(is_p::INT) {d60}, 0) AS purchase_count_60d",
-        "coalesce(sum(is_p::INT) {d180}, 0) AS purchase_count_180d",
-        "coalesce(sum(is_r::INT) {d180}, 0) AS return_count_180d",
-        "coalesce(sum(is_v::INT) {d30}, 0) AS view_count_30d",
-        "avg(p_amount) {d90} AS avg_purchase_value_90d",
-        "max(CASE WHEN is_p THEN ts END) {d180} AS last_purchase_ts",
-    ]
-    return f"""
-    SELECT k AS user_id, ts AS event_timestamp,
-        purchase_count_30d::BIGINT AS purchase_count_30d,
-        (purchase_count_60d - purchase_count_30d)::BIGINT AS purchase_count_prev_30d,
-        (purchase_count_30d - (purchase_count_60d - purchase_count_30d))
-            / (purchase_count_60d - purchase_count_30d + 1.0) AS purchase_trend_30d,
-        avg_purchase_value_90d,
-        epoch(ts - last_purchase_ts) / 86400.0 AS days_since_last_purchase,
-        return_count_180d / nullif(purchase_count_180d, 0)::DOUBLE AS return_rate_180d,
-        view_count_30d::BIGINT AS view_count_30d
-    FROM ({_windowed_sql(events, _in_interval(probes), aggregates, windows, by_join)})
-    """
+    return WindowedQuery(
+        events="""SELECT user_id AS k, ts, event_type = 'purchase' AS is_p, event_type = 'return' AS is_r,
+                         event_type = 'view' AS is_v, amount FROM act""",
+        probes=_in_interval(probes),
+        aggregates=(
+            Aggregate("purchase_count_30d", "count", d30, where="is_p"),
+            Aggregate("purchase_count_60d", "count", d60, where="is_p"),
+            Aggregate("purchase_count_180d", "count", d180, where="is_p"),
+            Aggregate("return_count_180d", "count", d180, where="is_r"),
+            Aggregate("view_count_30d", "count", d30, where="is_v"),
+            Aggregate("avg_purchase_value_90d", "avg", d90, "amount", where="is_p"),
+            Aggregate("last_purchase_ts", "last", d180, where="is_p"),
+        ),
+        select="""
+        SELECT k AS user_id, ts AS event_timestamp,
+            purchase_count_30d,
+            purchase_count_60d - purchase_count_30d AS purchase_count_prev_30d,
+            (purchase_count_30d - (purchase_count_60d - purchase_count_30d))
+                / (purchase_count_60d - purchase_count_30d + 1.0) AS purchase_trend_30d,
+            avg_purchase_value_90d,
+            epoch(ts - last_purchase_ts) / 86400.0 AS days_since_last_purchase,
+            return_count_180d / nullif(purchase_count_180d, 0)::DOUBLE AS return_rate_180d,
+            view_count_30d
+        FROM windowed""")
 
 
-def _user_realtime_activity_sql(by_join: bool) -> str:
+def _user_realtime_activity_sql() -> str:
     frame = "(PARTITION BY user_id ORDER BY ts RANGE BETWEEN INTERVAL 600 SECOND PRECEDING AND CURRENT ROW)"
     return f"""
     SELECT user_id, ts AS event_timestamp, any_value(c)::BIGINT AS txn_count_10m,
@@ -254,7 +246,7 @@ def _user_realtime_activity_sql(by_join: bool) -> str:
     """
 
 
-def _user_profile_sql(by_join: bool) -> str:
+def _user_profile_sql() -> str:
     return """
     SELECT user_id, signup_timestamp AS event_timestamp,
            epoch(signup_timestamp)::DOUBLE AS account_created_epoch
@@ -262,10 +254,12 @@ def _user_profile_sql(by_join: bool) -> str:
     """
 
 
+_WINDOWED = {
+    "user_transaction_stats": _user_transaction_stats,
+    "merchant_risk_stats": _merchant_risk_stats,
+    "customer_activity": _customer_activity,
+}
 _SQL = {
-    "user_transaction_stats": _user_transaction_stats_sql,
-    "merchant_risk_stats": _merchant_risk_stats_sql,
-    "customer_activity": _customer_activity_sql,
     "user_realtime_activity": _user_realtime_activity_sql,
     "user_profile": _user_profile_sql,
 }
@@ -329,6 +323,10 @@ def _register_inputs(con: duckdb.DuckDBPyConnection, spec: ViewSpec, clean_dir: 
         con.execute(f"""CREATE OR REPLACE TEMP VIEW labels AS SELECT merchant_id, label_timestamp::TIMESTAMPTZ AS label_ts
                         FROM read_parquet('{_input(clean_dir, 'fraud_labels')}')
                         WHERE is_fraud = 1 AND label_timestamp >= {lo} AND label_timestamp < {hi}""")
+        # a merchant's events: its transactions and the chargebacks that became known
+        con.execute("""CREATE OR REPLACE TEMP TABLE mev AS
+                       SELECT merchant_id, ts, amount, TRUE AS is_txn, FALSE AS is_cb FROM tx
+                       UNION ALL SELECT merchant_id, label_ts, NULL, FALSE, TRUE FROM labels""")
     if "activity" in spec.inputs:
         con.execute(f"""CREATE OR REPLACE TEMP VIEW act AS SELECT user_id, event_type, amount,
                         event_timestamp::TIMESTAMPTZ AS ts FROM read_parquet('{_input(clean_dir, 'activity')}')
@@ -360,8 +358,10 @@ def compute_view(spec: ViewSpec, clean_dir: Path, features_dir: Path, start: dat
     try:
         _register_inputs(con, spec, clean_dir, start, end)
         params = {"start": start, "end": end}
-        by_join = end - start <= JOIN_FORM_MAX_INTERVAL
-        con.execute(f"CREATE TEMP TABLE fresh AS {_SQL[spec.name](by_join)}", params)
+        if spec.name in _WINDOWED:
+            _windowed(con, _WINDOWED[spec.name](), params)
+        else:
+            con.execute(f"CREATE TEMP TABLE fresh AS {_SQL[spec.name]()}", params)
         day_expr = ("(event_timestamp - INTERVAL 1 MICROSECOND)::DATE" if spec.grid > timedelta(0)
                     else "event_timestamp::DATE")
         owned = _bounds_predicate(spec)
@@ -406,7 +406,7 @@ def _write_reference_view(spec: ViewSpec, clean_dir: Path, out_dir: Path) -> tup
         _register_inputs(con, spec, clean_dir, datetime.now(UTC), datetime.now(UTC))
         path = out_dir / "part-all.parquet"
         tmp = path.with_suffix(".parquet.tmp")
-        con.execute(f"COPY ({_SQL[spec.name](False)} ORDER BY {spec.entity}) TO '{tmp}' (FORMAT parquet)")
+        con.execute(f"COPY ({_SQL[spec.name]()} ORDER BY {spec.entity}) TO '{tmp}' (FORMAT parquet)")
         tmp.replace(path)
         return con.execute(f"SELECT count(*) FROM read_parquet('{path}')").fetchone()[0], 1
     finally:

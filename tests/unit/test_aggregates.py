@@ -525,41 +525,36 @@ def hand_made(hand_made_dir: Path) -> dict[str, ViewIndex]:
             for view in BRUTE}
 
 
-def test_hand_made_tables_are_the_same_in_the_join_form(hand_made_dir: Path, tmp_path: Path,
-                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    """The exact-edge events (ties on grid hours, at midnight) give the same rows in both forms."""
-    import pipelines.aggregates as aggregates
+def test_hand_made_tables_are_the_same_one_entity_per_chunk(hand_made_dir: Path, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """The exact-edge events (ties on grid hours, at midnight) give the same rows when every
+    entity is evaluated in a chunk of its own."""
+    import pipelines.windows as windows
 
-    monkeypatch.setattr(aggregates, "JOIN_FORM_MAX_INTERVAL", HAND_END - HAND_START)
+    monkeypatch.setattr(windows, "CHUNK_EVENTS", 1)
     compute_features(hand_made_dir / "clean", tmp_path, HAND_START, HAND_END, views=list(GRID_VIEWS))
     for view in GRID_VIEWS:
         assert_same_table(read_view(hand_made_dir / "features", view), read_view(tmp_path, view), view)
 
 
-def test_events_exactly_at_a_row_stamp_are_left_out_in_both_forms(tmp_path: Path,
-                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_events_exactly_at_a_row_stamp_are_left_out(tmp_path: Path) -> None:
     """An event stamped exactly at another event's change point (06:00, midnight) is not in that row."""
-    import pipelines.aggregates as aggregates
-
     write_clean_tables(tmp_path / "clean",
                        [(1, 2001, 501, 10.0, "pos", "d1", "2026-01-01T05:00:00"),
                         (2, 2001, 501, 20.0, "pos", "d1", "2026-01-01T06:00:00")], [],
                        [(2001, "purchase", 5.0, "2026-01-01T10:00:00"),
                         (2001, "purchase", 7.0, "2026-01-02T00:00:00")], [2001])
     start, end = utc("2025-12-31T00:00"), utc("2026-01-03T00:00")
-    tables = {}
-    for form, longest in (("windows", timedelta(0)), ("join", end - start)):
-        monkeypatch.setattr(aggregates, "JOIN_FORM_MAX_INTERVAL", longest)
-        compute_features(tmp_path / "clean", tmp_path / form, start, end, views=list(GRID_VIEWS))
-        tables[form] = {view: read_view(tmp_path / form, view) for view in GRID_VIEWS}
-    for view in GRID_VIEWS:
-        assert_same_table(tables["windows"][view], tables["join"][view], view)
-    users = tables["join"]["user_transaction_stats"].set_index("event_timestamp")
+    compute_features(tmp_path / "clean", tmp_path / "features", start, end, views=list(GRID_VIEWS))
+    tables = {view: read_view(tmp_path / "features", view) for view in GRID_VIEWS}
+    users = tables["user_transaction_stats"].set_index("event_timestamp")
     assert users.loc[pd.Timestamp("2026-01-01T06:00", tz="UTC"), "txn_count_1d"] == 1
-    merchants = tables["join"]["merchant_risk_stats"].set_index("event_timestamp")
+    assert users.loc[pd.Timestamp("2026-01-01T07:00", tz="UTC"), "txn_count_1d"] == 2
+    merchants = tables["merchant_risk_stats"].set_index("event_timestamp")
     assert merchants.loc[pd.Timestamp("2026-01-01T06:00", tz="UTC"), "merchant_txn_count_1d"] == 1
-    activity = tables["join"]["customer_activity"].set_index("event_timestamp")
+    activity = tables["customer_activity"].set_index("event_timestamp")
     assert activity.loc[pd.Timestamp("2026-01-02T00:00", tz="UTC"), "purchase_count_30d"] == 1
+    assert activity.loc[pd.Timestamp("2026-01-03T00:00", tz="UTC"), "purchase_count_30d"] == 2
 
 
 def joined_features(index: ViewIndex, entity: int, at: str) -> dict | None:
@@ -727,11 +722,9 @@ def test_hand_made_rows_agree_with_brute_force(hand_made: dict[str, ViewIndex],
 # Incremental runs give the same tables as one full run
 # --------------------------------------------------------------------------------------------
 
-FLOAT_REL = 1e-12  # window sums may differ in the last bit: DuckDB adds frames in another order
-
-
 def assert_same_table(full: pd.DataFrame, other: pd.DataFrame, name: str) -> None:
-    """Same rows and dtypes; keys, timestamps and integers exact, floats to the last few bits."""
+    """Same rows, dtypes and values, bit for bit: sums are exact fixed-point integers, so where a
+    run's event stream starts cannot change a value."""
     keys = [ENTITY.get(name, "user_id"), "event_timestamp"]
     full = full.sort_values(keys, kind="stable").reset_index(drop=True)
     other = other.sort_values(keys, kind="stable").reset_index(drop=True)
@@ -739,9 +732,7 @@ def assert_same_table(full: pd.DataFrame, other: pd.DataFrame, name: str) -> Non
     assert full.dtypes.to_dict() == other.dtypes.to_dict(), name
     assert len(full) == len(other), f"{name}: {len(full)} rows in the full run, {len(other)} here"
     for col in full.columns:
-        exact = full[col].dtype.kind != "f"
-        pd.testing.assert_series_equal(full[col], other[col], check_exact=exact, rtol=FLOAT_REL,
-                                       atol=1e-12, obj=f"{name}.{col}")
+        pd.testing.assert_series_equal(full[col], other[col], check_exact=True, obj=f"{name}.{col}")
 
 
 def assert_same_features(expected: dict[str, pd.DataFrame], other_dir: Path) -> None:
@@ -817,14 +808,13 @@ def test_incremental_equals_full(span: Span, incremental_dir: Path) -> None:
     assert_same_features(span.expected, incremental_dir)
 
 
-@pytest.mark.parametrize("form", ["join", "windows"])
-def test_both_aggregation_forms_give_the_full_runs_rows(form: str, world: World, span: Span, tmp_path: Path,
-                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    """Day-long and multi-day intervals forced into each form equal the full run (windows form)."""
-    import pipelines.aggregates as aggregates
+@pytest.mark.parametrize("chunk_events", [1, 10**9])
+def test_day_long_intervals_give_the_full_runs_rows(chunk_events: int, world: World, span: Span, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Day-long and multi-day intervals, one entity per chunk or all in one, equal the full run."""
+    import pipelines.windows as windows
 
-    monkeypatch.setattr(aggregates, "JOIN_FORM_MAX_INTERVAL",
-                        timedelta(days=30) if form == "join" else timedelta(0))
+    monkeypatch.setattr(windows, "CHUNK_EVENTS", chunk_events)
     cuts = [span.burst - timedelta(days=2), span.burst - timedelta(hours=5), span.burst + timedelta(hours=19),
             span.burst + timedelta(days=2)]
     run_intervals(world.clean, tmp_path, cuts, GRID_VIEWS)

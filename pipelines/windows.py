@@ -1,0 +1,269 @@
+"""Sliding-window aggregates of per-entity event streams at probe times, by prefix sums (NumPy).
+
+For a probe (entity k, time T) and a window w, the window holds k's events with timestamp in
+[T - w, T). Events are sorted by (entity, time) once; a binary search gives, for every probe
+and window, the index range [lo, hi) of its events, and each aggregate is read off prefix
+arrays over that range in O(1):
+
+- counts and sums are differences of cumulative integers, so they are exact: values are summed
+  as fixed-point integers of 1/10,000 of a unit (`SCALE`), which is exact for money amounts;
+- the sample standard deviation comes from n, the sum and the sum of squares, whose
+  numerator n*S2 - S1^2 is computed exactly in 64-bit modular arithmetic whenever it is below
+  2^61 (so a window of equal amounts gives exactly 0), and in floating point above that,
+  where cancellation no longer matters;
+- maxima use a sparse table (max of two overlapping power-of-two blocks);
+- the latest event of a kind is the last index of that kind before hi;
+- distinct values: each event of (k, value) covers probe times (t, min(t + w, next t of the
+  same value)], so the distinct count is #events before T minus #cover ends before T.
+
+Results are exact and do not depend on where a stream starts, so an incremental run over an
+hour equals the same rows of a full run bit for bit. Entities are processed in chunks, which
+bounds memory and keeps the (entity, time) keys within 63 bits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+
+import numpy as np
+import pyarrow as pa
+
+SCALE = 10_000  # sums are exact in 1/10,000 of a unit; values are rounded to it first
+CHUNK_EVENTS = 2_000_000  # events per chunk of entities (bounds the working set)
+_KEY_LIMIT = 2**62
+_EXACT_LIMIT = 2.0**61
+KINDS = ("count", "sum", "avg", "std", "max", "last", "distinct")
+
+
+@dataclass(frozen=True)
+class Aggregate:
+    """One output column: `kind` over the events in [T - window, T) selected by `where`.
+
+    kinds: count (events), sum / avg / std / max (of `column`; sum is 0 over no events,
+    the others null), last (timestamp of the latest event, null if none), distinct (count of
+    distinct non-null values of `column`). `where` names a boolean event column.
+    """
+
+    name: str
+    kind: str
+    window: timedelta
+    column: str | None = None
+    where: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"aggregate {self.name}: unknown kind {self.kind!r}, choose from {KINDS}")
+        if self.kind in ("sum", "avg", "std", "max", "distinct") and self.column is None:
+            raise ValueError(f"aggregate {self.name}: kind {self.kind!r} needs a column")
+
+
+def _us(window: timedelta) -> int:
+    return (window.days * 86_400 + window.seconds) * 1_000_000 + window.microseconds
+
+
+def _column(table: pa.Table, name: str) -> np.ndarray:
+    return table.column(name).combine_chunks().to_numpy(zero_copy_only=False)
+
+
+def _mask(table: pa.Table, name: str | None) -> np.ndarray | None:
+    if name is None:
+        return None
+    col = table.column(name).combine_chunks()
+    return col.fill_null(False).to_numpy(zero_copy_only=False).astype(bool)
+
+
+def _codes(keys: np.ndarray) -> np.ndarray:
+    """Dense codes of a sorted key array: 0 for the first entity, +1 at every change."""
+    codes = np.zeros(len(keys), dtype=np.int64)
+    if len(keys) > 1:
+        np.cumsum(keys[1:] != keys[:-1], out=codes[1:])
+    return codes
+
+
+def _fixed_point(values: np.ndarray, name: str) -> np.ndarray:
+    scaled = np.rint(values.astype(np.float64) * SCALE)
+    if len(scaled) and np.abs(scaled).max() * max(len(scaled), 1) >= _KEY_LIMIT:
+        raise ValueError(f"column {name}: values too large to sum exactly at 1/{SCALE} of a unit")
+    return scaled.astype(np.int64)
+
+
+def _prefix(values: np.ndarray) -> np.ndarray:
+    out = np.zeros(len(values) + 1, dtype=np.result_type(values.dtype, np.int64)
+                   if values.dtype.kind in "iub" else values.dtype)
+    np.cumsum(values, out=out[1:])
+    return out
+
+
+class _SparseMax:
+    """Range maxima over [lo, hi) from power-of-two blocks, only as tall as the longest range."""
+
+    def __init__(self, values: np.ndarray, longest: int) -> None:
+        self.levels = [values]
+        span = 1
+        while span * 2 <= longest:
+            prev = self.levels[-1]
+            self.levels.append(np.maximum(prev[:-span], prev[span:]))
+            span *= 2
+
+    def query(self, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+        length = hi - lo
+        out = np.full(len(lo), -np.inf)
+        some = length > 0
+        if not some.any():
+            return out
+        lo, hi, length = lo[some], hi[some], length[some]
+        level = np.floor(np.log2(length)).astype(np.int64)
+        result = np.empty(len(lo))
+        for j in np.unique(level):
+            at = level == j
+            table = self.levels[j]
+            result[at] = np.maximum(table[lo[at]], table[hi[at] - (1 << int(j))])
+        out[some] = result
+        return out
+
+
+def _chunks(codes: np.ndarray, probe_codes: np.ndarray, span_us: int) -> Iterator[tuple[slice, slice]]:
+    """Slices of events and probes covering whole entities, bounded in events and key range."""
+    n_entities = int(codes[-1]) + 1 if len(codes) else 0
+    per_key = max(1, min(_KEY_LIMIT // max(span_us, 1), n_entities or 1))
+    starts = np.searchsorted(codes, np.arange(n_entities + 1), side="left")
+    probe_starts = np.searchsorted(probe_codes, np.arange(n_entities + 1), side="left")
+    first = 0
+    while first < n_entities:
+        last = min(first + per_key, n_entities)
+        limit = np.searchsorted(starts, starts[first] + CHUNK_EVENTS, side="right") - 1
+        last = max(first + 1, min(last, int(limit)))
+        yield (slice(int(starts[first]), int(starts[last])),
+               slice(int(probe_starts[first]), int(probe_starts[last])))
+        first = last
+
+
+def window_aggregates(events: pa.Table, probes: pa.Table, aggregates: list[Aggregate]) -> Iterator[pa.Table]:
+    """Per chunk of entities, a table (k, ts, one column per aggregate) in the probes' order.
+
+    `events` holds k, ts (microseconds since the epoch, int64) and the columns the aggregates
+    name, sorted by (k, ts); `probes` holds k, ts sorted the same way, and every probe's
+    entity has events (probes come from events).
+    """
+    ev_keys = _column(events, "k")
+    ev_ts = _column(events, "ts").astype(np.int64)
+    pr_keys = _column(probes, "k")
+    pr_ts = _column(probes, "ts").astype(np.int64)
+    if len(pr_keys) == 0:
+        return
+    codes = _codes(ev_keys)
+    entity_keys = ev_keys[np.r_[0, np.flatnonzero(ev_keys[1:] != ev_keys[:-1]) + 1]] if len(ev_keys) else ev_keys
+    probe_codes = np.searchsorted(entity_keys, pr_keys)
+    if (probe_codes >= len(entity_keys)).any() or (entity_keys[np.minimum(probe_codes, len(entity_keys) - 1)]
+                                                    != pr_keys).any():
+        raise ValueError("a probe's entity has no events: probes must come from the events")
+    longest = max(_us(a.window) for a in aggregates)
+    base = min(int(ev_ts.min()), int(pr_ts.min())) - longest
+    span = max(int(ev_ts.max()), int(pr_ts.max())) + longest - base + 1
+    columns = {name: _column(events, name) for name in {a.column for a in aggregates} - {None}}
+    masks = {name: _mask(events, name) for name in {a.where for a in aggregates} - {None}}
+    for ev_slice, pr_slice in _chunks(codes, probe_codes, span):
+        chunk = _Chunk(codes[ev_slice] - codes[ev_slice.start], ev_ts[ev_slice] - base, span, base,
+                       probe_codes[pr_slice] - codes[ev_slice.start], pr_ts[pr_slice] - base)
+        out = {"k": pr_keys[pr_slice], "ts": pr_ts[pr_slice]}
+        for agg in aggregates:
+            values = columns[agg.column][ev_slice] if agg.column else None
+            where = masks[agg.where][ev_slice] if agg.where else None
+            out[agg.name] = chunk.evaluate(agg, values, where)
+        arrays = {name: value if isinstance(value, pa.Array) else pa.array(value) for name, value in out.items()}
+        arrays["ts"] = pa.array(out["ts"], type=pa.int64())
+        yield pa.table(arrays)
+
+
+class _Chunk:
+    """One chunk's sorted keys and the probes' [lo, hi) index ranges, cached per window."""
+
+    def __init__(self, codes: np.ndarray, ts: np.ndarray, span: int, base: int, probe_codes: np.ndarray,
+                 probe_ts: np.ndarray) -> None:
+        self.ts, self.span, self.base = ts, span, base
+        self.keys = codes * span + ts
+        self.probe_codes, self.probe_ts = probe_codes, probe_ts
+        self.probe_keys = probe_codes * span + probe_ts
+        self._bounds: dict[int, np.ndarray] = {}
+        self._prefixes: dict[tuple, np.ndarray] = {}
+
+    def bound(self, offset_us: int) -> np.ndarray:
+        """Per probe, the number of this chunk's events sorted before (k, T - offset)."""
+        if offset_us not in self._bounds:
+            self._bounds[offset_us] = np.searchsorted(self.keys, self.probe_keys - offset_us, side="left")
+        return self._bounds[offset_us]
+
+    def prefix(self, key: tuple, make) -> np.ndarray:
+        if key not in self._prefixes:
+            self._prefixes[key] = make()
+        return self._prefixes[key]
+
+    def counts(self, where: np.ndarray | None, lo: np.ndarray, hi: np.ndarray, tag: object) -> np.ndarray:
+        if where is None:
+            return hi - lo
+        cum = self.prefix(("count", tag), lambda: _prefix(where.astype(np.int64)))
+        return cum[hi] - cum[lo]
+
+    def evaluate(self, agg: Aggregate, values: np.ndarray | None, where: np.ndarray | None) -> pa.Array | np.ndarray:
+        hi, lo = self.bound(0), self.bound(_us(agg.window))
+        n = self.counts(where, lo, hi, agg.where)
+        if agg.kind == "count":
+            return n
+        if agg.kind == "distinct":
+            return self.distinct(values, _us(agg.window), hi)
+        if agg.kind == "last":
+            picked = np.arange(len(self.ts)) if where is None else np.where(where, np.arange(len(self.ts)), -1)
+            last = self.prefix(("last", agg.where), lambda: np.maximum.accumulate(picked) if len(picked) else picked)
+            found = n > 0
+            stamp = np.zeros(len(hi), dtype=np.int64)
+            stamp[found] = self.ts[last[hi[found] - 1]]
+            return pa.array(stamp + self.base, type=pa.int64(), mask=~found)
+        selected = values if where is None else np.where(where, values, 0)
+        if agg.kind == "max":
+            floor = np.where(where, values, -np.inf) if where is not None else values.astype(np.float64)
+            longest = int((hi - lo).max()) if len(hi) else 0
+            table = self.prefix(("max", agg.column, agg.where, agg.window),
+                                lambda: _SparseMax(floor.astype(np.float64), longest))
+            return pa.array(table.query(lo, hi), mask=n == 0)
+        raw = self.prefix(("raw", agg.column, agg.where), lambda: _fixed_point(selected, agg.column or ""))
+        cum1 = self.prefix(("sum", agg.column, agg.where), lambda: _prefix(raw))
+        s1 = cum1[hi] - cum1[lo]
+        if agg.kind == "sum":
+            return s1 / SCALE
+        if agg.kind == "avg":
+            return pa.array(s1 / np.maximum(n, 1) / SCALE, mask=n == 0)
+        cum2 = self.prefix(("sq", agg.column, agg.where), lambda: _prefix(raw.astype(np.uint64) * raw.astype(np.uint64)))
+        cum2f = self.prefix(("sqf", agg.column, agg.where), lambda: _prefix(raw.astype(np.float64) ** 2))
+        nu = n.astype(np.uint64)
+        exact = (nu * (cum2[hi] - cum2[lo]) - s1.astype(np.uint64) * s1.astype(np.uint64)).astype(np.int64)
+        approx = n * (cum2f[hi] - cum2f[lo]) - s1.astype(np.float64) ** 2
+        numerator = np.where(approx < _EXACT_LIMIT, exact.astype(np.float64), approx)
+        pairs = np.maximum(n * (n - 1), 1).astype(np.float64)
+        std = np.sqrt(np.maximum(numerator, 0.0) / pairs) / SCALE
+        return pa.array(std, mask=n < 2)
+
+    def distinct(self, values: np.ndarray, window_us: int, hi: np.ndarray) -> np.ndarray:
+        present = ~_is_null(values)
+        filled = np.where(present, values, values[present][0] if present.any() else 0)
+        codes = self.keys // self.span
+        order = np.lexsort((self.ts, filled, codes))
+        same_next = np.zeros(len(order), dtype=bool)
+        if len(order) > 1:
+            same_next[:-1] = (codes[order][1:] == codes[order][:-1]) & (filled[order][1:] == filled[order][:-1])
+        next_ts = np.full(len(order), np.iinfo(np.int64).max)
+        next_ts[:-1] = np.where(same_next[:-1], self.ts[order][1:], next_ts[:-1])
+        ends = np.empty(len(order), dtype=np.int64)
+        ends[order] = np.minimum(self.ts[order] + window_us, next_ts)
+        ends = np.where(present, ends, self.ts)  # a null covers nothing
+        end_keys = np.sort(codes * self.span + ends)
+        return hi - np.searchsorted(end_keys, self.probe_keys, side="left")
+
+
+def _is_null(values: np.ndarray) -> np.ndarray:
+    if values.dtype.kind == "f":
+        return np.isnan(values)
+    if values.dtype.kind == "O":
+        return np.array([v is None for v in values], dtype=bool)
+    return np.zeros(len(values), dtype=bool)
