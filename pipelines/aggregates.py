@@ -81,9 +81,11 @@ def _probes_sql(events: str, entity: str, grid: timedelta, windows: list[timedel
     """
     unit = "hour" if grid == HOUR else "day"
     longest = max(windows)
-    parts = [f"SELECT {entity}, date_trunc('{unit}', ts) + {_interval(grid)} AS ts FROM {events}"]
-    parts += [f"SELECT {entity}, date_trunc('{unit}', ts + {_interval(w)}) + {_interval(grid)} AS ts "
-              f"FROM {events}" for w in windows]
+    # an event at t moves a point trunc(t + w) + grid, which lies in (start, end] only if
+    # start - grid < t + w < end: the filter keeps an hourly run from scanning the whole lookback
+    parts = [f"SELECT {entity}, date_trunc('{unit}', ts + {_interval(w)}) + {_interval(grid)} AS ts "
+             f"FROM {events} WHERE ts + {_interval(w)} > $start - {_interval(grid)} "
+             f"AND ts + {_interval(w)} < $end" for w in [timedelta(0), *windows]]
     spans = _live_spans_sql(events, entity, "date_trunc('day', ts) + INTERVAL 1 DAY",
                             f"date_trunc('day', ts + {_interval(longest)})")
     parts.append(f"""SELECT {entity}, unnest(generate_series(
@@ -110,8 +112,8 @@ def _live_spans_sql(events: str, entity: str, first: str, last: str) -> str:
 @dataclass(frozen=True)
 class WindowedQuery:
     """A grid view: its events (k, ts, ...), the interval's row stamps (k, ts), the window
-    aggregates at each stamp, and a SELECT over the relation `windowed` (k, ts, aggregates)
-    that names, casts and derives the view's features."""
+    aggregates at each stamp, and a SELECT over `{windowed}` (k, ts, aggregates) that names,
+    casts and derives the view's features."""
 
     events: str
     probes: str
@@ -129,15 +131,20 @@ def _windowed(con: duckdb.DuckDBPyConnection, query: WindowedQuery, params: dict
     probes = con.sql("SELECT k, epoch_us(ts) AS ts FROM stamps ORDER BY k, ts").to_arrow_table()
     events = con.sql(f"""SELECT * REPLACE (epoch_us(ts) AS ts) FROM ({query.events})
                          WHERE k IN (SELECT DISTINCT k FROM stamps) ORDER BY k, ts""").to_arrow_table()
-    windowed = pa.concat_tables(list(window_aggregates(events, probes, list(query.aggregates)))
-                                or [_empty_windowed(probes, query.aggregates)])
     stamps = [a.name for a in query.aggregates if a.kind == "last"]
     as_time = "".join(f", make_timestamp({c})::TIMESTAMPTZ AS {c}" for c in stamps)
-    con.register("windowed_arrow", windowed)
-    con.execute(f"""CREATE OR REPLACE TEMP VIEW windowed AS
-                    SELECT * REPLACE (make_timestamp(ts)::TIMESTAMPTZ AS ts{as_time}) FROM windowed_arrow""")
-    con.execute(f"CREATE TEMP TABLE fresh AS {query.select}")
-    con.unregister("windowed_arrow")
+    select = query.select.format(windowed=f"""(SELECT * REPLACE (make_timestamp(ts)::TIMESTAMPTZ AS ts{as_time})
+                                               FROM windowed_chunk)""")
+    statement = f"CREATE TEMP TABLE fresh AS {select}"
+    for chunk in window_aggregates(events, probes, list(query.aggregates)):
+        con.register("windowed_chunk", chunk)
+        con.execute(statement)
+        statement = f"INSERT INTO fresh {select}"
+        con.unregister("windowed_chunk")
+    if statement.startswith("CREATE"):  # no stamps in the interval
+        con.register("windowed_chunk", _empty_windowed(probes, query.aggregates))
+        con.execute(statement)
+        con.unregister("windowed_chunk")
 
 
 def _empty_windowed(probes: pa.Table, aggregates: tuple[Aggregate, ...]) -> pa.Table:
@@ -176,7 +183,7 @@ def _user_transaction_stats() -> WindowedQuery:
             distinct_merchants_30d, distinct_devices_30d,
             night_count_30d / nullif(txn_count_30d, 0)::DOUBLE AS night_txn_share_30d,
             epoch(last_txn_ts) AS last_txn_epoch
-        FROM windowed""")
+        FROM {windowed}""")
 
 
 def _merchant_risk_stats() -> WindowedQuery:
@@ -198,7 +205,7 @@ def _merchant_risk_stats() -> WindowedQuery:
         SELECT k AS merchant_id, ts AS event_timestamp, merchant_txn_count_1d, merchant_txn_count_7d,
             merchant_txn_count_30d, merchant_avg_ticket_30d, merchant_chargebacks_30d, merchant_chargebacks_90d,
             merchant_chargebacks_90d / nullif(txn_90d, 0) AS merchant_chargeback_rate_90d
-        FROM windowed""")
+        FROM {windowed}""")
 
 
 def _customer_activity() -> WindowedQuery:
@@ -232,7 +239,7 @@ def _customer_activity() -> WindowedQuery:
             epoch(ts - last_purchase_ts) / 86400.0 AS days_since_last_purchase,
             return_count_180d / nullif(purchase_count_180d, 0)::DOUBLE AS return_rate_180d,
             view_count_30d
-        FROM windowed""")
+        FROM {windowed}""")
 
 
 def _user_realtime_activity_sql() -> str:
@@ -366,13 +373,11 @@ def compute_view(spec: ViewSpec, clean_dir: Path, features_dir: Path, start: dat
                     else "event_timestamp::DATE")
         owned = _bounds_predicate(spec)
         touched = {r[0] for r in con.execute(f"SELECT DISTINCT {day_expr} FROM fresh").fetchall()}
-        existing = sorted(out_dir.glob("part-*.parquet"))
-        if existing:
-            # day files holding rows of this interval must be rewritten even when no fresh row lands there
-            listing = ", ".join(f"'{f}'" for f in existing)
-            touched |= {date.fromisoformat(Path(r[0]).stem.removeprefix("part-")) for r in con.execute(
-                f"SELECT DISTINCT filename FROM read_parquet([{listing}], filename=true) WHERE {owned}",
-                params).fetchall()}
+        # rows of this interval can only live in the day files of its days (a row stamped T sits in
+        # the file of T's day, or of T - 1us on a grid): those are rewritten even with no fresh row
+        first_day, last_day = start.date(), (end - timedelta(microseconds=1)).date()
+        touched |= {date.fromisoformat(f.stem.removeprefix("part-")) for f in out_dir.glob("part-*.parquet")
+                    if first_day.isoformat() <= f.stem.removeprefix("part-") <= last_day.isoformat()}
         old = [out_dir / f"part-{d.isoformat()}.parquet" for d in sorted(touched)]
         old = [f for f in old if f.exists()]
         kept = (f"SELECT * FROM read_parquet([{', '.join(repr(str(f)) for f in old)}]) WHERE NOT ({owned}) "

@@ -29,9 +29,10 @@ from datetime import timedelta
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 SCALE = 10_000  # sums are exact in 1/10,000 of a unit; values are rounded to it first
-CHUNK_EVENTS = 2_000_000  # events per chunk of entities (bounds the working set)
+CHUNK_EVENTS = 500_000  # events per chunk of entities (bounds the working set)
 _KEY_LIMIT = 2**62
 _EXACT_LIMIT = 2.0**61
 KINDS = ("count", "sum", "avg", "std", "max", "last", "distinct")
@@ -65,6 +66,14 @@ def _us(window: timedelta) -> int:
 
 def _column(table: pa.Table, name: str) -> np.ndarray:
     return table.column(name).combine_chunks().to_numpy(zero_copy_only=False)
+
+
+def _codes_of(table: pa.Table, name: str) -> np.ndarray:
+    """A column's values as integer codes (equal values, equal codes), nulls as NaN."""
+    encoded = pc.dictionary_encode(table.column(name).combine_chunks())
+    codes = encoded.indices.to_numpy(zero_copy_only=False).astype(np.float64)
+    codes[encoded.is_null().to_numpy(zero_copy_only=False)] = np.nan
+    return codes
 
 
 def _mask(table: pa.Table, name: str | None) -> np.ndarray | None:
@@ -162,7 +171,9 @@ def window_aggregates(events: pa.Table, probes: pa.Table, aggregates: list[Aggre
     longest = max(_us(a.window) for a in aggregates)
     base = min(int(ev_ts.min()), int(pr_ts.min())) - longest
     span = max(int(ev_ts.max()), int(pr_ts.max())) + longest - base + 1
-    columns = {name: _column(events, name) for name in {a.column for a in aggregates} - {None}}
+    distinct = {a.column for a in aggregates if a.kind == "distinct"}
+    columns = {name: _codes_of(events, name) if name in distinct else _column(events, name)
+               for name in {a.column for a in aggregates} - {None}}
     masks = {name: _mask(events, name) for name in {a.where for a in aggregates} - {None}}
     for ev_slice, pr_slice in _chunks(codes, probe_codes, span):
         chunk = _Chunk(codes[ev_slice] - codes[ev_slice.start], ev_ts[ev_slice] - base, span, base,
@@ -248,10 +259,11 @@ class _Chunk:
         present = ~_is_null(values)
         filled = np.where(present, values, values[present][0] if present.any() else 0)
         codes = self.keys // self.span
-        order = np.lexsort((self.ts, filled, codes))
+        order = np.lexsort((self.ts, filled, present, codes))  # nulls chain apart from every value
         same_next = np.zeros(len(order), dtype=bool)
         if len(order) > 1:
-            same_next[:-1] = (codes[order][1:] == codes[order][:-1]) & (filled[order][1:] == filled[order][:-1])
+            same_next[:-1] = np.logical_and.reduce([column[order][1:] == column[order][:-1]
+                                                    for column in (codes, present, filled)])
         next_ts = np.full(len(order), np.iinfo(np.int64).max)
         next_ts[:-1] = np.where(same_next[:-1], self.ts[order][1:], next_ts[:-1])
         ends = np.empty(len(order), dtype=np.int64)
