@@ -27,7 +27,7 @@ import pandas as pd
 import pyarrow as pa
 
 from feastkit.errors import FeastkitError
-from pipelines.windows import Aggregate, window_aggregates
+from pipelines.windows import UTC_MICROS, Aggregate, window_aggregates
 
 HOUR = timedelta(hours=1)
 DAY = timedelta(days=1)
@@ -131,10 +131,7 @@ def _windowed(con: duckdb.DuckDBPyConnection, query: WindowedQuery, params: dict
     probes = con.sql("SELECT k, epoch_us(ts) AS ts FROM stamps ORDER BY k, ts").to_arrow_table()
     events = con.sql(f"""SELECT * REPLACE (epoch_us(ts) AS ts) FROM ({query.events})
                          WHERE k IN (SELECT DISTINCT k FROM stamps) ORDER BY k, ts""").to_arrow_table()
-    stamps = [a.name for a in query.aggregates if a.kind == "last"]
-    as_time = "".join(f", make_timestamp({c})::TIMESTAMPTZ AS {c}" for c in stamps)
-    select = query.select.format(windowed=f"""(SELECT * REPLACE (make_timestamp(ts)::TIMESTAMPTZ AS ts{as_time})
-                                               FROM windowed_chunk)""")
+    select = query.select.format(windowed="windowed_chunk")
     statement = f"CREATE TEMP TABLE fresh AS {select}"
     for chunk in window_aggregates(events, probes, list(query.aggregates)):
         con.register("windowed_chunk", chunk)
@@ -148,8 +145,8 @@ def _windowed(con: duckdb.DuckDBPyConnection, query: WindowedQuery, params: dict
 
 
 def _empty_windowed(probes: pa.Table, aggregates: tuple[Aggregate, ...]) -> pa.Table:
-    types = {"count": pa.int64(), "distinct": pa.int64(), "last": pa.int64()}
-    return pa.table({"k": probes.column("k"), "ts": probes.column("ts"),
+    types = {"count": pa.int64(), "distinct": pa.int64(), "last": UTC_MICROS}
+    return pa.table({"k": probes.column("k"), "ts": pa.array([], type=UTC_MICROS),
                      **{a.name: pa.array([], type=types.get(a.kind, pa.float64())) for a in aggregates}})
 
 
@@ -236,7 +233,7 @@ def _customer_activity() -> WindowedQuery:
             (purchase_count_30d - (purchase_count_60d - purchase_count_30d))
                 / (purchase_count_60d - purchase_count_30d + 1.0) AS purchase_trend_30d,
             avg_purchase_value_90d,
-            epoch(ts - last_purchase_ts) / 86400.0 AS days_since_last_purchase,
+            (epoch_us(ts) - epoch_us(last_purchase_ts)) / 86400000000.0 AS days_since_last_purchase,
             return_count_180d / nullif(purchase_count_180d, 0)::DOUBLE AS return_rate_180d,
             view_count_30d
         FROM {windowed}""")
@@ -245,7 +242,7 @@ def _customer_activity() -> WindowedQuery:
 def _user_realtime_activity_sql() -> str:
     frame = "(PARTITION BY user_id ORDER BY ts RANGE BETWEEN INTERVAL 600 SECOND PRECEDING AND CURRENT ROW)"
     return f"""
-    SELECT user_id, ts AS event_timestamp, any_value(c)::BIGINT AS txn_count_10m,
+    SELECT user_id, ts::TIMESTAMPTZ AS event_timestamp, any_value(c)::BIGINT AS txn_count_10m,
            any_value(s) AS amount_sum_10m
     FROM (SELECT user_id, ts, count(*) OVER {frame} AS c, sum(amount) OVER {frame} AS s FROM tx)
     WHERE ts >= $start AND ts < $end
@@ -324,10 +321,10 @@ def _register_inputs(con: duckdb.DuckDBPyConnection, spec: ViewSpec, clean_dir: 
     hi = f"TIMESTAMPTZ '{end.isoformat()}'"
     if "transactions" in spec.inputs:
         con.execute(f"""CREATE OR REPLACE TEMP VIEW tx AS SELECT user_id, merchant_id, amount, device_id,
-                        event_timestamp::TIMESTAMPTZ AS ts FROM read_parquet('{_input(clean_dir, 'transactions')}')
+                        event_timestamp::TIMESTAMPTZ::TIMESTAMP AS ts FROM read_parquet('{_input(clean_dir, 'transactions')}')
                         WHERE event_timestamp >= {lo} AND event_timestamp < {hi}""")
     if "fraud_labels" in spec.inputs:
-        con.execute(f"""CREATE OR REPLACE TEMP VIEW labels AS SELECT merchant_id, label_timestamp::TIMESTAMPTZ AS label_ts
+        con.execute(f"""CREATE OR REPLACE TEMP VIEW labels AS SELECT merchant_id, label_timestamp::TIMESTAMPTZ::TIMESTAMP AS label_ts
                         FROM read_parquet('{_input(clean_dir, 'fraud_labels')}')
                         WHERE is_fraud = 1 AND label_timestamp >= {lo} AND label_timestamp < {hi}""")
         # a merchant's events: its transactions and the chargebacks that became known
@@ -336,7 +333,7 @@ def _register_inputs(con: duckdb.DuckDBPyConnection, spec: ViewSpec, clean_dir: 
                        UNION ALL SELECT merchant_id, label_ts, NULL, FALSE, TRUE FROM labels""")
     if "activity" in spec.inputs:
         con.execute(f"""CREATE OR REPLACE TEMP VIEW act AS SELECT user_id, event_type, amount,
-                        event_timestamp::TIMESTAMPTZ AS ts FROM read_parquet('{_input(clean_dir, 'activity')}')
+                        event_timestamp::TIMESTAMPTZ::TIMESTAMP AS ts FROM read_parquet('{_input(clean_dir, 'activity')}')
                         WHERE event_timestamp >= {lo} AND event_timestamp < {hi}""")
     if "users" in spec.inputs:
         con.execute(f"""CREATE OR REPLACE TEMP VIEW users AS SELECT user_id, signup_timestamp::TIMESTAMPTZ AS signup_timestamp
@@ -365,12 +362,16 @@ def compute_view(spec: ViewSpec, clean_dir: Path, features_dir: Path, start: dat
     try:
         _register_inputs(con, spec, clean_dir, start, end)
         params = {"start": start, "end": end}
+        # events are computed on in UTC wall-clock TIMESTAMPs: TIMESTAMPTZ arithmetic goes through
+        # the ICU calendar and costs several times more; feature rows come out as TIMESTAMPTZ
+        utc_params = {name: value.replace(tzinfo=None) for name, value in params.items()}
         if spec.name in _WINDOWED:
-            _windowed(con, _WINDOWED[spec.name](), params)
+            _windowed(con, _WINDOWED[spec.name](), utc_params)
         else:
-            con.execute(f"CREATE TEMP TABLE fresh AS {_SQL[spec.name]()}", params)
-        day_expr = ("(event_timestamp - INTERVAL 1 MICROSECOND)::DATE" if spec.grid > timedelta(0)
-                    else "event_timestamp::DATE")
+            con.execute(f"CREATE TEMP TABLE fresh AS {_SQL[spec.name]()}", utc_params)
+        # the day of T (of T - 1us on a grid), from epoch microseconds, which needs no calendar
+        day_expr = (f"(DATE '1970-01-01' + ((epoch_us(event_timestamp) - {int(spec.grid > timedelta(0))})"
+                    " // 86400000000)::INTEGER)")
         owned = _bounds_predicate(spec)
         touched = {r[0] for r in con.execute(f"SELECT DISTINCT {day_expr} FROM fresh").fetchall()}
         # rows of this interval can only live in the day files of its days (a row stamped T sits in

@@ -23,7 +23,9 @@ bounds memory and keeps the (entity, time) keys within 63 bits.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -35,6 +37,7 @@ SCALE = 10_000  # sums are exact in 1/10,000 of a unit; values are rounded to it
 CHUNK_EVENTS = 500_000  # events per chunk of entities (bounds the working set)
 _KEY_LIMIT = 2**62
 _EXACT_LIMIT = 2.0**61
+UTC_MICROS = pa.timestamp("us", tz="UTC")  # probe times and "last" results come out as this type
 KINDS = ("count", "sum", "avg", "std", "max", "last", "distinct")
 
 
@@ -152,6 +155,8 @@ def _chunks(codes: np.ndarray, probe_codes: np.ndarray, span_us: int) -> Iterato
 def window_aggregates(events: pa.Table, probes: pa.Table, aggregates: list[Aggregate]) -> Iterator[pa.Table]:
     """Per chunk of entities, a table (k, ts, one column per aggregate) in the probes' order.
 
+    Times are int64 microseconds since the epoch on the way in and UTC timestamps on the way out.
+
     `events` holds k, ts (microseconds since the epoch, int64) and the columns the aggregates
     name, sorted by (k, ts); `probes` holds k, ts sorted the same way, and every probe's
     entity has events (probes come from events).
@@ -175,17 +180,22 @@ def window_aggregates(events: pa.Table, probes: pa.Table, aggregates: list[Aggre
     columns = {name: _codes_of(events, name) if name in distinct else _column(events, name)
                for name in {a.column for a in aggregates} - {None}}
     masks = {name: _mask(events, name) for name in {a.where for a in aggregates} - {None}}
-    for ev_slice, pr_slice in _chunks(codes, probe_codes, span):
+
+    def evaluate(slices: tuple[slice, slice]) -> pa.Table:
+        ev_slice, pr_slice = slices
         chunk = _Chunk(codes[ev_slice] - codes[ev_slice.start], ev_ts[ev_slice] - base, span, base,
                        probe_codes[pr_slice] - codes[ev_slice.start], pr_ts[pr_slice] - base)
-        out = {"k": pr_keys[pr_slice], "ts": pr_ts[pr_slice]}
+        out = {"k": pa.array(pr_keys[pr_slice]), "ts": pa.array(pr_ts[pr_slice], type=UTC_MICROS)}
         for agg in aggregates:
             values = columns[agg.column][ev_slice] if agg.column else None
             where = masks[agg.where][ev_slice] if agg.where else None
-            out[agg.name] = chunk.evaluate(agg, values, where)
-        arrays = {name: value if isinstance(value, pa.Array) else pa.array(value) for name, value in out.items()}
-        arrays["ts"] = pa.array(out["ts"], type=pa.int64())
-        yield pa.table(arrays)
+            result = chunk.evaluate(agg, values, where)
+            out[agg.name] = result if isinstance(result, pa.Array) else pa.array(result)
+        return pa.table(out)
+
+    # NumPy releases the GIL in its kernels, so chunks run side by side on every core
+    with ThreadPoolExecutor(max_workers=min(os.cpu_count() or 1, 4)) as pool:
+        yield from pool.map(evaluate, _chunks(codes, probe_codes, span))
 
 
 class _Chunk:
@@ -230,7 +240,7 @@ class _Chunk:
             found = n > 0
             stamp = np.zeros(len(hi), dtype=np.int64)
             stamp[found] = self.ts[last[hi[found] - 1]]
-            return pa.array(stamp + self.base, type=pa.int64(), mask=~found)
+            return pa.array(stamp + self.base, type=UTC_MICROS, mask=~found)
         selected = values if where is None else np.where(where, values, 0)
         if agg.kind == "max":
             floor = np.where(where, values, -np.inf) if where is not None else values.astype(np.float64)

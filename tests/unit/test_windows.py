@@ -6,6 +6,7 @@ from datetime import timedelta
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 
 import pipelines.windows as windows
@@ -65,7 +66,9 @@ def evaluate(events: dict[str, np.ndarray], probes: dict[str, np.ndarray],
              aggregates: list[Aggregate]) -> dict[str, list]:
     columns = {name: pa.array(values, from_pandas=True) for name, values in events.items()}  # NaN -> null
     tables = list(window_aggregates(pa.table(columns), pa.table(probes), aggregates))
-    return pa.concat_tables(tables).to_pydict()
+    table = pa.concat_tables(tables)
+    as_micros = [pc.cast(col, pa.int64()) if pa.types.is_timestamp(col.type) else col for col in table.columns]
+    return pa.table(as_micros, names=table.column_names).to_pydict()
 
 
 def brute(events: dict[str, np.ndarray], k: int, t: int, agg: Aggregate) -> object:
