@@ -70,7 +70,8 @@ def _interval(d: timedelta) -> str:
     return f"INTERVAL {int(d.total_seconds())} SECOND"
 
 
-def _probes_sql(events: str, entity: str, grid: timedelta, windows: list[timedelta]) -> str:
+def _probes_sql(events: str, entity: str, grid: timedelta, windows: list[timedelta], start: datetime,
+                end: datetime) -> str:
     """Grid points where a value can change, plus a daily heartbeat while anything is in a window.
 
     Change points: the first grid point after each event enters, and after it leaves, each
@@ -80,18 +81,35 @@ def _probes_sql(events: str, entity: str, grid: timedelta, windows: list[timedel
     retrieval joins far fewer candidate rows).
     """
     unit = "hour" if grid == HOUR else "day"
-    longest = max(windows)
     # an event at t moves a point trunc(t + w) + grid, which lies in (start, end] only if
     # start - grid < t + w < end: the filter keeps an hourly run from scanning the whole lookback
     parts = [f"SELECT {entity}, date_trunc('{unit}', ts + {_interval(w)}) + {_interval(grid)} AS ts "
              f"FROM {events} WHERE ts + {_interval(w)} > $start - {_interval(grid)} "
              f"AND ts + {_interval(w)} < $end" for w in [timedelta(0), *windows]]
+    return " UNION ".join([*parts, _live_midnights_sql(events, entity, max(windows), start, end)])
+
+
+# up to this many midnights in an interval, live entities are found per midnight (an hourly or
+# daily run); beyond, from each entity's islands of activity (a backfill or a full run)
+PER_MIDNIGHT_MAX = 3
+
+
+def _live_midnights_sql(events: str, entity: str, reach: timedelta, start: datetime, end: datetime) -> str:
+    """(entity, M) for every midnight M in (start, end] with one of the entity's events in [M - reach, M)."""
+    first = start.replace(hour=0, minute=0, second=0, microsecond=0) + DAY
+    midnights = [first + i * DAY for i in range(max(0, (end - first) // DAY + 1))]
+    if len(midnights) <= PER_MIDNIGHT_MAX:
+        parts = [f"SELECT DISTINCT {entity}, TIMESTAMP '{m:%Y-%m-%d}' AS ts FROM {events} "
+                 f"WHERE ts >= TIMESTAMP '{m:%Y-%m-%d}' - {_interval(reach)} AND ts < TIMESTAMP '{m:%Y-%m-%d}'"
+                 for m in midnights]
+        if not parts:
+            return f"SELECT {entity}, NULL::TIMESTAMP AS ts FROM {events} WHERE FALSE"
+        return f"SELECT * FROM ({' UNION ALL '.join(parts)})"
     spans = _live_spans_sql(events, entity, "date_trunc('day', ts) + INTERVAL 1 DAY",
-                            f"date_trunc('day', ts + {_interval(longest)})")
-    parts.append(f"""SELECT {entity}, unnest(generate_series(
+                            f"date_trunc('day', ts + {_interval(reach)})")
+    return f"""SELECT {entity}, unnest(generate_series(
             greatest(first_t, date_trunc('day', $start) + INTERVAL 1 DAY), least(last_t, $end),
-            INTERVAL 1 DAY)) AS ts FROM ({spans})""")
-    return " UNION ".join(parts)
+            INTERVAL 1 DAY)) AS ts FROM ({spans})"""
 
 
 def _live_spans_sql(events: str, entity: str, first: str, last: str) -> str:
@@ -154,9 +172,9 @@ def _in_interval(probes: str) -> str:
     return f"SELECT * FROM ({probes}) WHERE ts > $start AND ts <= $end"
 
 
-def _user_transaction_stats() -> WindowedQuery:
+def _user_transaction_stats(start: datetime, end: datetime) -> WindowedQuery:
     d1, d7, d30 = DAY, timedelta(days=7), timedelta(days=30)
-    probes = _probes_sql("tx", "user_id", HOUR, [d1, d7, d30])
+    probes = _probes_sql("tx", "user_id", HOUR, [d1, d7, d30], start, end)
     return WindowedQuery(
         events="SELECT user_id AS k, ts, amount, merchant_id, device_id, hour(ts) < 6 AS night FROM tx",
         probes=f"SELECT user_id AS k, ts FROM ({_in_interval(probes)})",
@@ -183,9 +201,9 @@ def _user_transaction_stats() -> WindowedQuery:
         FROM {windowed}""")
 
 
-def _merchant_risk_stats() -> WindowedQuery:
+def _merchant_risk_stats(start: datetime, end: datetime) -> WindowedQuery:
     d1, d7, d30, d90 = (timedelta(days=n) for n in (1, 7, 30, 90))
-    probes = _probes_sql("mev", "merchant_id", HOUR, [d1, d7, d30, d90])
+    probes = _probes_sql("mev", "merchant_id", HOUR, [d1, d7, d30, d90], start, end)
     return WindowedQuery(
         events="SELECT merchant_id AS k, ts, amount, is_txn, is_cb FROM mev",
         probes=f"SELECT merchant_id AS k, ts FROM ({_in_interval(probes)})",
@@ -205,14 +223,10 @@ def _merchant_risk_stats() -> WindowedQuery:
         FROM {windowed}""")
 
 
-def _customer_activity() -> WindowedQuery:
+def _customer_activity(start: datetime, end: datetime) -> WindowedQuery:
     d30, d60, d90, d180 = (timedelta(days=n) for n in (30, 60, 90, 180))
-    spans = _live_spans_sql("act", "user_id", "date_trunc('day', ts) + INTERVAL 1 DAY",
-                            "date_trunc('day', ts) + INTERVAL 181 DAY")
-    probes = f"""
-        SELECT user_id AS k, unnest(generate_series(greatest(first_t, date_trunc('day', $start) + INTERVAL 1 DAY),
-                                                    least(last_t, $end), INTERVAL 1 DAY)) AS ts
-        FROM ({spans})"""
+    # a row every midnight while an event of the last 180 days (and the day it happened) is in reach
+    probes = f"SELECT user_id AS k, ts FROM ({_live_midnights_sql('act', 'user_id', d180 + DAY, start, end)})"
     return WindowedQuery(
         events="""SELECT user_id AS k, ts, event_type = 'purchase' AS is_p, event_type = 'return' AS is_r,
                          event_type = 'view' AS is_v, amount FROM act""",
@@ -366,7 +380,7 @@ def compute_view(spec: ViewSpec, clean_dir: Path, features_dir: Path, start: dat
         # the ICU calendar and costs several times more; feature rows come out as TIMESTAMPTZ
         utc_params = {name: value.replace(tzinfo=None) for name, value in params.items()}
         if spec.name in _WINDOWED:
-            _windowed(con, _WINDOWED[spec.name](), utc_params)
+            _windowed(con, _WINDOWED[spec.name](utc_params["start"], utc_params["end"]), utc_params)
         else:
             con.execute(f"CREATE TEMP TABLE fresh AS {_SQL[spec.name]()}", utc_params)
         # the day of T (of T - 1us on a grid), from epoch microseconds, which needs no calendar
@@ -385,8 +399,8 @@ def compute_view(spec: ViewSpec, clean_dir: Path, features_dir: Path, start: dat
                 "UNION ALL BY NAME " if old else "")
         staging = out_dir / ".staging"
         shutil.rmtree(staging, ignore_errors=True)
-        con.execute(f"""COPY (SELECT *, {day_expr} AS day FROM ({kept} SELECT * FROM fresh)
-                      ORDER BY day, event_timestamp, {spec.entity})
+        # no global sort: fresh rows arrive grouped by entity and in time order within it
+        con.execute(f"""COPY (SELECT *, {day_expr} AS day FROM ({kept} SELECT * FROM fresh))
                       TO '{staging}' (FORMAT parquet, PARTITION_BY (day))""", params if old else None)
         for d in sorted(touched):
             target = out_dir / f"part-{d.isoformat()}.parquet"
