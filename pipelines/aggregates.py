@@ -23,6 +23,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 
@@ -70,114 +71,108 @@ def _interval(d: timedelta) -> str:
     return f"INTERVAL {int(d.total_seconds())} SECOND"
 
 
-def _probes_sql(events: str, entity: str, grid: timedelta, windows: list[timedelta], start: datetime,
-                end: datetime) -> str:
-    """Grid points where a value can change, plus a daily heartbeat while anything is in a window.
+@dataclass(frozen=True)
+class RowStamps:
+    """Where a grid view writes rows in the interval (start, end], per entity (times in epoch us).
 
-    Change points: the first grid point after each event enters, and after it leaves, each
-    window. Heartbeats: every midnight at which one of the entity's events is still inside the
-    longest window (not across longer idle gaps), so a live entity has a row at least daily and the
-    view's TTL can be short (stale pipelines show up as missing features, and historical
-    retrieval joins far fewer candidate rows).
+    Change points: an event at t can change a value at the first grid point after t + w, for w
+    in `moves` (0: it enters the windows; each window: it leaves it). Heartbeats: every midnight
+    M with one of the entity's events in [M - reach, M) -- so a live entity has a row at least
+    daily and the view's TTL can be short (stale pipelines show up as missing features, and
+    historical retrieval joins far fewer candidate rows), but none across longer idle gaps.
     """
-    unit = "hour" if grid == HOUR else "day"
-    # an event at t moves a point trunc(t + w) + grid, which lies in (start, end] only if
-    # start - grid < t + w < end: the filter keeps an hourly run from scanning the whole lookback
-    parts = [f"SELECT {entity}, date_trunc('{unit}', ts + {_interval(w)}) + {_interval(grid)} AS ts "
-             f"FROM {events} WHERE ts + {_interval(w)} > $start - {_interval(grid)} "
-             f"AND ts + {_interval(w)} < $end" for w in [timedelta(0), *windows]]
-    return " UNION ".join([*parts, _live_midnights_sql(events, entity, max(windows), start, end)])
+
+    grid: timedelta
+    moves: tuple[timedelta, ...]
+    reach: timedelta
+    start: int
+    end: int
+
+    def __call__(self, keys: np.ndarray, ts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The stamps (keys, ts) of a run of events sorted by (key, ts), sorted the same way."""
+        day, grid = _micros(DAY), _micros(self.grid)
+        entity = np.zeros(len(keys), dtype=np.int64)
+        np.cumsum(keys[1:] != keys[:-1], out=entity[1:])
+        found_entity, found_ts = [], []
+        for move in self.moves:
+            point = (ts + _micros(move)) // grid * grid + grid
+            inside = (point > self.start) & (point <= self.end)
+            found_entity.append(entity[inside])
+            found_ts.append(point[inside])
+        # heartbeats: each event covers the midnights (t, t + reach]; overlapping covers of an
+        # entity merge into islands (both ends only grow along an entity's sorted events)
+        first = ts // day * day + day
+        last = (ts + _micros(self.reach)) // day * day
+        opens = np.ones(len(ts), dtype=bool)
+        opens[1:] = (entity[1:] != entity[:-1]) | (first[1:] > last[:-1])
+        starts = np.flatnonzero(opens)
+        ends = np.r_[starts[1:], len(ts)] - 1
+        lo = np.maximum(first[starts], self.start // day * day + day)
+        hi = np.minimum(last[ends], self.end // day * day)
+        count = np.maximum((hi - lo) // day + 1, 0)
+        offsets = np.arange(int(count.sum())) - np.repeat(np.cumsum(count) - count, count)
+        found_entity.append(np.repeat(entity[starts], count))
+        found_ts.append(np.repeat(lo, count) + offsets * day)
+        entity, stamp = np.concatenate(found_entity), np.concatenate(found_ts)
+        order = np.lexsort((stamp, entity))
+        entity, stamp = entity[order], stamp[order]
+        keep = np.ones(len(stamp), dtype=bool)
+        keep[1:] = (entity[1:] != entity[:-1]) | (stamp[1:] != stamp[:-1])
+        entity_keys = keys[np.r_[0, np.flatnonzero(keys[1:] != keys[:-1]) + 1]] if len(keys) else keys
+        return entity_keys[entity[keep]], stamp[keep]
 
 
-# up to this many midnights in an interval, live entities are found per midnight (an hourly or
-# daily run); beyond, from each entity's islands of activity (a backfill or a full run)
-PER_MIDNIGHT_MAX = 3
+def _micros(d: timedelta) -> int:
+    return (d.days * 86_400 + d.seconds) * 1_000_000 + d.microseconds
 
 
-def _live_midnights_sql(events: str, entity: str, reach: timedelta, start: datetime, end: datetime) -> str:
-    """(entity, M) for every midnight M in (start, end] with one of the entity's events in [M - reach, M)."""
-    first = start.replace(hour=0, minute=0, second=0, microsecond=0) + DAY
-    midnights = [first + i * DAY for i in range(max(0, (end - first) // DAY + 1))]
-    if len(midnights) <= PER_MIDNIGHT_MAX:
-        parts = [f"SELECT DISTINCT {entity}, TIMESTAMP '{m:%Y-%m-%d}' AS ts FROM {events} "
-                 f"WHERE ts >= TIMESTAMP '{m:%Y-%m-%d}' - {_interval(reach)} AND ts < TIMESTAMP '{m:%Y-%m-%d}'"
-                 for m in midnights]
-        if not parts:
-            return f"SELECT {entity}, NULL::TIMESTAMP AS ts FROM {events} WHERE FALSE"
-        return f"SELECT * FROM ({' UNION ALL '.join(parts)})"
-    spans = _live_spans_sql(events, entity, "date_trunc('day', ts) + INTERVAL 1 DAY",
-                            f"date_trunc('day', ts + {_interval(reach)})")
-    return f"""SELECT {entity}, unnest(generate_series(
-            greatest(first_t, date_trunc('day', $start) + INTERVAL 1 DAY), least(last_t, $end),
-            INTERVAL 1 DAY)) AS ts FROM ({spans})"""
-
-
-def _live_spans_sql(events: str, entity: str, first: str, last: str) -> str:
-    """Per entity, the union of every event's [first, last] midnights, as disjoint islands.
-
-    (min/max over all events would bridge idle gaps longer than the window in a full run but
-    not in an incremental run, which reads only the lookback, so the two tables would differ.)
-    """
-    return f"""
-        SELECT {entity}, min(first_t) AS first_t, max(last_t) AS last_t FROM (
-            SELECT *, sum(is_new) OVER (PARTITION BY {entity} ORDER BY first_t) AS island FROM (
-                SELECT *, coalesce(first_t > max(last_t) OVER (PARTITION BY {entity} ORDER BY first_t
-                           ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), TRUE)::INT AS is_new
-                FROM (SELECT DISTINCT {entity}, {first} AS first_t, {last} AS last_t FROM {events})))
-        GROUP BY {entity}, island"""
+def _epoch_micros(dt: datetime) -> int:
+    return _micros(_utc(dt) - datetime(1970, 1, 1, tzinfo=UTC))
 
 
 @dataclass(frozen=True)
 class WindowedQuery:
-    """A grid view: its events (k, ts, ...), the interval's row stamps (k, ts), the window
-    aggregates at each stamp, and a SELECT over `{windowed}` (k, ts, aggregates) that names,
-    casts and derives the view's features."""
+    """A grid view: its events (k, ts, ...), where its rows go, the window aggregates at each
+    row, and a SELECT over `{windowed}` (k, ts, aggregates) that names, casts and derives the
+    view's features."""
 
     events: str
-    probes: str
+    stamps: RowStamps
     aggregates: tuple[Aggregate, ...]
     select: str
 
 
-def _windowed(con: duckdb.DuckDBPyConnection, query: WindowedQuery, params: dict) -> None:
-    """Evaluate the query's aggregates at every stamp into the temp table `fresh`.
+def _windowed(con: duckdb.DuckDBPyConnection, query: WindowedQuery) -> None:
+    """Evaluate the query's aggregates at every row stamp into the temp table `fresh`.
 
-    Only the events of entities with a stamp in the interval are read, sorted by (k, ts); the
-    aggregates come from `pipelines.windows` (prefix sums, exact) chunk by chunk of entities.
+    The events are read once, sorted by (k, ts); `pipelines.windows` finds each chunk of
+    entities' stamps and evaluates the aggregates there (prefix sums, exact).
     """
-    con.execute(f"CREATE OR REPLACE TEMP TABLE stamps AS SELECT k, ts FROM ({query.probes})", params)
-    probes = con.sql("SELECT k, epoch_us(ts) AS ts FROM stamps ORDER BY k, ts").to_arrow_table()
-    events = con.sql(f"""SELECT * REPLACE (epoch_us(ts) AS ts) FROM ({query.events})
-                         WHERE k IN (SELECT DISTINCT k FROM stamps) ORDER BY k, ts""").to_arrow_table()
+    events = con.sql(f"SELECT * REPLACE (epoch_us(ts) AS ts) FROM ({query.events}) ORDER BY k, ts").to_arrow_table()
     select = query.select.format(windowed="windowed_chunk")
     statement = f"CREATE TEMP TABLE fresh AS {select}"
-    for chunk in window_aggregates(events, probes, list(query.aggregates)):
+    for chunk in window_aggregates(events, list(query.aggregates), query.stamps):
         con.register("windowed_chunk", chunk)
         con.execute(statement)
         statement = f"INSERT INTO fresh {select}"
         con.unregister("windowed_chunk")
-    if statement.startswith("CREATE"):  # no stamps in the interval
-        con.register("windowed_chunk", _empty_windowed(probes, query.aggregates))
+    if statement.startswith("CREATE"):  # no rows in the interval
+        con.register("windowed_chunk", _empty_windowed(events, query.aggregates))
         con.execute(statement)
         con.unregister("windowed_chunk")
 
 
-def _empty_windowed(probes: pa.Table, aggregates: tuple[Aggregate, ...]) -> pa.Table:
+def _empty_windowed(events: pa.Table, aggregates: tuple[Aggregate, ...]) -> pa.Table:
     types = {"count": pa.int64(), "distinct": pa.int64(), "last": UTC_MICROS}
-    return pa.table({"k": probes.column("k"), "ts": pa.array([], type=UTC_MICROS),
+    return pa.table({"k": pa.array([], type=events.schema.field("k").type), "ts": pa.array([], type=UTC_MICROS),
                      **{a.name: pa.array([], type=types.get(a.kind, pa.float64())) for a in aggregates}})
 
 
-def _in_interval(probes: str) -> str:
-    return f"SELECT * FROM ({probes}) WHERE ts > $start AND ts <= $end"
-
-
-def _user_transaction_stats(start: datetime, end: datetime) -> WindowedQuery:
+def _user_transaction_stats(start: int, end: int) -> WindowedQuery:
     d1, d7, d30 = DAY, timedelta(days=7), timedelta(days=30)
-    probes = _probes_sql("tx", "user_id", HOUR, [d1, d7, d30], start, end)
     return WindowedQuery(
         events="SELECT user_id AS k, ts, amount, merchant_id, device_id, hour(ts) < 6 AS night FROM tx",
-        probes=f"SELECT user_id AS k, ts FROM ({_in_interval(probes)})",
+        stamps=RowStamps(HOUR, (timedelta(0), d1, d7, d30), d30, start, end),
         aggregates=(
             Aggregate("txn_count_1d", "count", d1),
             Aggregate("txn_count_7d", "count", d7),
@@ -201,12 +196,11 @@ def _user_transaction_stats(start: datetime, end: datetime) -> WindowedQuery:
         FROM {windowed}""")
 
 
-def _merchant_risk_stats(start: datetime, end: datetime) -> WindowedQuery:
+def _merchant_risk_stats(start: int, end: int) -> WindowedQuery:
     d1, d7, d30, d90 = (timedelta(days=n) for n in (1, 7, 30, 90))
-    probes = _probes_sql("mev", "merchant_id", HOUR, [d1, d7, d30, d90], start, end)
     return WindowedQuery(
         events="SELECT merchant_id AS k, ts, amount, is_txn, is_cb FROM mev",
-        probes=f"SELECT merchant_id AS k, ts FROM ({_in_interval(probes)})",
+        stamps=RowStamps(HOUR, (timedelta(0), d1, d7, d30, d90), d90, start, end),
         aggregates=(
             Aggregate("merchant_txn_count_1d", "count", d1, where="is_txn"),
             Aggregate("merchant_txn_count_7d", "count", d7, where="is_txn"),
@@ -223,14 +217,13 @@ def _merchant_risk_stats(start: datetime, end: datetime) -> WindowedQuery:
         FROM {windowed}""")
 
 
-def _customer_activity(start: datetime, end: datetime) -> WindowedQuery:
+def _customer_activity(start: int, end: int) -> WindowedQuery:
     d30, d60, d90, d180 = (timedelta(days=n) for n in (30, 60, 90, 180))
-    # a row every midnight while an event of the last 180 days (and the day it happened) is in reach
-    probes = f"SELECT user_id AS k, ts FROM ({_live_midnights_sql('act', 'user_id', d180 + DAY, start, end)})"
     return WindowedQuery(
         events="""SELECT user_id AS k, ts, event_type = 'purchase' AS is_p, event_type = 'return' AS is_r,
                          event_type = 'view' AS is_v, amount FROM act""",
-        probes=_in_interval(probes),
+        # a row every midnight while an event of the last 180 days (and the day it happened) is in reach
+        stamps=RowStamps(DAY, (), d180 + DAY, start, end),
         aggregates=(
             Aggregate("purchase_count_30d", "count", d30, where="is_p"),
             Aggregate("purchase_count_60d", "count", d60, where="is_p"),
@@ -380,7 +373,7 @@ def compute_view(spec: ViewSpec, clean_dir: Path, features_dir: Path, start: dat
         # the ICU calendar and costs several times more; feature rows come out as TIMESTAMPTZ
         utc_params = {name: value.replace(tzinfo=None) for name, value in params.items()}
         if spec.name in _WINDOWED:
-            _windowed(con, _WINDOWED[spec.name](utc_params["start"], utc_params["end"]), utc_params)
+            _windowed(con, _WINDOWED[spec.name](_epoch_micros(start), _epoch_micros(end)))
         else:
             con.execute(f"CREATE TEMP TABLE fresh AS {_SQL[spec.name]()}", utc_params)
         # the day of T (of T - 1us on a grid), from epoch microseconds, which needs no calendar

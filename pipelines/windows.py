@@ -24,7 +24,7 @@ bounds memory and keeps the (entity, time) keys within 63 bits.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
@@ -34,8 +34,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 SCALE = 10_000  # sums are exact in 1/10,000 of a unit; values are rounded to it first
-CHUNK_EVENTS = 500_000  # events per chunk of entities (bounds the working set)
+CHUNK_EVENTS = 50_000  # events per chunk of entities: small enough to stay in cache and reuse memory
 _KEY_LIMIT = 2**62
+DAY_US = 86_400_000_000
 _EXACT_LIMIT = 2.0**61
 UTC_MICROS = pa.timestamp("us", tz="UTC")  # probe times and "last" results come out as this type
 KINDS = ("count", "sum", "avg", "std", "max", "last", "distinct")
@@ -136,56 +137,60 @@ class _SparseMax:
         return out
 
 
-def _chunks(codes: np.ndarray, probe_codes: np.ndarray, span_us: int) -> Iterator[tuple[slice, slice]]:
-    """Slices of events and probes covering whole entities, bounded in events and key range."""
+def _chunks(codes: np.ndarray, span_us: int) -> Iterator[slice]:
+    """Slices of events covering whole entities, bounded in events and in (entity, time) key range."""
     n_entities = int(codes[-1]) + 1 if len(codes) else 0
-    per_key = max(1, min(_KEY_LIMIT // max(span_us, 1), n_entities or 1))
+    per_key = max(1, _KEY_LIMIT // max(span_us, 1))
     starts = np.searchsorted(codes, np.arange(n_entities + 1), side="left")
-    probe_starts = np.searchsorted(probe_codes, np.arange(n_entities + 1), side="left")
     first = 0
     while first < n_entities:
-        last = min(first + per_key, n_entities)
-        limit = np.searchsorted(starts, starts[first] + CHUNK_EVENTS, side="right") - 1
-        last = max(first + 1, min(last, int(limit)))
-        yield (slice(int(starts[first]), int(starts[last])),
-               slice(int(probe_starts[first]), int(probe_starts[last])))
+        limit = int(np.searchsorted(starts, starts[first] + CHUNK_EVENTS, side="right")) - 1
+        last = max(first + 1, min(first + per_key, n_entities, limit))
+        yield slice(int(starts[first]), int(starts[last]))
         first = last
 
 
-def window_aggregates(events: pa.Table, probes: pa.Table, aggregates: list[Aggregate]) -> Iterator[pa.Table]:
-    """Per chunk of entities, a table (k, ts, one column per aggregate) in the probes' order.
+Probes = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
 
-    Times are int64 microseconds since the epoch on the way in and UTC timestamps on the way out.
+
+def window_aggregates(events: pa.Table, aggregates: list[Aggregate], probes_of: Probes) -> Iterator[pa.Table]:
+    """Per chunk of entities, a table (k, ts, one column per aggregate), one row per probe.
 
     `events` holds k, ts (microseconds since the epoch, int64) and the columns the aggregates
-    name, sorted by (k, ts); `probes` holds k, ts sorted the same way, and every probe's
-    entity has events (probes come from events).
+    name, sorted by (k, ts). `probes_of(keys, ts)` gets a chunk's events (whole entities) and
+    returns the probes (keys, ts) of those entities, sorted the same way; a probe lies at most
+    a window plus a day before the entity's first event or after its last. Times come out as
+    UTC timestamps.
     """
     ev_keys = _column(events, "k")
-    ev_ts = _column(events, "ts").astype(np.int64)
-    pr_keys = _column(probes, "k")
-    pr_ts = _column(probes, "ts").astype(np.int64)
-    if len(pr_keys) == 0:
+    ev_ts = _column(events, "ts").astype(np.int64, copy=False)
+    if len(ev_keys) == 0:
         return
     codes = _codes(ev_keys)
-    entity_keys = ev_keys[np.r_[0, np.flatnonzero(ev_keys[1:] != ev_keys[:-1]) + 1]] if len(ev_keys) else ev_keys
-    probe_codes = np.searchsorted(entity_keys, pr_keys)
-    if (probe_codes >= len(entity_keys)).any() or (entity_keys[np.minimum(probe_codes, len(entity_keys) - 1)]
-                                                    != pr_keys).any():
-        raise ValueError("a probe's entity has no events: probes must come from the events")
     longest = max(_us(a.window) for a in aggregates)
-    base = min(int(ev_ts.min()), int(pr_ts.min())) - longest
-    span = max(int(ev_ts.max()), int(pr_ts.max())) + longest - base + 1
+    margin = longest + DAY_US
+    span_bound = int(ev_ts.max()) - int(ev_ts.min()) + 2 * margin + longest + 1
     distinct = {a.column for a in aggregates if a.kind == "distinct"}
     columns = {name: _codes_of(events, name) if name in distinct else _column(events, name)
                for name in {a.column for a in aggregates} - {None}}
     masks = {name: _mask(events, name) for name in {a.where for a in aggregates} - {None}}
 
-    def evaluate(slices: tuple[slice, slice]) -> pa.Table:
-        ev_slice, pr_slice = slices
-        chunk = _Chunk(codes[ev_slice] - codes[ev_slice.start], ev_ts[ev_slice] - base, span, base,
-                       probe_codes[pr_slice] - codes[ev_slice.start], pr_ts[pr_slice] - base)
-        out = {"k": pa.array(pr_keys[pr_slice]), "ts": pa.array(pr_ts[pr_slice], type=UTC_MICROS)}
+    def evaluate(ev_slice: slice) -> pa.Table | None:
+        keys, ts = ev_keys[ev_slice], ev_ts[ev_slice]
+        probe_keys, probe_ts = probes_of(keys, ts)
+        if len(probe_keys) == 0:
+            return None
+        local = codes[ev_slice] - codes[ev_slice.start]
+        entity_keys = keys[np.r_[0, np.flatnonzero(local[1:] != local[:-1]) + 1]]
+        probe_codes = np.searchsorted(entity_keys, probe_keys)
+        if (probe_codes >= len(entity_keys)).any() or (entity_keys[probe_codes] != probe_keys).any():
+            raise ValueError("a probe's entity has no events: probes must come from the events")
+        lowest, highest = int(ts.min()) - margin, int(ts.max()) + margin
+        if int(probe_ts.min()) < lowest or int(probe_ts.max()) > highest:
+            raise ValueError("a probe lies further than a window and a day from its entity's events")
+        base = lowest - longest
+        chunk = _Chunk(local, ts - base, span_bound, base, probe_codes, probe_ts - base)
+        out = {"k": pa.array(probe_keys), "ts": pa.array(probe_ts, type=UTC_MICROS)}
         for agg in aggregates:
             values = columns[agg.column][ev_slice] if agg.column else None
             where = masks[agg.where][ev_slice] if agg.where else None
@@ -195,7 +200,7 @@ def window_aggregates(events: pa.Table, probes: pa.Table, aggregates: list[Aggre
 
     # NumPy releases the GIL in its kernels, so chunks run side by side on every core
     with ThreadPoolExecutor(max_workers=min(os.cpu_count() or 1, 4)) as pool:
-        yield from pool.map(evaluate, _chunks(codes, probe_codes, span))
+        yield from (table for table in pool.map(evaluate, _chunks(codes, span_bound)) if table is not None)
 
 
 class _Chunk:
@@ -266,26 +271,18 @@ class _Chunk:
         return pa.array(std, mask=n < 2)
 
     def distinct(self, values: np.ndarray, window_us: int, hi: np.ndarray) -> np.ndarray:
-        present = ~_is_null(values)
-        filled = np.where(present, values, values[present][0] if present.any() else 0)
+        """`values` are dense integer codes (NaN for null), from `_codes_of`."""
+        present = ~np.isnan(values)
+        n_values = int(np.nanmax(values)) + 2 if present.any() else 1
         codes = self.keys // self.span
-        order = np.lexsort((self.ts, filled, present, codes))  # nulls chain apart from every value
-        same_next = np.zeros(len(order), dtype=bool)
-        if len(order) > 1:
-            same_next[:-1] = np.logical_and.reduce([column[order][1:] == column[order][:-1]
-                                                    for column in (codes, present, filled)])
+        groups = codes * n_values + np.where(present, values, n_values - 1).astype(np.int64)
+        order = np.argsort(groups, kind="stable")  # stable: time order within each (entity, value)
+        sorted_groups = groups[order]
         next_ts = np.full(len(order), np.iinfo(np.int64).max)
-        next_ts[:-1] = np.where(same_next[:-1], self.ts[order][1:], next_ts[:-1])
+        same = sorted_groups[1:] == sorted_groups[:-1]
+        next_ts[:-1][same] = self.ts[order][1:][same]
         ends = np.empty(len(order), dtype=np.int64)
         ends[order] = np.minimum(self.ts[order] + window_us, next_ts)
         ends = np.where(present, ends, self.ts)  # a null covers nothing
         end_keys = np.sort(codes * self.span + ends)
         return hi - np.searchsorted(end_keys, self.probe_keys, side="left")
-
-
-def _is_null(values: np.ndarray) -> np.ndarray:
-    if values.dtype.kind == "f":
-        return np.isnan(values)
-    if values.dtype.kind == "O":
-        return np.array([v is None for v in values], dtype=bool)
-    return np.zeros(len(values), dtype=bool)

@@ -57,16 +57,20 @@ def probes_for(events: dict[str, np.ndarray], rng: np.random.Generator) -> dict[
     k, ts = events["k"], events["ts"]
     offsets = [0, 1, -1, DAY_US, DAY_US + 1, 3 * DAY_US, 3 * DAY_US + 1]
     pk = np.concatenate([k] * len(offsets) + [k])
-    pt = np.concatenate([ts + o for o in offsets] + [rng.integers(0, 14 * DAY_US, size=len(k))])
+    pt = np.concatenate([ts + o for o in offsets] + [rng.integers(0, 12 * DAY_US, size=len(k))])
     order = np.lexsort((pt, pk))
     return {"k": pk[order], "ts": pt[order]}
 
 
 def evaluate(events: dict[str, np.ndarray], probes: dict[str, np.ndarray],
              aggregates: list[Aggregate]) -> dict[str, list]:
+    """The engine's rows for fixed probes (sorted by k, ts), with times as epoch microseconds."""
+    def probes_of(keys: np.ndarray, ts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        mine = np.isin(probes["k"], keys)
+        return probes["k"][mine], probes["ts"][mine]
+
     columns = {name: pa.array(values, from_pandas=True) for name, values in events.items()}  # NaN -> null
-    tables = list(window_aggregates(pa.table(columns), pa.table(probes), aggregates))
-    table = pa.concat_tables(tables)
+    table = pa.concat_tables(list(window_aggregates(pa.table(columns), aggregates, probes_of)))
     as_micros = [pc.cast(col, pa.int64()) if pa.types.is_timestamp(col.type) else col for col in table.columns]
     return pa.table(as_micros, names=table.column_names).to_pydict()
 
@@ -150,11 +154,16 @@ def test_amounts_sum_exactly_at_a_ten_thousandth() -> None:
     assert got["s"] == [1.0]  # float addition gives 0.9999999999999999; 0.00004 rounds to 0
 
 
-def test_probes_of_an_entity_without_events_are_refused() -> None:
+@pytest.mark.parametrize("probe_key, probe_ts, message", [
+    (2, US, "no events"),
+    (1, 5 * DAY_US, "further than a window"),
+])
+def test_probes_the_events_cannot_answer_are_refused(probe_key: int, probe_ts: int, message: str) -> None:
     events = {"k": np.array([1]), "ts": np.array([0])}
-    probes = {"k": np.array([2]), "ts": np.array([US])}
-    with pytest.raises(ValueError, match="no events"):
-        evaluate(events, probes, [Aggregate("n", "count", W1)])
+    probes = {"k": np.array([probe_key]), "ts": np.array([probe_ts])}
+    table = pa.table(events)
+    with pytest.raises(ValueError, match=message):
+        list(window_aggregates(table, [Aggregate("n", "count", W1)], lambda keys, ts: (probes["k"], probes["ts"])))
 
 
 def test_amounts_too_large_to_sum_exactly_are_refused() -> None:
