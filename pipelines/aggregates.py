@@ -26,6 +26,7 @@ import duckdb
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from feastkit.errors import FeastkitError
 from pipelines.windows import UTC_MICROS, Aggregate, window_aggregates
@@ -137,9 +138,10 @@ class WindowedQuery:
     view's features."""
 
     events: str
-    stamps: RowStamps
+    stamps: RowStamps | EventStamps
     aggregates: tuple[Aggregate, ...]
     select: str
+    stamp_shift: timedelta = timedelta(0)  # how far after its row's stamp each probe sits
 
 
 def _windowed(con: duckdb.DuckDBPyConnection, query: WindowedQuery) -> None:
@@ -151,7 +153,10 @@ def _windowed(con: duckdb.DuckDBPyConnection, query: WindowedQuery) -> None:
     events = con.sql(f"SELECT * REPLACE (epoch_us(ts) AS ts) FROM ({query.events}) ORDER BY k, ts").to_arrow_table()
     select = query.select.format(windowed="windowed_chunk")
     statement = f"CREATE TEMP TABLE fresh AS {select}"
+    shift = pa.scalar(_micros(query.stamp_shift), pa.duration("us"))
     for chunk in window_aggregates(events, list(query.aggregates), query.stamps):
+        if query.stamp_shift:
+            chunk = chunk.set_column(1, "ts", pc.subtract(chunk.column("ts"), shift))
         con.register("windowed_chunk", chunk)
         con.execute(statement)
         statement = f"INSERT INTO fresh {select}"
@@ -246,15 +251,33 @@ def _customer_activity(start: int, end: int) -> WindowedQuery:
         FROM {windowed}""")
 
 
-def _user_realtime_activity_sql() -> str:
-    frame = "(PARTITION BY user_id ORDER BY ts RANGE BETWEEN INTERVAL 600 SECOND PRECEDING AND CURRENT ROW)"
-    return f"""
-    SELECT user_id, ts::TIMESTAMPTZ AS event_timestamp, any_value(c)::BIGINT AS txn_count_10m,
-           any_value(s) AS amount_sum_10m
-    FROM (SELECT user_id, ts, count(*) OVER {frame} AS c, sum(amount) OVER {frame} AS s FROM tx)
-    WHERE ts >= $start AND ts < $end
-    GROUP BY user_id, ts
-    """
+@dataclass(frozen=True)
+class EventStamps:
+    """Rows of an event-driven view: one per distinct (entity, event time) in [start, end), each
+    probed `after` its stamp so that a window [T' - w, T') also holds the events at T itself."""
+
+    after: int
+    start: int
+    end: int
+
+    def __call__(self, keys: np.ndarray, ts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        inside = (ts >= self.start) & (ts < self.end)
+        keys, ts = keys[inside], ts[inside]
+        first = np.ones(len(ts), dtype=bool)
+        first[1:] = (keys[1:] != keys[:-1]) | (ts[1:] != ts[:-1])
+        return keys[first], ts[first] + self.after
+
+
+def _user_realtime_activity(start: int, end: int) -> WindowedQuery:
+    # the transactions of the 10 minutes up to and including each transaction (what the stream pushes)
+    window = timedelta(minutes=10, microseconds=1)
+    return WindowedQuery(
+        events="SELECT user_id AS k, ts, amount FROM tx",
+        stamps=EventStamps(1, start, end),
+        aggregates=(Aggregate("txn_count_10m", "count", window),
+                    Aggregate("amount_sum_10m", "sum", window, "amount")),
+        select="SELECT k AS user_id, ts AS event_timestamp, txn_count_10m, amount_sum_10m FROM {windowed}",
+        stamp_shift=timedelta(microseconds=1))
 
 
 def _user_profile_sql() -> str:
@@ -269,9 +292,9 @@ _WINDOWED = {
     "user_transaction_stats": _user_transaction_stats,
     "merchant_risk_stats": _merchant_risk_stats,
     "customer_activity": _customer_activity,
+    "user_realtime_activity": _user_realtime_activity,
 }
 _SQL = {
-    "user_realtime_activity": _user_realtime_activity_sql,
     "user_profile": _user_profile_sql,
 }
 
