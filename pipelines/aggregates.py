@@ -18,6 +18,7 @@ Conventions (the PIT contract every view follows):
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -144,27 +145,27 @@ class WindowedQuery:
     stamp_shift: timedelta = timedelta(0)  # how far after its row's stamp each probe sits
 
 
-def _windowed(con: duckdb.DuckDBPyConnection, query: WindowedQuery) -> None:
-    """Evaluate the query's aggregates at every row stamp into the temp table `fresh`.
+def _windowed_rows(con: duckdb.DuckDBPyConnection, query: WindowedQuery) -> tuple[str, list[int]]:
+    """A SELECT of the view's rows, streamed from the window engine, and a counter of rows streamed.
 
     The events are read once, sorted by (k, ts); `pipelines.windows` finds each chunk of
-    entities' stamps and evaluates the aggregates there (prefix sums, exact).
+    entities' row stamps and evaluates the aggregates there (prefix sums, exact). The chunks
+    stream straight into whatever statement uses the SELECT, so no table of all rows is held.
     """
     events = con.sql(f"SELECT * REPLACE (epoch_us(ts) AS ts) FROM ({query.events}) ORDER BY k, ts").to_arrow_table()
-    select = query.select.format(windowed="windowed_chunk")
-    statement = f"CREATE TEMP TABLE fresh AS {select}"
+    schema = _empty_windowed(events, query.aggregates).schema
     shift = pa.scalar(_micros(query.stamp_shift), pa.duration("us"))
-    for chunk in window_aggregates(events, list(query.aggregates), query.stamps):
-        if query.stamp_shift:
-            chunk = chunk.set_column(1, "ts", pc.subtract(chunk.column("ts"), shift))
-        con.register("windowed_chunk", chunk)
-        con.execute(statement)
-        statement = f"INSERT INTO fresh {select}"
-        con.unregister("windowed_chunk")
-    if statement.startswith("CREATE"):  # no rows in the interval
-        con.register("windowed_chunk", _empty_windowed(events, query.aggregates))
-        con.execute(statement)
-        con.unregister("windowed_chunk")
+    counted = [0]
+
+    def batches() -> Iterator[pa.RecordBatch]:
+        for chunk in window_aggregates(events, list(query.aggregates), query.stamps):
+            if query.stamp_shift:
+                chunk = chunk.set_column(1, "ts", pc.subtract(chunk.column("ts"), shift))
+            counted[0] += chunk.num_rows
+            yield from chunk.cast(schema).to_batches()
+
+    con.register("windowed_stream", pa.RecordBatchReader.from_batches(schema, batches()))
+    return query.select.format(windowed="windowed_stream"), counted
 
 
 def _empty_windowed(events: pa.Table, aggregates: tuple[Aggregate, ...]) -> pa.Table:
@@ -394,30 +395,24 @@ def compute_view(spec: ViewSpec, clean_dir: Path, features_dir: Path, start: dat
         params = {"start": start, "end": end}
         # events are computed on in UTC wall-clock TIMESTAMPs: TIMESTAMPTZ arithmetic goes through
         # the ICU calendar and costs several times more; feature rows come out as TIMESTAMPTZ
-        utc_params = {name: value.replace(tzinfo=None) for name, value in params.items()}
-        if spec.name in _WINDOWED:
-            _windowed(con, _WINDOWED[spec.name](_epoch_micros(start), _epoch_micros(end)))
-        else:
-            con.execute(f"CREATE TEMP TABLE fresh AS {_SQL[spec.name]()}", utc_params)
+        fresh, counted = _windowed_rows(con, _WINDOWED[spec.name](_epoch_micros(start), _epoch_micros(end)))
         # the day of T (of T - 1us on a grid), from epoch microseconds, which needs no calendar
         day_expr = (f"(DATE '1970-01-01' + ((epoch_us(event_timestamp) - {int(spec.grid > timedelta(0))})"
                     " // 86400000000)::INTEGER)")
-        owned = _bounds_predicate(spec)
-        touched = {r[0] for r in con.execute(f"SELECT DISTINCT {day_expr} FROM fresh").fetchall()}
         # rows of this interval can only live in the day files of its days (a row stamped T sits in
         # the file of T's day, or of T - 1us on a grid): those are rewritten even with no fresh row
         first_day, last_day = start.date(), (end - timedelta(microseconds=1)).date()
-        touched |= {date.fromisoformat(f.stem.removeprefix("part-")) for f in out_dir.glob("part-*.parquet")
-                    if first_day.isoformat() <= f.stem.removeprefix("part-") <= last_day.isoformat()}
-        old = [out_dir / f"part-{d.isoformat()}.parquet" for d in sorted(touched)]
-        old = [f for f in old if f.exists()]
-        kept = (f"SELECT * FROM read_parquet([{', '.join(repr(str(f)) for f in old)}]) WHERE NOT ({owned}) "
-                "UNION ALL BY NAME " if old else "")
+        old = sorted(f for f in out_dir.glob("part-*.parquet")
+                     if first_day.isoformat() <= f.stem.removeprefix("part-") <= last_day.isoformat())
+        kept = (f"SELECT * FROM read_parquet([{', '.join(repr(str(f)) for f in old)}]) "
+                f"WHERE NOT ({_bounds_predicate(spec)}) UNION ALL BY NAME " if old else "")
         staging = out_dir / ".staging"
         shutil.rmtree(staging, ignore_errors=True)
         # no global sort: fresh rows arrive grouped by entity and in time order within it
-        con.execute(f"""COPY (SELECT *, {day_expr} AS day FROM ({kept} SELECT * FROM fresh))
+        con.execute(f"""COPY (SELECT *, {day_expr} AS day FROM ({kept} {fresh}))
                       TO '{staging}' (FORMAT parquet, PARTITION_BY (day))""", params if old else None)
+        touched = {date.fromisoformat(f.stem.removeprefix("part-")) for f in old}
+        touched |= {date.fromisoformat(d.name.removeprefix("day=")) for d in staging.glob("day=*")}
         for d in sorted(touched):
             target = out_dir / f"part-{d.isoformat()}.parquet"
             written = sorted((staging / f"day={d.isoformat()}").glob("*.parquet"))
@@ -428,11 +423,9 @@ def compute_view(spec: ViewSpec, clean_dir: Path, features_dir: Path, start: dat
             else:
                 target.unlink(missing_ok=True)
         shutil.rmtree(staging, ignore_errors=True)
-        day_list = sorted(touched)
-        rows = con.execute("SELECT count(*) FROM fresh").fetchone()[0]
     finally:
         con.close()
-    return rows, len(day_list)
+    return counted[0], len(touched)
 
 
 def _write_reference_view(spec: ViewSpec, clean_dir: Path, out_dir: Path) -> tuple[int, int]:

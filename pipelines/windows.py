@@ -24,8 +24,9 @@ bounds memory and keeps the (entity, time) keys within 63 bits.
 from __future__ import annotations
 
 import os
+from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -198,9 +199,21 @@ def window_aggregates(events: pa.Table, aggregates: list[Aggregate], probes_of: 
             out[agg.name] = result if isinstance(result, pa.Array) else pa.array(result)
         return pa.table(out)
 
-    # NumPy releases the GIL in its kernels, so chunks run side by side on every core
-    with ThreadPoolExecutor(max_workers=min(os.cpu_count() or 1, 4)) as pool:
-        yield from (table for table in pool.map(evaluate, _chunks(codes, span_bound)) if table is not None)
+    # NumPy releases the GIL in its kernels, so chunks run side by side on every core; only a
+    # few run ahead of the consumer, so memory stays bounded whatever the number of chunks
+    workers = min(os.cpu_count() or 1, 4)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        pending: deque[Future] = deque()
+        for ev_slice in _chunks(codes, span_bound):
+            pending.append(pool.submit(evaluate, ev_slice))
+            if len(pending) > 2 * workers:
+                table = pending.popleft().result()
+                if table is not None:
+                    yield table
+        while pending:
+            table = pending.popleft().result()
+            if table is not None:
+                yield table
 
 
 class _Chunk:
