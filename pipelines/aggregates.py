@@ -90,6 +90,17 @@ class RowStamps:
     start: int
     end: int
 
+    def can_stamp(self) -> str:
+        """SQL: the events (on `ts`) that can put a row in the interval; their entities are read."""
+        day, grid = _micros(DAY), _micros(self.grid)
+        moved = [f"(ts > {_sql_time(self.start - grid - _micros(w))} AND ts < {_sql_time(self.end - _micros(w))})"
+                 for w in self.moves]
+        first_midnight, last_midnight = self.start // day * day + day, self.end // day * day
+        if first_midnight <= last_midnight:
+            moved.append(f"(ts >= {_sql_time(first_midnight - _micros(self.reach))} "
+                         f"AND ts < {_sql_time(last_midnight)})")
+        return " OR ".join(moved) or "FALSE"
+
     def __call__(self, keys: np.ndarray, ts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The stamps (keys, ts) of a run of events sorted by (key, ts), sorted the same way."""
         day, grid = _micros(DAY), _micros(self.grid)
@@ -124,6 +135,10 @@ class RowStamps:
         return entity_keys[entity[keep]], stamp[keep]
 
 
+def _sql_time(micros: int) -> str:
+    return f"TIMESTAMP '{datetime(1970, 1, 1) + timedelta(microseconds=micros)}'"
+
+
 def _micros(d: timedelta) -> int:
     return (d.days * 86_400 + d.seconds) * 1_000_000 + d.microseconds
 
@@ -148,11 +163,15 @@ class WindowedQuery:
 def _windowed_rows(con: duckdb.DuckDBPyConnection, query: WindowedQuery) -> tuple[str, list[int]]:
     """A SELECT of the view's rows, streamed from the window engine, and a counter of rows streamed.
 
-    The events are read once, sorted by (k, ts); `pipelines.windows` finds each chunk of
+    The events of entities that can have a row in the interval are read once, sorted by
+    (k, ts); `pipelines.windows` finds each chunk of
     entities' row stamps and evaluates the aggregates there (prefix sums, exact). The chunks
     stream straight into whatever statement uses the SELECT, so no table of all rows is held.
     """
-    events = con.sql(f"SELECT * REPLACE (epoch_us(ts) AS ts) FROM ({query.events}) ORDER BY k, ts").to_arrow_table()
+    events = con.sql(f"""WITH events AS ({query.events})
+                         SELECT * REPLACE (epoch_us(ts) AS ts) FROM events
+                         WHERE k IN (SELECT k FROM events WHERE {query.stamps.can_stamp()})
+                         ORDER BY k, ts""").to_arrow_table()
     schema = _empty_windowed(events, query.aggregates).schema
     shift = pa.scalar(_micros(query.stamp_shift), pa.duration("us"))
     counted = [0]
@@ -261,6 +280,9 @@ class EventStamps:
     start: int
     end: int
 
+    def can_stamp(self) -> str:
+        return f"(ts >= {_sql_time(self.start)} AND ts < {_sql_time(self.end)})"
+
     def __call__(self, keys: np.ndarray, ts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         inside = (ts >= self.start) & (ts < self.end)
         keys, ts = keys[inside], ts[inside]
@@ -359,7 +381,7 @@ def _register_inputs(con: duckdb.DuckDBPyConnection, spec: ViewSpec, clean_dir: 
                         FROM read_parquet('{_input(clean_dir, 'fraud_labels')}')
                         WHERE is_fraud = 1 AND label_timestamp >= {lo} AND label_timestamp < {hi}""")
         # a merchant's events: its transactions and the chargebacks that became known
-        con.execute("""CREATE OR REPLACE TEMP TABLE mev AS
+        con.execute("""CREATE OR REPLACE TEMP VIEW mev AS
                        SELECT merchant_id, ts, amount, TRUE AS is_txn, FALSE AS is_cb FROM tx
                        UNION ALL SELECT merchant_id, label_ts, NULL, FALSE, TRUE FROM labels""")
     if "activity" in spec.inputs:
