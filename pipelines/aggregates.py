@@ -30,7 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from feastkit.errors import FeastkitError
-from pipelines.windows import UTC_MICROS, Aggregate, window_aggregates
+from pipelines.windows import UTC_MICROS, Aggregate, entity_codes, window_aggregates
 
 HOUR = timedelta(hours=1)
 DAY = timedelta(days=1)
@@ -104,8 +104,7 @@ class RowStamps:
     def __call__(self, keys: np.ndarray, ts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The stamps (keys, ts) of a run of events sorted by (key, ts), sorted the same way."""
         day, grid = _micros(DAY), _micros(self.grid)
-        entity = np.zeros(len(keys), dtype=np.int64)
-        np.cumsum(keys[1:] != keys[:-1], out=entity[1:])
+        entity = entity_codes(keys)
         found_entity, found_ts = [], []
         for move in self.moves:
             point = (ts + _micros(move)) // grid * grid + grid
@@ -160,18 +159,18 @@ class WindowedQuery:
     stamp_shift: timedelta = timedelta(0)  # how far after its row's stamp each probe sits
 
 
-def _windowed_rows(con: duckdb.DuckDBPyConnection, query: WindowedQuery) -> tuple[str, list[int]]:
+def _windowed_rows(con: duckdb.DuckDBPyConnection, query: WindowedQuery, narrow: bool) -> tuple[str, list[int]]:
     """A SELECT of the view's rows, streamed from the window engine, and a counter of rows streamed.
 
-    The events of entities that can have a row in the interval are read once, sorted by
-    (k, ts); `pipelines.windows` finds each chunk of
+    The events are read once, sorted by (k, ts) -- with `narrow`, only those of entities that
+    can have a row in the interval, which pays off when the interval is short and most entities
+    idle in it; `pipelines.windows` finds each chunk of
     entities' row stamps and evaluates the aggregates there (prefix sums, exact). The chunks
     stream straight into whatever statement uses the SELECT, so no table of all rows is held.
     """
+    only = f"WHERE k IN (SELECT k FROM events WHERE {query.stamps.can_stamp()})" if narrow else ""
     events = con.sql(f"""WITH events AS ({query.events})
-                         SELECT * REPLACE (epoch_us(ts) AS ts) FROM events
-                         WHERE k IN (SELECT k FROM events WHERE {query.stamps.can_stamp()})
-                         ORDER BY k, ts""").to_arrow_table()
+                         SELECT * REPLACE (epoch_us(ts) AS ts) FROM events {only} ORDER BY k, ts""").to_arrow_table()
     schema = _empty_windowed(events, query.aggregates).schema
     shift = pa.scalar(_micros(query.stamp_shift), pa.duration("us"))
     counted = [0]
@@ -417,7 +416,8 @@ def compute_view(spec: ViewSpec, clean_dir: Path, features_dir: Path, start: dat
         params = {"start": start, "end": end}
         # events are computed on in UTC wall-clock TIMESTAMPs: TIMESTAMPTZ arithmetic goes through
         # the ICU calendar and costs several times more; feature rows come out as TIMESTAMPTZ
-        fresh, counted = _windowed_rows(con, _WINDOWED[spec.name](_epoch_micros(start), _epoch_micros(end)))
+        fresh, counted = _windowed_rows(con, _WINDOWED[spec.name](_epoch_micros(start), _epoch_micros(end)),
+                                        narrow=end - start < spec.lookback)
         # the day of T (of T - 1us on a grid), from epoch microseconds, which needs no calendar
         day_expr = (f"(DATE '1970-01-01' + ((epoch_us(event_timestamp) - {int(spec.grid > timedelta(0))})"
                     " // 86400000000)::INTEGER)")

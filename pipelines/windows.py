@@ -88,12 +88,11 @@ def _mask(table: pa.Table, name: str | None) -> np.ndarray | None:
     return col.fill_null(False).to_numpy(zero_copy_only=False).astype(bool)
 
 
-def _codes(keys: np.ndarray) -> np.ndarray:
+def entity_codes(keys: np.ndarray) -> np.ndarray:
     """Dense codes of a sorted key array: 0 for the first entity, +1 at every change."""
     codes = np.zeros(len(keys), dtype=np.int64)
-    if len(keys) > 1:
-        np.cumsum(keys[1:] != keys[:-1], out=codes[1:])
-    return codes
+    codes[np.flatnonzero(keys[1:] != keys[:-1]) + 1] = 1
+    return np.cumsum(codes, out=codes)
 
 
 def _fixed_point(values: np.ndarray, name: str) -> np.ndarray:
@@ -167,7 +166,7 @@ def window_aggregates(events: pa.Table, aggregates: list[Aggregate], probes_of: 
     ev_ts = _column(events, "ts").astype(np.int64, copy=False)
     if len(ev_keys) == 0:
         return
-    codes = _codes(ev_keys)
+    codes = entity_codes(ev_keys)
     longest = max(_us(a.window) for a in aggregates)
     margin = longest + DAY_US
     span_bound = int(ev_ts.max()) - int(ev_ts.min()) + 2 * margin + longest + 1
