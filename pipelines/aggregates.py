@@ -371,12 +371,14 @@ def _register_inputs(con: duckdb.DuckDBPyConnection, spec: ViewSpec, clean_dir: 
                      start: datetime, end: datetime) -> None:
     lo = f"TIMESTAMPTZ '{(start - spec.lookback - spec.grid - HOUR).isoformat()}'"
     hi = f"TIMESTAMPTZ '{end.isoformat()}'"
+    # events carry UTC wall-clock TIMESTAMPs built from epoch microseconds: casting TIMESTAMPTZ to
+    # TIMESTAMP, like arithmetic on TIMESTAMPTZ, goes through the ICU calendar (0.2 s per 7M rows)
     if "transactions" in spec.inputs:
         con.execute(f"""CREATE OR REPLACE TEMP VIEW tx AS SELECT user_id, merchant_id, amount, device_id,
-                        event_timestamp::TIMESTAMPTZ::TIMESTAMP AS ts FROM read_parquet('{_input(clean_dir, 'transactions')}')
+                        make_timestamp(epoch_us(event_timestamp)) AS ts FROM read_parquet('{_input(clean_dir, 'transactions')}')
                         WHERE event_timestamp >= {lo} AND event_timestamp < {hi}""")
     if "fraud_labels" in spec.inputs:
-        con.execute(f"""CREATE OR REPLACE TEMP VIEW labels AS SELECT merchant_id, label_timestamp::TIMESTAMPTZ::TIMESTAMP AS label_ts
+        con.execute(f"""CREATE OR REPLACE TEMP VIEW labels AS SELECT merchant_id, make_timestamp(epoch_us(label_timestamp)) AS label_ts
                         FROM read_parquet('{_input(clean_dir, 'fraud_labels')}')
                         WHERE is_fraud = 1 AND label_timestamp >= {lo} AND label_timestamp < {hi}""")
         # a merchant's events: its transactions and the chargebacks that became known
@@ -385,7 +387,7 @@ def _register_inputs(con: duckdb.DuckDBPyConnection, spec: ViewSpec, clean_dir: 
                        UNION ALL SELECT merchant_id, label_ts, NULL, FALSE, TRUE FROM labels""")
     if "activity" in spec.inputs:
         con.execute(f"""CREATE OR REPLACE TEMP VIEW act AS SELECT user_id, event_type, amount,
-                        event_timestamp::TIMESTAMPTZ::TIMESTAMP AS ts FROM read_parquet('{_input(clean_dir, 'activity')}')
+                        make_timestamp(epoch_us(event_timestamp)) AS ts FROM read_parquet('{_input(clean_dir, 'activity')}')
                         WHERE event_timestamp >= {lo} AND event_timestamp < {hi}""")
     if "users" in spec.inputs:
         con.execute(f"""CREATE OR REPLACE TEMP VIEW users AS SELECT user_id, signup_timestamp::TIMESTAMPTZ AS signup_timestamp

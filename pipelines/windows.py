@@ -185,15 +185,24 @@ def window_aggregates(events: pa.Table, aggregates: list[Aggregate], probes_of: 
         probe_codes = np.searchsorted(entity_keys, probe_keys)
         if (probe_codes >= len(entity_keys)).any() or (entity_keys[probe_codes] != probe_keys).any():
             raise ValueError("a probe's entity has no events: probes must come from the events")
+        probed = np.unique(probe_codes)
+        keep = None
+        if len(probed) < len(entity_keys):  # entities with no row here (an hourly run): drop their events
+            keep = np.flatnonzero(np.isin(local, probed))
+            local, ts = np.searchsorted(probed, local[keep]), ts[keep]
+            probe_codes = np.searchsorted(probed, probe_codes)
         lowest, highest = int(ts.min()) - margin, int(ts.max()) + margin
         if int(probe_ts.min()) < lowest or int(probe_ts.max()) > highest:
             raise ValueError("a probe lies further than a window and a day from its entity's events")
         base = lowest - longest
         chunk = _Chunk(local, ts - base, span_bound, base, probe_codes, probe_ts - base)
         out = {"k": pa.array(probe_keys), "ts": pa.array(probe_ts, type=UTC_MICROS)}
+        def of_chunk(values: np.ndarray) -> np.ndarray:
+            return values[ev_slice] if keep is None else values[ev_slice][keep]
+
         for agg in aggregates:
-            values = columns[agg.column][ev_slice] if agg.column else None
-            where = masks[agg.where][ev_slice] if agg.where else None
+            values = of_chunk(columns[agg.column]) if agg.column else None
+            where = of_chunk(masks[agg.where]) if agg.where else None
             result = chunk.evaluate(agg, values, where)
             out[agg.name] = result if isinstance(result, pa.Array) else pa.array(result)
         return pa.table(out)
