@@ -10,7 +10,7 @@ Conventions (the PIT contract every view follows):
   the entity timestamp" gives the exact value at any time, and a 2-day TTL never hides one.
 - A run over the interval [start, end) writes exactly the rows with start < T <= end, read
   from events in [start - lookback, end). Running the intervals one by one gives the same
-  tables as one run over their union.
+  tables as one run over their union, bit for bit (sums are exact: see pipelines/windows.py).
 - The realtime view is the exception: one row per transaction, stamped with its own time,
   counting transactions in the 10 minutes up to and including it (what the stream pushes).
 """
@@ -164,9 +164,9 @@ def _windowed_rows(con: duckdb.DuckDBPyConnection, query: WindowedQuery, narrow:
 
     The events are read once, sorted by (k, ts) -- with `narrow`, only those of entities that
     can have a row in the interval, which pays off when the interval is short and most entities
-    idle in it; `pipelines.windows` finds each chunk of
-    entities' row stamps and evaluates the aggregates there (prefix sums, exact). The chunks
-    stream straight into whatever statement uses the SELECT, so no table of all rows is held.
+    idle in it. `pipelines.windows` finds each chunk of entities' row stamps and evaluates the
+    aggregates there (prefix sums, exact). The chunks stream straight into whatever statement
+    uses the SELECT, so no table of all rows is ever held.
     """
     only = f"WHERE k IN (SELECT k FROM events WHERE {query.stamps.can_stamp()})" if narrow else ""
     events = con.sql(f"""WITH events AS ({query.events})
