@@ -8,8 +8,8 @@ Contenders, each in its own process (so its peak RSS is its own), on the same cl
 - `duckdb-scan-floor`: one DuckDB pass over the same raw parquet (count, sum, max per user and
   per merchant) -- reading the input once, below which no aggregation can go.
 
-    python bench/aggregates.py                      # ~2M events: a couple of minutes
-    python bench/aggregates.py --users 60000 --days 150 --runs 1   # ~10M events
+    python bench/aggregates.py                      # 2.5M events, 3 runs: about a minute
+    python bench/aggregates.py --users 48000 --days 150 --runs 3   # 10M events: under a minute a run
 """
 
 from __future__ import annotations

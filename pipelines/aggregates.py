@@ -30,7 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from feastkit.errors import FeastkitError
-from pipelines.windows import UTC_MICROS, Aggregate, entity_codes, window_aggregates
+from pipelines.windows import UTC_MICROS, Aggregate, entity_codes, micros, window_aggregates
 
 HOUR = timedelta(hours=1)
 DAY = timedelta(days=1)
@@ -92,29 +92,29 @@ class RowStamps:
 
     def can_stamp(self) -> str:
         """SQL: the events (on `ts`) that can put a row in the interval; their entities are read."""
-        day, grid = _micros(DAY), _micros(self.grid)
-        moved = [f"(ts > {_sql_time(self.start - grid - _micros(w))} AND ts < {_sql_time(self.end - _micros(w))})"
+        day, grid = micros(DAY), micros(self.grid)
+        moved = [f"(ts > {_sql_time(self.start - grid - micros(w))} AND ts < {_sql_time(self.end - micros(w))})"
                  for w in self.moves]
         first_midnight, last_midnight = self.start // day * day + day, self.end // day * day
         if first_midnight <= last_midnight:
-            moved.append(f"(ts >= {_sql_time(first_midnight - _micros(self.reach))} "
+            moved.append(f"(ts >= {_sql_time(first_midnight - micros(self.reach))} "
                          f"AND ts < {_sql_time(last_midnight)})")
         return " OR ".join(moved) or "FALSE"
 
     def __call__(self, keys: np.ndarray, ts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The stamps (keys, ts) of a run of events sorted by (key, ts), sorted the same way."""
-        day, grid = _micros(DAY), _micros(self.grid)
+        day, grid = micros(DAY), micros(self.grid)
         entity = entity_codes(keys)
         found_entity, found_ts = [], []
         for move in self.moves:
-            point = (ts + _micros(move)) // grid * grid + grid
+            point = (ts + micros(move)) // grid * grid + grid
             inside = (point > self.start) & (point <= self.end)
             found_entity.append(entity[inside])
             found_ts.append(point[inside])
         # heartbeats: each event covers the midnights (t, t + reach]; overlapping covers of an
         # entity merge into islands (both ends only grow along an entity's sorted events)
         first = ts // day * day + day
-        last = (ts + _micros(self.reach)) // day * day
+        last = (ts + micros(self.reach)) // day * day
         opens = np.ones(len(ts), dtype=bool)
         opens[1:] = (entity[1:] != entity[:-1]) | (first[1:] > last[:-1])
         starts = np.flatnonzero(opens)
@@ -134,16 +134,12 @@ class RowStamps:
         return entity_keys[entity[keep]], stamp[keep]
 
 
-def _sql_time(micros: int) -> str:
-    return f"TIMESTAMP '{datetime(1970, 1, 1) + timedelta(microseconds=micros)}'"
-
-
-def _micros(d: timedelta) -> int:
-    return (d.days * 86_400 + d.seconds) * 1_000_000 + d.microseconds
+def _sql_time(epoch_us: int) -> str:
+    return f"TIMESTAMP '{datetime(1970, 1, 1) + timedelta(microseconds=epoch_us)}'"
 
 
 def _epoch_micros(dt: datetime) -> int:
-    return _micros(_utc(dt) - datetime(1970, 1, 1, tzinfo=UTC))
+    return micros(_utc(dt) - datetime(1970, 1, 1, tzinfo=UTC))
 
 
 @dataclass(frozen=True)
@@ -172,7 +168,7 @@ def _windowed_rows(con: duckdb.DuckDBPyConnection, query: WindowedQuery, narrow:
     events = con.sql(f"""WITH events AS ({query.events})
                          SELECT * REPLACE (epoch_us(ts) AS ts) FROM events {only} ORDER BY k, ts""").to_arrow_table()
     schema = _empty_windowed(events, query.aggregates).schema
-    shift = pa.scalar(_micros(query.stamp_shift), pa.duration("us"))
+    shift = pa.scalar(micros(query.stamp_shift), pa.duration("us"))
     counted = [0]
 
     def batches() -> Iterator[pa.RecordBatch]:

@@ -65,8 +65,9 @@ class Aggregate:
             raise ValueError(f"aggregate {self.name}: kind {self.kind!r} needs a column")
 
 
-def _us(window: timedelta) -> int:
-    return (window.days * 86_400 + window.seconds) * 1_000_000 + window.microseconds
+def micros(duration: timedelta) -> int:
+    """A timedelta in whole microseconds, exactly (no float seconds on the way)."""
+    return (duration.days * 86_400 + duration.seconds) * 1_000_000 + duration.microseconds
 
 
 def _column(table: pa.Table, name: str) -> np.ndarray:
@@ -167,7 +168,7 @@ def window_aggregates(events: pa.Table, aggregates: list[Aggregate], probes_of: 
     if len(ev_keys) == 0:
         return
     codes = entity_codes(ev_keys)
-    longest = max(_us(a.window) for a in aggregates)
+    longest = max(micros(a.window) for a in aggregates)
     margin = longest + DAY_US
     span_bound = int(ev_ts.max()) - int(ev_ts.min()) + 2 * margin + longest + 1
     distinct = {a.column for a in aggregates if a.kind == "distinct"}
@@ -254,12 +255,12 @@ class _Chunk:
         return cum[hi] - cum[lo]
 
     def evaluate(self, agg: Aggregate, values: np.ndarray | None, where: np.ndarray | None) -> pa.Array | np.ndarray:
-        hi, lo = self.bound(0), self.bound(_us(agg.window))
+        hi, lo = self.bound(0), self.bound(micros(agg.window))
         n = self.counts(where, lo, hi, agg.where)
         if agg.kind == "count":
             return n
         if agg.kind == "distinct":
-            return self.distinct(values, _us(agg.window), hi)
+            return self.distinct(values, micros(agg.window), hi)
         if agg.kind == "last":
             picked = np.arange(len(self.ts)) if where is None else np.where(where, np.arange(len(self.ts)), -1)
             last = self.prefix(("last", agg.where), lambda: np.maximum.accumulate(picked) if len(picked) else picked)
