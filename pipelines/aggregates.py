@@ -170,9 +170,14 @@ def _windowed_rows(con: duckdb.DuckDBPyConnection, query: WindowedQuery, narrow:
     schema = _empty_windowed(events, query.aggregates).schema
     shift = pa.scalar(micros(query.stamp_shift), pa.duration("us"))
     counted = [0]
+    try:
+        chunks = window_aggregates(events, list(query.aggregates), query.stamps)
+    except ValueError as exc:
+        raise FeastkitError(f"cannot aggregate these events: {exc}",
+                            "compute features from tables written by `feastkit validate`") from exc
 
     def batches() -> Iterator[pa.RecordBatch]:
-        for chunk in window_aggregates(events, list(query.aggregates), query.stamps):
+        for chunk in chunks:
             if query.stamp_shift:
                 chunk = chunk.set_column(1, "ts", pc.subtract(chunk.column("ts"), shift))
             counted[0] += chunk.num_rows

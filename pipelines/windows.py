@@ -96,11 +96,9 @@ def entity_codes(keys: np.ndarray) -> np.ndarray:
     return np.cumsum(codes, out=codes)
 
 
-def _fixed_point(values: np.ndarray, name: str) -> np.ndarray:
-    scaled = np.rint(values.astype(np.float64) * SCALE)
-    if len(scaled) and np.abs(scaled).max() * max(len(scaled), 1) >= _KEY_LIMIT:
-        raise ValueError(f"column {name}: values too large to sum exactly at 1/{SCALE} of a unit")
-    return scaled.astype(np.int64)
+def _fixed_point(values: np.ndarray) -> np.ndarray:
+    """Values as integers of 1/SCALE (finite and small enough: checked once per stream)."""
+    return np.rint(values.astype(np.float64) * SCALE).astype(np.int64)
 
 
 def _prefix(values: np.ndarray) -> np.ndarray:
@@ -157,16 +155,22 @@ Probes = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
 def window_aggregates(events: pa.Table, aggregates: list[Aggregate], probes_of: Probes) -> Iterator[pa.Table]:
     """Per chunk of entities, a table (k, ts, one column per aggregate), one row per probe.
 
+    Bad input (events with no key or time, null / NaN / infinite values to sum or compare, sums
+    that would not be exact) raises ValueError here, before any chunk is evaluated.
+
     `events` holds k, ts (microseconds since the epoch, int64) and the columns the aggregates
     name, sorted by (k, ts). `probes_of(keys, ts)` gets a chunk's events (whole entities) and
     returns the probes (keys, ts) of those entities, sorted the same way; a probe lies at most
     a window plus a day before the entity's first event or after its last. Times come out as
     UTC timestamps.
     """
+    for name in ("k", "ts"):
+        if events.column(name).null_count:
+            raise ValueError(f"{events.column(name).null_count} event(s) have no {'entity key' if name == 'k' else 'time'}")
     ev_keys = _column(events, "k")
     ev_ts = _column(events, "ts").astype(np.int64, copy=False)
     if len(ev_keys) == 0:
-        return
+        return iter(())
     codes = entity_codes(ev_keys)
     longest = max(micros(a.window) for a in aggregates)
     margin = longest + DAY_US
@@ -175,6 +179,17 @@ def window_aggregates(events: pa.Table, aggregates: list[Aggregate], probes_of: 
     columns = {name: _codes_of(events, name) if name in distinct else _column(events, name)
                for name in {a.column for a in aggregates} - {None}}
     masks = {name: _mask(events, name) for name in {a.where for a in aggregates} - {None}}
+    for agg in aggregates:
+        if agg.kind not in ("sum", "avg", "std", "max"):
+            continue
+        values = columns[agg.column].astype(np.float64, copy=False)
+        if agg.where is not None:
+            values = values[masks[agg.where]]  # only the events the aggregate selects
+        if not np.isfinite(values).all():
+            raise ValueError(f"column {agg.column} holds {int((~np.isfinite(values)).sum())} null, NaN or "
+                             f"infinite value(s) where {agg.name} needs numbers")
+        if len(values) and np.abs(values).max() * SCALE * len(values) >= _KEY_LIMIT:
+            raise ValueError(f"column {agg.column}: values too large to sum exactly at 1/{SCALE} of a unit")
 
     def evaluate(ev_slice: slice) -> pa.Table | None:
         keys, ts = ev_keys[ev_slice], ev_ts[ev_slice]
@@ -208,21 +223,24 @@ def window_aggregates(events: pa.Table, aggregates: list[Aggregate], probes_of: 
             out[agg.name] = result if isinstance(result, pa.Array) else pa.array(result)
         return pa.table(out)
 
-    # NumPy releases the GIL in its kernels, so chunks run side by side on every core; only a
-    # few run ahead of the consumer, so memory stays bounded whatever the number of chunks
-    workers = min(os.cpu_count() or 1, 4)
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        pending: deque[Future] = deque()
-        for ev_slice in _chunks(codes, span_bound):
-            pending.append(pool.submit(evaluate, ev_slice))
-            if len(pending) > 2 * workers:
+    def stream() -> Iterator[pa.Table]:
+        # NumPy releases the GIL in its kernels, so chunks run side by side on every core; only a
+        # few run ahead of the consumer, so memory stays bounded whatever the number of chunks
+        workers = min(os.cpu_count() or 1, 4)
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            pending: deque[Future] = deque()
+            for ev_slice in _chunks(codes, span_bound):
+                pending.append(pool.submit(evaluate, ev_slice))
+                if len(pending) > 2 * workers:
+                    table = pending.popleft().result()
+                    if table is not None:
+                        yield table
+            while pending:
                 table = pending.popleft().result()
                 if table is not None:
                     yield table
-        while pending:
-            table = pending.popleft().result()
-            if table is not None:
-                yield table
+
+    return stream()
 
 
 class _Chunk:
@@ -275,7 +293,7 @@ class _Chunk:
             table = self.prefix(("max", agg.column, agg.where, agg.window),
                                 lambda: _SparseMax(floor.astype(np.float64), longest))
             return pa.array(table.query(lo, hi), mask=n == 0)
-        raw = self.prefix(("raw", agg.column, agg.where), lambda: _fixed_point(selected, agg.column or ""))
+        raw = self.prefix(("raw", agg.column, agg.where), lambda: _fixed_point(selected))
         cum1 = self.prefix(("sum", agg.column, agg.where), lambda: _prefix(raw))
         s1 = cum1[hi] - cum1[lo]
         if agg.kind == "sum":

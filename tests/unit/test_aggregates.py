@@ -885,6 +885,16 @@ def test_bad_intervals_raise(world: World, tmp_path: Path, start: datetime,
         compute_features(world.clean, tmp_path, start, end, views=["user_transaction_stats"])
 
 
+def test_events_that_skipped_validation_get_a_clear_error(tmp_path: Path) -> None:
+    """A clean table written by hand with a NaN amount is refused by name, not summed into garbage."""
+    write_clean_tables(tmp_path / "clean", [(1, 2001, 501, float("nan"), "pos", "d1", "2026-01-01T05:00:00"),
+                                            (2, 2001, 501, 20.0, "pos", "d1", "2026-01-01T06:00:00")],
+                       [], [(2001, "purchase", 5.0, "2026-01-01T10:00:00")], [2001])
+    with pytest.raises(FeastkitError, match="column amount holds 1 null, NaN or infinite value.*feastkit validate"):
+        compute_features(tmp_path / "clean", tmp_path / "features", utc("2026-01-01T00:00"),
+                         utc("2026-01-02T00:00"), views=["user_transaction_stats"])
+
+
 def test_unknown_view_raises(world: World, tmp_path: Path) -> None:
     with pytest.raises(FeastkitError, match="unknown feature view"):
         compute_features(world.clean, tmp_path, world.start, world.end, views=["no_such_view"])

@@ -173,6 +173,16 @@ def test_amounts_too_large_to_sum_exactly_are_refused() -> None:
         evaluate(events, probes, [Aggregate("s", "sum", W1, "amount")])
 
 
+def test_missing_values_are_refused_only_where_an_aggregate_reads_them() -> None:
+    events = {"k": np.ones(3, dtype=np.int64), "ts": np.arange(3) * US,
+              "amount": np.array([5.0, np.nan, 7.0]), "flag": np.array([True, False, True])}
+    probes = {"k": np.ones(1, dtype=np.int64), "ts": np.array([3 * US])}
+    got = evaluate(events, probes, [Aggregate("s", "sum", W1, "amount", where="flag")])
+    assert got["s"] == [12.0]
+    with pytest.raises(ValueError, match="column amount holds 1 null, NaN or infinite value"):
+        evaluate(events, probes, [Aggregate("m", "max", W1, "amount")])
+
+
 @pytest.mark.parametrize("kwargs, message", [
     ({"kind": "median", "column": "amount"}, "unknown kind"),
     ({"kind": "sum"}, "needs a column"),
