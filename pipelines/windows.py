@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -253,7 +254,7 @@ class _Chunk:
         self.probe_codes, self.probe_ts = probe_codes, probe_ts
         self.probe_keys = probe_codes * span + probe_ts
         self._bounds: dict[int, np.ndarray] = {}
-        self._prefixes: dict[tuple, np.ndarray] = {}
+        self._prefixes: dict[tuple, Any] = {}
 
     def bound(self, offset_us: int) -> np.ndarray:
         """Per probe, the number of this chunk's events sorted before (k, T - offset)."""
@@ -261,7 +262,8 @@ class _Chunk:
             self._bounds[offset_us] = np.searchsorted(self.keys, self.probe_keys - offset_us, side="left")
         return self._bounds[offset_us]
 
-    def prefix(self, key: tuple, make) -> np.ndarray:
+    def prefix(self, key: tuple, make: Callable[[], Any]) -> Any:
+        """A per-chunk array (or table) built once and shared by the aggregates that need it."""
         if key not in self._prefixes:
             self._prefixes[key] = make()
         return self._prefixes[key]
@@ -288,10 +290,10 @@ class _Chunk:
             return pa.array(stamp + self.base, type=UTC_MICROS, mask=~found)
         selected = values if where is None else np.where(where, values, 0)
         if agg.kind == "max":
-            floor = np.where(where, values, -np.inf) if where is not None else values.astype(np.float64)
+            candidates = np.where(where, values, -np.inf) if where is not None else values
             longest = int((hi - lo).max()) if len(hi) else 0
             table = self.prefix(("max", agg.column, agg.where, agg.window),
-                                lambda: _SparseMax(floor.astype(np.float64), longest))
+                                lambda: _SparseMax(candidates.astype(np.float64), longest))
             return pa.array(table.query(lo, hi), mask=n == 0)
         raw = self.prefix(("raw", agg.column, agg.where), lambda: _fixed_point(selected))
         cum1 = self.prefix(("sum", agg.column, agg.where), lambda: _prefix(raw))
