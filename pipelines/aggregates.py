@@ -30,7 +30,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from feastkit.errors import FeastkitError
-from pipelines.windows import UTC_MICROS, Aggregate, entity_codes, micros, window_aggregates
+from pipelines.windows import (
+    UTC_MICROS,
+    Aggregate,
+    entity_codes,
+    entity_keys,
+    micros,
+    window_aggregates,
+)
 
 HOUR = timedelta(hours=1)
 DAY = timedelta(days=1)
@@ -67,10 +74,6 @@ def connect() -> duckdb.DuckDBPyConnection:
     con.execute("SET enable_progress_bar = false")
     con.execute("SET TimeZone='UTC'")
     return con
-
-
-def _interval(d: timedelta) -> str:
-    return f"INTERVAL {int(d.total_seconds())} SECOND"
 
 
 @dataclass(frozen=True)
@@ -130,8 +133,7 @@ class RowStamps:
         entity, stamp = entity[order], stamp[order]
         keep = np.ones(len(stamp), dtype=bool)
         keep[1:] = (entity[1:] != entity[:-1]) | (stamp[1:] != stamp[:-1])
-        entity_keys = keys[np.r_[0, np.flatnonzero(keys[1:] != keys[:-1]) + 1]] if len(keys) else keys
-        return entity_keys[entity[keep]], stamp[keep]
+        return entity_keys(keys)[entity[keep]], stamp[keep]
 
 
 def _sql_time(epoch_us: int) -> str:
@@ -317,9 +319,6 @@ _WINDOWED = {
     "customer_activity": _customer_activity,
     "user_realtime_activity": _user_realtime_activity,
 }
-_SQL = {
-    "user_profile": _user_profile_sql,
-}
 
 
 @dataclass(frozen=True)
@@ -460,7 +459,7 @@ def _write_reference_view(spec: ViewSpec, clean_dir: Path, out_dir: Path) -> tup
         _register_inputs(con, spec, clean_dir, datetime.now(UTC), datetime.now(UTC))
         path = out_dir / "part-all.parquet"
         tmp = path.with_suffix(".parquet.tmp")
-        con.execute(f"COPY ({_SQL[spec.name]()} ORDER BY {spec.entity}) TO '{tmp}' (FORMAT parquet)")
+        con.execute(f"COPY ({_user_profile_sql()} ORDER BY {spec.entity}) TO '{tmp}' (FORMAT parquet)")
         tmp.replace(path)
         return con.execute(f"SELECT count(*) FROM read_parquet('{path}')").fetchone()[0], 1
     finally:

@@ -90,11 +90,21 @@ def _mask(table: pa.Table, name: str | None) -> np.ndarray | None:
     return col.fill_null(False).to_numpy(zero_copy_only=False).astype(bool)
 
 
+def _changes(keys: np.ndarray) -> np.ndarray:
+    """Positions in a sorted key array where a new entity starts (after the first)."""
+    return np.flatnonzero(keys[1:] != keys[:-1]) + 1
+
+
 def entity_codes(keys: np.ndarray) -> np.ndarray:
     """Dense codes of a sorted key array: 0 for the first entity, +1 at every change."""
     codes = np.zeros(len(keys), dtype=np.int64)
-    codes[np.flatnonzero(keys[1:] != keys[:-1]) + 1] = 1
+    codes[_changes(keys)] = 1
     return np.cumsum(codes, out=codes)
+
+
+def entity_keys(keys: np.ndarray) -> np.ndarray:
+    """Each entity's key once, in order (the key of each code), from a sorted key array."""
+    return keys[np.r_[0, _changes(keys)]] if len(keys) else keys
 
 
 def _fixed_point(values: np.ndarray) -> np.ndarray:
@@ -198,13 +208,13 @@ def window_aggregates(events: pa.Table, aggregates: list[Aggregate], probes_of: 
         if len(probe_keys) == 0:
             return None
         local = codes[ev_slice] - codes[ev_slice.start]
-        entity_keys = keys[np.r_[0, np.flatnonzero(local[1:] != local[:-1]) + 1]]
-        probe_codes = np.searchsorted(entity_keys, probe_keys)
-        if (probe_codes >= len(entity_keys)).any() or (entity_keys[probe_codes] != probe_keys).any():
+        chunk_keys = entity_keys(keys)
+        probe_codes = np.searchsorted(chunk_keys, probe_keys)
+        if (probe_codes >= len(chunk_keys)).any() or (chunk_keys[probe_codes] != probe_keys).any():
             raise ValueError("a probe's entity has no events: probes must come from the events")
         probed = np.unique(probe_codes)
         keep = None
-        if len(probed) < len(entity_keys):  # entities with no row here (an hourly run): drop their events
+        if len(probed) < len(chunk_keys):  # entities with no row here (an hourly run): drop their events
             keep = np.flatnonzero(np.isin(local, probed))
             local, ts = np.searchsorted(probed, local[keep]), ts[keep]
             probe_codes = np.searchsorted(probed, probe_codes)
@@ -212,7 +222,7 @@ def window_aggregates(events: pa.Table, aggregates: list[Aggregate], probes_of: 
         if int(probe_ts.min()) < lowest or int(probe_ts.max()) > highest:
             raise ValueError("a probe lies further than a window and a day from its entity's events")
         base = lowest - longest
-        chunk = _Chunk(local, ts - base, span_bound, base, probe_codes, probe_ts - base)
+        chunk = _Chunk(local, ts - base, span_bound, base, probe_codes * span_bound + probe_ts - base)
         out = {"k": pa.array(probe_keys), "ts": pa.array(probe_ts, type=UTC_MICROS)}
         def of_chunk(values: np.ndarray) -> np.ndarray:
             return values[ev_slice] if keep is None else values[ev_slice][keep]
@@ -247,12 +257,10 @@ def window_aggregates(events: pa.Table, aggregates: list[Aggregate], probes_of: 
 class _Chunk:
     """One chunk's sorted keys and the probes' [lo, hi) index ranges, cached per window."""
 
-    def __init__(self, codes: np.ndarray, ts: np.ndarray, span: int, base: int, probe_codes: np.ndarray,
-                 probe_ts: np.ndarray) -> None:
-        self.ts, self.span, self.base = ts, span, base
-        self.keys = codes * span + ts
-        self.probe_codes, self.probe_ts = probe_codes, probe_ts
-        self.probe_keys = probe_codes * span + probe_ts
+    def __init__(self, codes: np.ndarray, ts: np.ndarray, span: int, base: int, probe_keys: np.ndarray) -> None:
+        self.codes, self.ts, self.span, self.base = codes, ts, span, base
+        self.keys = codes * span + ts  # (entity, time) as one sortable integer; probe_keys likewise
+        self.probe_keys = probe_keys
         self._bounds: dict[int, np.ndarray] = {}
         self._prefixes: dict[tuple, Any] = {}
 
@@ -316,7 +324,7 @@ class _Chunk:
         """`values` are dense integer codes (NaN for null), from `_codes_of`."""
         present = ~np.isnan(values)
         n_values = int(np.nanmax(values)) + 2 if present.any() else 1
-        codes = self.keys // self.span
+        codes = self.codes
         groups = codes * n_values + np.where(present, values, n_values - 1).astype(np.int64)
         order = np.argsort(groups, kind="stable")  # stable: time order within each (entity, value)
         sorted_groups = groups[order]
