@@ -261,7 +261,7 @@ def in_process_rows(settings, store, bodies: list[dict], iterations: int) -> lis
     from feast.protos.feast.types.Value_pb2 import Value
     from threadpoolctl import threadpool_limits
 
-    from serving.bundle import current_bundle
+    from feastkit.bundle import current_bundle
     from serving.features import ServiceReader
     from serving.inference import Scorer
 

@@ -12,8 +12,8 @@ from typing import Any
 
 from airflow.sdk import CronDataIntervalTimetable, dag, task
 
+from feastkit.jobs import default_args, start_date
 from feastkit.settings import Settings
-from pipelines.jobs import default_args, start_date
 
 SETTINGS = Settings()
 
@@ -33,7 +33,7 @@ def drift_check() -> None:
     @task(execution_timeout=timedelta(hours=1))
     def run_checks(data_interval_end=None) -> dict[str, Any]:
         """monitoring.run_monitoring(settings, end=data_interval_end); fails when not ok."""
-        from pipelines.jobs import fail_fast, job_settings, run_drift_check
+        from feastkit.jobs import fail_fast, job_settings, run_drift_check
 
         with fail_fast():
             return run_drift_check(job_settings(), end=data_interval_end)

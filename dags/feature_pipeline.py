@@ -13,8 +13,8 @@ from typing import Any
 
 from airflow.sdk import Asset, CronDataIntervalTimetable, dag, get_current_context, task
 
+from feastkit.jobs import FEATURE_TABLES, asset_uri, default_args, start_date
 from feastkit.settings import Settings
-from pipelines.jobs import FEATURE_TABLES, asset_uri, default_args, start_date
 
 SETTINGS = Settings()
 FEATURE_ASSETS = {table: Asset(name=f"feastkit_{table}", uri=asset_uri(table), group="feastkit_features")
@@ -36,7 +36,7 @@ def feature_pipeline() -> None:
     @task(execution_timeout=timedelta(minutes=30))
     def validate() -> dict[str, Any]:
         """Raw tables -> clean + quarantine (with reasons); the counts reconcile per table."""
-        from pipelines.jobs import fail_fast, job_settings, run_validation
+        from feastkit.jobs import fail_fast, job_settings, run_validation
 
         with fail_fast():
             return run_validation(job_settings())
@@ -45,7 +45,7 @@ def feature_pipeline() -> None:
     def compute_features(validation: dict[str, Any], data_interval_start=None,
                          data_interval_end=None) -> dict[str, Any]:
         """Feature rows for exactly [data_interval_start, data_interval_end)."""
-        from pipelines.jobs import fail_fast, job_settings, run_compute
+        from feastkit.jobs import fail_fast, job_settings, run_compute
 
         with fail_fast():
             report = run_compute(job_settings(), data_interval_start, data_interval_end)

@@ -13,7 +13,7 @@ from typing import Any
 
 from airflow.sdk import Asset, Param, dag, get_current_context, task
 
-from pipelines.jobs import FEATURE_TABLES, asset_uri, default_args
+from feastkit.jobs import FEATURE_TABLES, asset_uri, default_args
 
 FEATURE_ASSETS = [Asset(name=f"feastkit_{table}", uri=asset_uri(table), group="feastkit_features")
                   for table in FEATURE_TABLES]
@@ -36,7 +36,7 @@ def materialize() -> None:
     @task(execution_timeout=timedelta(minutes=5))
     def intervals(params=None, data_interval_start=None, data_interval_end=None) -> list[list[str]]:
         """The intervals to load: from the triggering asset events, else the conf, else the run."""
-        from pipelines.jobs import check_interval, fail_fast, intervals_from_asset_events
+        from feastkit.jobs import check_interval, fail_fast, intervals_from_asset_events
 
         with fail_fast():
             events = get_current_context().get("triggering_asset_events") or {}
@@ -51,7 +51,7 @@ def materialize() -> None:
     @task(execution_timeout=timedelta(hours=4))
     def load(chosen: list[list[str]]) -> dict[str, Any]:
         """Materialize each interval, chunk by chunk, into the configured online store."""
-        from pipelines.jobs import fail_fast, job_settings, run_materialize
+        from feastkit.jobs import fail_fast, job_settings, run_materialize
 
         with fail_fast():
             return run_materialize(job_settings(), [(a, b) for a, b in chosen]).as_dict()

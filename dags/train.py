@@ -12,8 +12,8 @@ from typing import Any
 
 from airflow.sdk import CronDataIntervalTimetable, dag, task
 
+from feastkit.jobs import default_args, start_date
 from feastkit.settings import Settings
-from pipelines.jobs import default_args, start_date
 
 SETTINGS = Settings()
 
@@ -33,7 +33,7 @@ def train() -> None:
     @task(execution_timeout=timedelta(hours=4))
     def train_and_promote() -> list[dict[str, Any]]:
         """Train each feature service's model; promote it if not worse than the serving bundle."""
-        from pipelines.jobs import fail_fast, job_settings, run_training
+        from feastkit.jobs import fail_fast, job_settings, run_training
 
         with fail_fast():
             return run_training(job_settings())

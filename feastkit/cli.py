@@ -139,6 +139,7 @@ def apply(settings: Settings) -> None:
 def materialize(settings: Settings, start: str | None, end: str | None, incremental: bool, views: str,
                 chunk: str | None) -> None:
     """Load feature rows with event time in [start, end) into the online store."""
+    from feastkit.clean import data_range
     from feastkit.store import (
         last_materialized_end,
         materialize_interval,
@@ -146,7 +147,6 @@ def materialize(settings: Settings, start: str | None, end: str | None, incremen
         open_store,
         parse_duration,
     )
-    from pipelines.aggregates import data_range
 
     a, b = _interval(start, end)
     store = open_store(settings)
@@ -178,14 +178,14 @@ def materialize(settings: Settings, start: str | None, end: str | None, incremen
 @click.pass_obj
 def training_set(settings: Settings, service: str, out: Path | None, rows: int) -> None:
     """Build the PIT training set of a feature service and summarise it."""
+    from feastkit.recipes import labelled_entities
+    from feastkit.services import build_training_set, get_service
     from feastkit.store import open_store, require_applied
-    from pipelines.training import labelled_entities
-    from pipelines.training_sets import build_training_set, get_service
 
     store = open_store(settings)
     require_applied(store)
     get_service(store, service)
-    frame = build_training_set(store, service, labelled_entities(service, settings.clean_dir))
+    frame = build_training_set(store, service, labelled_entities(store, service, settings.clean_dir))
     click.echo(f"{service}: {frame.shape[0]:,} rows x {frame.shape[1]} columns, "
                f"label rate {frame['label'].mean():.4f}, "
                f"{frame['event_timestamp'].min():%Y-%m-%d} .. {frame['event_timestamp'].max():%Y-%m-%d}")
@@ -199,18 +199,19 @@ def training_set(settings: Settings, service: str, out: Path | None, rows: int) 
 
 @cli.command()
 @click.option("--service", "services", multiple=True,
-              help="Feature service(s) to train (default: all three).")
+              help="Feature service(s) to train (default: every service whose `model` tag names a label recipe).")
 @click.option("--no-promote", is_flag=True, help="Save the bundle without making it the serving one.")
 @click.option("--seed", default=0, show_default=True)
 @click.pass_obj
 def train(settings: Settings, services: tuple[str, ...], no_promote: bool, seed: int) -> None:
     """Train, evaluate on the later window, and save a model bundle per feature service."""
+    from feastkit.recipes import trainable_services
     from feastkit.store import open_store, require_applied
-    from pipelines.training import TASKS, train_service
+    from pipelines.training import train_service
 
     store = open_store(settings)
     require_applied(store)
-    for service in services or tuple(TASKS):
+    for service in services or trainable_services(store):
         result = train_service(store, service, settings.clean_dir, settings.models_dir, seed=seed,
                                promote_bundle=not no_promote)
         click.echo(result.line())
@@ -382,7 +383,7 @@ def skew(settings: Settings, service: str | None, sample: int, fail_on_skew: boo
 @click.pass_obj
 def run_interval(settings: Settings, start: str, end: str, no_materialize: bool) -> None:
     """What one feature_pipeline + materialize DAG run does, for [start, end), without Airflow."""
-    from pipelines.jobs import run_feature_pipeline, run_materialize
+    from feastkit.jobs import run_feature_pipeline, run_materialize
 
     a, b = _interval(start, end)
     report = run_feature_pipeline(settings, a, b)

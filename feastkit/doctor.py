@@ -25,7 +25,7 @@ def run_checks(settings: Settings) -> list[tuple[str, bool, str]]:
                                            f"{len(store.list_feature_services())} feature services"))
     except FeastkitError as exc:
         return [*results, ("registry", False, exc.message)]
-    from serving.bundle import current_bundle
+    from feastkit.bundle import current_bundle
     from serving.features import OnlineStoreUnavailable, ServiceReader
 
     for service in (settings.fraud_service, settings.churn_service):

@@ -101,37 +101,20 @@ def _utc(dt: datetime) -> datetime:
     return dt.astimezone(UTC)
 
 
-def window_entities(settings: Settings, service: str, start: datetime, end: datetime) -> pd.DataFrame:
-    """The entity rows a model would have scored in [start, end): transactions or daily user snapshots."""
-    from pipelines.training import TASKS
-    from pipelines.training_sets import churn_entities, fraud_entities
-
-    task = TASKS.get(service)
-    if task == "fraud":
-        # every transaction in the window, labelled or not: drift needs no mature labels
-        frame = fraud_entities(settings.clean_dir, start, end, label_as_of=end, maturity=timedelta(0))
-    elif task == "churn":
-        frame = churn_entities(settings.clean_dir, start, end - timedelta(microseconds=1),
-                               every=timedelta(days=1), horizon=timedelta(0))
-    else:
-        raise FeastkitError(f"no entity template for feature service '{service}'",
-                            f"monitor one of {sorted(TASKS)}")
-    return frame.drop(columns=["label"], errors="ignore")
-
-
 def window_features(store: FeatureStore, settings: Settings, service: str, start: datetime,
                     end: datetime, max_rows: int, seed: int) -> pd.DataFrame:
     """Features of a (sampled) window exactly as the model saw them: Feast historical retrieval."""
-    from pipelines.training_sets import build_training_set
+    from feastkit.recipes import window_entities
+    from feastkit.services import build_training_set
 
-    entities = window_entities(settings, service, start, end)
+    entities = window_entities(store, service, settings.clean_dir, start, end)
     if len(entities) > max_rows:
         entities = entities.sample(n=max_rows, random_state=seed).sort_values("event_timestamp")
     return build_training_set(store, service, entities.reset_index(drop=True))
 
 
 def _bundle_for(settings: Settings, service: str) -> Any:
-    from serving.bundle import current_bundle
+    from feastkit.bundle import current_bundle
 
     try:
         bundle = current_bundle(settings.models_dir, service)
@@ -145,7 +128,7 @@ def drift_between(store: FeatureStore, settings: Settings, service: str, referen
                   max_rows: int = DEFAULT_MAX_ROWS, seed: int = 0,
                   with_prediction: bool = True) -> ServiceDrift:
     """Compare a feature service's features (and model score, when a bundle exists) across two windows."""
-    from pipelines.training_sets import describe_service
+    from feastkit.services import describe_service
 
     thresholds = thresholds or DriftThresholds()
     spec = describe_service(store, service)
@@ -205,9 +188,9 @@ def run_monitoring(settings: Settings, *, end: datetime | None = None, current_d
     `end` closes the current window (default: the end of the data). Freshness is judged at
     `as_of`, default `end` when given, else now. Reports go under settings.reports_dir.
     """
+    from feastkit.clean import data_range
     from feastkit.store import open_store, require_applied
     from monitoring.report import write_reports
-    from pipelines.aggregates import data_range
 
     unknown = sorted(set(checks) - set(CHECKS))
     if unknown or not checks:

@@ -129,7 +129,7 @@ def view_skew(store: FeatureStore, view_name: str, keys: list[int], as_of: datet
 
 def service_views(store: FeatureStore, service: str) -> list[str]:
     """The base feature views a feature service reads (directly or through its on-demand views)."""
-    from pipelines.training_sets import get_service
+    from feastkit.services import get_service
 
     fs = get_service(store, service)
     views = {v.name for v in store.list_feature_views()}

@@ -16,14 +16,7 @@ from sklearn.impute import SimpleImputer
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
 from sklearn.pipeline import Pipeline
 
-from feastkit.errors import FeastkitError
-from pipelines.training_sets import (
-    build_training_set,
-    churn_entities,
-    describe_service,
-    fraud_entities,
-)
-from serving.bundle import (
+from feastkit.bundle import (
     FORMAT_VERSION,
     ModelBundle,
     combined_fingerprint,
@@ -33,14 +26,15 @@ from serving.bundle import (
     reference_stats,
     registry_defaults,
 )
+from feastkit.errors import FeastkitError
+from feastkit.recipes import labelled_entities, recipe_of
+from feastkit.services import build_training_set, describe_service
 
 if TYPE_CHECKING:
     from feast import FeatureStore
 
 log = logging.getLogger(__name__)
 
-# Which labelled entities each feature service is trained on.
-TASKS = {"fraud_detection_v1": "fraud", "fraud_detection_v2": "fraud", "churn_prediction_v1": "churn"}
 EVAL_SHARE = 0.25       # the latest quarter of the period is the evaluation window
 THRESHOLD_SHARE = 0.2   # the latest fifth of the training window picks the decision threshold
 THRESHOLD_RULE = "maximises F1 on the last 20% of the training window (held out from fitting)"
@@ -64,15 +58,6 @@ class TrainingResult:
         return (f"{self.feature_service:<20} rows={self.rows:>7,}  label_rate={self.label_rate:.4f}  "
                 f"ROC AUC={m['roc_auc']:.3f}  PR AUC={m['pr_auc']:.3f}  threshold={self.threshold:.3f}  "
                 f"precision={m['precision_at_threshold']:.2f} recall={m['recall_at_threshold']:.2f}")
-
-
-def labelled_entities(service: str, clean_dir: Path) -> pd.DataFrame:
-    """The labelled entity frame for a service's task."""
-    task = TASKS.get(service)
-    if task is None:
-        raise FeastkitError(f"no training recipe for feature service '{service}'",
-                            f"train one of {sorted(TASKS)}")
-    return fraud_entities(clean_dir) if task == "fraud" else churn_entities(clean_dir)
 
 
 def time_split(frame: pd.DataFrame, share: float, column: str = "event_timestamp") -> tuple[pd.Series, pd.Series]:
@@ -146,7 +131,7 @@ def train_service(store: FeatureStore, service: str, clean_dir: Path, models_dir
                   entities: pd.DataFrame | None = None) -> TrainingResult:
     """Build the PIT training set for a feature service, fit, evaluate on the later window, save a bundle."""
     spec = describe_service(store, service)
-    entities = entities if entities is not None else labelled_entities(service, clean_dir)
+    entities = entities if entities is not None else labelled_entities(store, service, clean_dir)
     frame = build_training_set(store, service, entities)
     columns = spec.feature_columns
     earlier, later = time_split(frame, EVAL_SHARE)
@@ -163,7 +148,7 @@ def train_service(store: FeatureStore, service: str, clean_dir: Path, models_dir
         "format_version": FORMAT_VERSION,
         "version": new_version(),
         "created_at": datetime.now(UTC).isoformat(),
-        "task": TASKS[service],
+        "task": recipe_of(store, service),
         "feature_service": service,
         "feature_refs": spec.feature_refs,
         "join_keys": spec.join_keys,
@@ -206,7 +191,7 @@ def leaky_vs_pit(store: FeatureStore, clean_dir: Path, features_dir: Path,
     from pipelines.aggregates import read_view
 
     spec = describe_service(store, service)
-    entities = labelled_entities(service, clean_dir)
+    entities = labelled_entities(store, service, clean_dir)
     pit = build_training_set(store, service, entities)
     view = spec.feature_refs[0].split(":", 1)[0]
     leaky = leaky_join(entities, read_view(features_dir, view), spec.join_keys[0], spec.feature_columns)
@@ -247,11 +232,11 @@ def train_and_promote_if_not_worse(store: FeatureStore, service: str, clean_dir:
     """Train a new bundle and promote it only if `metric` >= the serving bundle's value - `tolerance`.
 
     Each bundle's metric is the one recorded in its manifest (its own later evaluation window).
-    The replaced bundle is kept as PREVIOUS, so `serving.bundle.rollback` restores it. A serving
+    The replaced bundle is kept as PREVIOUS, so `feastkit.bundle.rollback` restores it. A serving
     bundle trained on feature definitions that have changed since cannot be served any more, so
     the new bundle replaces it whatever its score.
     """
-    from serving.bundle import current_bundle
+    from feastkit.bundle import current_bundle
 
     result = train_service(store, service, clean_dir, models_dir, seed=seed, promote_bundle=False)
     if metric not in result.metrics:

@@ -18,10 +18,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from feastkit import __version__
+from feastkit.bundle import ModelBundle, current_bundle
 from feastkit.errors import FeastkitError
 from feastkit.settings import Settings, get_settings
 from serving.auth import Unauthorized, require_api_key
-from serving.bundle import ModelBundle, current_bundle
 from serving.features import (
     OnlineStoreUnavailable,
     ServiceReader,

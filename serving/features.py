@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from pipelines.training_sets import describe_service
+from feastkit.services import describe_service
 
 if TYPE_CHECKING:
     from feast import FeatureStore, FeatureView

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from serving.bundle import ModelBundle
+from feastkit.bundle import ModelBundle
 from serving.trees import CompiledTrees
 
 

@@ -81,8 +81,9 @@ def build_features(settings: Settings, config: SyntheticConfig = SMALL) -> tuple
 @pytest.fixture(scope="session")
 def deployment(tmp_path_factory: pytest.TempPathFactory) -> Deployment:
     """Data -> features -> feast apply -> three trained bundles -> materialized sqlite online store."""
+    from feastkit.recipes import trainable_services
     from feastkit.store import apply_repo, materialize_servable, open_store
-    from pipelines.training import TASKS, train_service
+    from pipelines.training import train_service
 
     root = tmp_path_factory.mktemp("deployment")
     copy_repo_definitions(root / "repo")
@@ -90,7 +91,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Deployment:
     start, end = build_features(settings)
     apply_repo(settings)
     store = open_store(settings)
-    for service in TASKS:
+    for service in trainable_services(store):
         train_service(store, service, settings.clean_dir, settings.models_dir)
     materialize_servable(settings, end, store=store)
     return Deployment(settings, store, start, end)

@@ -134,8 +134,8 @@ def test_dags_import_cleanly_and_declare_their_contract(airflow_home: Path) -> N
 
 
 def test_asset_names_match_the_feature_tables() -> None:
+    from feastkit.jobs import FEATURE_TABLES
     from pipelines.aggregates import VIEWS
-    from pipelines.jobs import FEATURE_TABLES
 
     assert set(FEATURE_TABLES) == {v.name for v in VIEWS}
 
@@ -370,8 +370,8 @@ def test_predictions_keep_flowing_while_materialize_runs(deployment: Deployment,
 
 def test_training_promotes_only_if_not_worse_and_keeps_the_previous(deployment: Deployment,
                                                                      tmp_path: Path) -> None:
-    from pipelines.jobs import run_training
-    from serving.bundle import current_bundle, rollback
+    from feastkit.bundle import current_bundle, rollback
+    from feastkit.jobs import run_training
 
     service = "fraud_detection_v1"
     models = tmp_path / "models"

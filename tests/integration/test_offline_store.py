@@ -16,7 +16,8 @@ from feast.types import Float64, Int64, String
 from feast.value_type import ValueType
 
 from feastkit.offline_stores import STORE_TYPE, AsofDuckDBOfflineStore
-from pipelines.training_sets import build_training_set, churn_entities, fraud_entities
+from feastkit.recipes import churn_entities, fraud_entities
+from feastkit.services import build_training_set
 from tests.conftest import Deployment, copy_repo_definitions, make_settings
 
 pytestmark = pytest.mark.integration

@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from feastkit.services import build_training_set
 from feastkit.store import apply_repo, materialize_interval, open_store
 from pipelines.aggregates import read_view
-from pipelines.training_sets import build_training_set
 from serving.features import ServiceReader
 from tests.conftest import (
     Deployment,

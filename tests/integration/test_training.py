@@ -8,11 +8,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from feastkit.bundle import current_bundle, load_bundle, promote, rollback
 from feastkit.errors import FeastkitError
+from feastkit.recipes import churn_entities, fraud_entities, labelled_entities, trainable_services
+from feastkit.services import build_training_set
 from pipelines.aggregates import read_view
-from pipelines.training import TASKS, labelled_entities, leaky_vs_pit
-from pipelines.training_sets import build_training_set, churn_entities, fraud_entities
-from serving.bundle import current_bundle, load_bundle, promote, rollback
+from pipelines.training import leaky_vs_pit
 from tests.conftest import Deployment
 
 pytestmark = pytest.mark.integration
@@ -81,13 +82,13 @@ def test_bad_requests_get_clear_errors(deployment: Deployment) -> None:
         build_training_set(deployment.store, "fraud_v9", entities)
     with pytest.raises(FeastkitError, match=r"lacks column\(s\) \['amount'\]"):
         build_training_set(deployment.store, "fraud_detection_v1", entities.drop(columns=["amount"]))
-    with pytest.raises(FeastkitError, match="no training recipe"):
-        labelled_entities("nope", deployment.settings.clean_dir)
+    with pytest.raises(FeastkitError, match="unknown feature service .nope."):
+        labelled_entities(deployment.store, "nope", deployment.settings.clean_dir)
 
 
 def test_models_learn_real_signal_and_bundles_are_complete(deployment: Deployment) -> None:
     models_dir = deployment.settings.models_dir
-    for service in TASKS:
+    for service in trainable_services(deployment.store):
         bundle = current_bundle(models_dir, service)
         manifest = bundle.manifest
         assert manifest["feature_service"] == service

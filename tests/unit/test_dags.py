@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from feastkit import jobs
 from feastkit.errors import FeastkitError
-from pipelines import jobs
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -66,7 +66,7 @@ def test_a_truncated_parquet_file_is_named_in_the_error(tmp_path: Path) -> None:
 
 
 def test_the_jobs_module_imports_nothing_heavy() -> None:
-    code = ("import sys, pipelines.jobs; "
+    code = ("import sys, feastkit.jobs; "
             "print([m for m in ('feast', 'pandas', 'duckdb', 'sklearn', 'pyarrow', 'airflow') "
             "if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,

@@ -1,11 +1,9 @@
-"""Training sets: labelled entity frames -> Feast get_historical_features, one row out per row in."""
+"""Feature services as the registry describes them, and point-in-time retrieval with one row out per row in."""
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import datetime, timedelta
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -19,11 +17,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 ROW_ID = "__feastkit_row"
-# Fraud features are taken as of the instant before the transaction: a transaction never sees
-# itself (e.g. in the pushed last-10-minute counters), exactly as at scoring time.
-AS_OF_OFFSET = pd.Timedelta(microseconds=1)
-LABEL_MATURITY = timedelta(days=30)
-CHURN_HORIZON = timedelta(days=30)
 
 
 @dataclass(frozen=True)
@@ -125,83 +118,3 @@ def build_training_set(store: FeatureStore, service_name: str, entity_df: pd.Dat
     if absent:
         raise RuntimeError(f"Feast returned no column(s) {absent} for '{service_name}'")
     return result
-
-
-# Labelled entity frames -------------------------------------------------------------------------
-
-_EPOCH = pd.Timestamp("1970-01-01", tz="UTC")
-
-
-def epoch_seconds(timestamps: pd.Series) -> pd.Series:
-    """UTC seconds since the epoch, as the request field `transaction_epoch` carries them."""
-    return (pd.to_datetime(timestamps, utc=True) - _EPOCH).dt.total_seconds()
-
-
-
-def _read(clean_dir: Path, table: str) -> pd.DataFrame:
-    path = clean_dir / f"{table}.parquet"
-    if not path.is_file():
-        raise FeastkitError(f"clean table '{table}' not found at {path}", "run `feastkit compute` first")
-    return pd.read_parquet(path)
-
-
-def fraud_entities(clean_dir: Path, start: datetime | None = None, end: datetime | None = None,
-                   label_as_of: datetime | None = None,
-                   maturity: timedelta = LABEL_MATURITY) -> pd.DataFrame:
-    """One row per transaction in [start, end) labelled with chargebacks known by `label_as_of`.
-
-    Transactions younger than `maturity` at `label_as_of` are left out: their chargebacks may
-    not have arrived yet, so "no chargeback" would be a false negative.
-    """
-    tx = _read(clean_dir, "transactions")
-    labels = _read(clean_dir, "fraud_labels")
-    label_as_of = pd.Timestamp(label_as_of or tx["event_timestamp"].max())
-    labels = labels[labels["label_timestamp"] <= label_as_of]
-    cutoff = label_as_of - pd.Timedelta(maturity)
-    end_ts = min(pd.Timestamp(end), cutoff) if end is not None else cutoff
-    keep = tx["event_timestamp"] < end_ts
-    if start is not None:
-        keep &= tx["event_timestamp"] >= pd.Timestamp(start)
-    tx = tx[keep]
-    if tx.empty:
-        raise FeastkitError("no transactions with mature labels in the chosen window",
-                            "widen the window or generate more days of data")
-    return pd.DataFrame({
-        "transaction_id": tx["transaction_id"].to_numpy(),
-        "user_id": tx["user_id"].to_numpy(),
-        "merchant_id": tx["merchant_id"].to_numpy(),
-        "event_timestamp": (tx["event_timestamp"] - AS_OF_OFFSET).to_numpy(),
-        "amount": tx["amount"].astype("float64").to_numpy(),
-        "transaction_epoch": epoch_seconds(tx["event_timestamp"]).to_numpy(),
-        "label": tx["transaction_id"].isin(labels["transaction_id"]).astype("int64").to_numpy(),
-    }).assign(event_timestamp=lambda d: pd.to_datetime(d["event_timestamp"], utc=True))
-
-
-def churn_entities(clean_dir: Path, start: datetime | None = None, end: datetime | None = None,
-                   every: timedelta = timedelta(days=7), horizon: timedelta = CHURN_HORIZON,
-                   active_within: timedelta = timedelta(days=60)) -> pd.DataFrame:
-    """Weekly snapshots of active, not-yet-churned users; label = churns within `horizon`.
-
-    Snapshots stop `horizon` before the last event so every label is fully observed.
-    """
-    users = _read(clean_dir, "users")
-    activity = _read(clean_dir, "activity")
-    last_event = activity["event_timestamp"].max()
-    first = pd.Timestamp(start) if start is not None else activity["event_timestamp"].min() + pd.Timedelta(days=90)
-    last = min(pd.Timestamp(end), last_event - pd.Timedelta(horizon)) if end is not None else \
-        last_event - pd.Timedelta(horizon)
-    snapshots = pd.date_range(first.ceil("D"), last.floor("D"), freq=pd.Timedelta(every), tz="UTC")
-    if len(snapshots) == 0:
-        raise FeastkitError("no churn snapshot fits in the data",
-                            "generate more days of data (need 90 days of history plus the horizon)")
-    act = activity[["user_id", "event_timestamp"]].sort_values("event_timestamp")
-    rows = []
-    for snap in snapshots:
-        recent = act[(act["event_timestamp"] < snap) &
-                     (act["event_timestamp"] >= snap - pd.Timedelta(active_within))]["user_id"].unique()
-        frame = users[users["user_id"].isin(recent)][["user_id", "churn_timestamp"]]
-        frame = frame[frame["churn_timestamp"].isna() | (frame["churn_timestamp"] > snap)]
-        label = frame["churn_timestamp"].notna() & (frame["churn_timestamp"] <= snap + pd.Timedelta(horizon))
-        rows.append(pd.DataFrame({"user_id": frame["user_id"].to_numpy(), "event_timestamp": snap,
-                                  "label": label.astype("int64").to_numpy()}))
-    return pd.concat(rows, ignore_index=True)

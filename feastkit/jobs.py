@@ -271,15 +271,16 @@ def run_training(settings: Settings, promote_metric: str | None = None,
     `promote_tolerance` (defaults from settings); the replaced bundle stays as PREVIOUS for
     `rollback`. Returns one decision per service.
     """
+    from feastkit.recipes import trainable_services
     from feastkit.store import open_store, require_applied
-    from pipelines.training import TASKS, train_and_promote_if_not_worse
+    from pipelines.training import train_and_promote_if_not_worse
 
     metric = promote_metric or settings.promote_metric
     tolerance = settings.promote_tolerance if promote_tolerance is None else promote_tolerance
     store = open_store(settings)
     require_applied(store)
     decisions = []
-    for service in services or list(TASKS):
+    for service in services or trainable_services(store):
         decision = train_and_promote_if_not_worse(store, service, settings.clean_dir, settings.models_dir,
                                                   metric=metric, tolerance=tolerance)
         log.info(decision.line())
