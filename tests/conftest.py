@@ -20,7 +20,7 @@ from feastkit.settings import Settings
 from pipelines.synthetic import SyntheticConfig, generate, write
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-REDIS_TEST_DB = 7  # integration tests own this Redis database and flush it
+REDIS_TEST_DB = int(os.environ.get("FEASTKIT_TEST_REDIS_DB", "7"))  # integration tests own this Redis db and flush it
 SMALL = SyntheticConfig(n_users=1000, n_merchants=80, days=80, seed=11, bad_rows=16,
                         start=datetime(2026, 1, 1, tzinfo=UTC))
 
