@@ -1,8 +1,9 @@
 """Hourly feature pipeline: validate raw events, compute the feature tables for the run's interval.
 
 Each run owns exactly [data_interval_start, data_interval_end) (CronDataIntervalTimetable: a plain
-cron string gives no data interval in Airflow 3) and, when done, updates one Asset per feature
-table with the interval in the event's extra; the `materialize` DAG is scheduled on those Assets.
+cron string gives no data interval in Airflow 3) and, when done, updates the feature-tables Asset
+with the interval and the rows per view in the event's extra; the `materialize` DAG is scheduled
+on it. Which views exist comes from the registry: the DAG names none.
 Catchup is off by default (FEASTKIT_DAG_CATCHUP): replay missed hours with `airflow backfill create`.
 """
 
@@ -13,12 +14,11 @@ from typing import Any
 
 from airflow.sdk import Asset, CronDataIntervalTimetable, dag, get_current_context, task
 
-from feastkit.jobs import FEATURE_TABLES, asset_uri, default_args, start_date
+from feastkit.jobs import FEATURES_ASSET_NAME, FEATURES_ASSET_URI, default_args, start_date
 from feastkit.settings import Settings
 
 SETTINGS = Settings()
-FEATURE_ASSETS = {table: Asset(name=f"feastkit_{table}", uri=asset_uri(table), group="feastkit_features")
-                  for table in FEATURE_TABLES}
+FEATURES = Asset(name=FEATURES_ASSET_NAME, uri=FEATURES_ASSET_URI, group="feastkit_features")
 
 
 @dag(
@@ -41,7 +41,7 @@ def feature_pipeline() -> None:
         with fail_fast():
             return run_validation(job_settings())
 
-    @task(execution_timeout=timedelta(minutes=45), outlets=list(FEATURE_ASSETS.values()))
+    @task(execution_timeout=timedelta(minutes=45), outlets=[FEATURES])
     def compute_features(validation: dict[str, Any], data_interval_start=None,
                          data_interval_end=None) -> dict[str, Any]:
         """Feature rows for exactly [data_interval_start, data_interval_end)."""
@@ -49,10 +49,9 @@ def feature_pipeline() -> None:
 
         with fail_fast():
             report = run_compute(job_settings(), data_interval_start, data_interval_end)
-        outlet_events = get_current_context()["outlet_events"]
-        for table, asset in FEATURE_ASSETS.items():
-            outlet_events[asset].extra = {"start": report["start"], "end": report["end"],
-                                          "rows": int(report["rows"].get(table, 0))}
+        get_current_context()["outlet_events"][FEATURES].extra = {
+            "start": report["start"], "end": report["end"],
+            "rows": {view: int(n) for view, n in report["rows"].items()}}
         return {**report, "validation": validation}
 
     compute_features(validate())

@@ -1,4 +1,4 @@
-"""Materialize feature intervals into the online store, triggered by the feature_pipeline Assets.
+"""Materialize feature intervals into the online store, triggered by the feature_pipeline Asset.
 
 A run loads exactly the intervals announced by the triggering asset events (or, for a manual
 run or backfill, the `start`/`end` in its conf) as explicit, chunked intervals, never
@@ -13,15 +13,14 @@ from typing import Any
 
 from airflow.sdk import Asset, Param, dag, get_current_context, task
 
-from feastkit.jobs import FEATURE_TABLES, asset_uri, default_args
+from feastkit.jobs import FEATURES_ASSET_NAME, FEATURES_ASSET_URI, default_args
 
-FEATURE_ASSETS = [Asset(name=f"feastkit_{table}", uri=asset_uri(table), group="feastkit_features")
-                  for table in FEATURE_TABLES]
+FEATURES = Asset(name=FEATURES_ASSET_NAME, uri=FEATURES_ASSET_URI, group="feastkit_features")
 
 
 @dag(
     dag_id="materialize",
-    schedule=FEATURE_ASSETS,  # all feature tables updated for an interval
+    schedule=[FEATURES],  # the feature tables updated for an interval
     max_active_runs=1,  # one writer at a time; order does not matter for correctness
     default_args=default_args(retries=3),
     dagrun_timeout=timedelta(hours=6),

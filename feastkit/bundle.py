@@ -39,10 +39,15 @@ def _definition(store: FeatureStore, ref: str) -> dict[str, Any]:
         field = next((f for f in view.features if f.name == feature), None)
         if field is None:
             return {"missing": True}
+        from feastkit.declarations import ViewSpec
+
+        spec = ViewSpec.of(view)
         return {
             "kind": "feature_view", "dtype": str(field.dtype), "default": field.tags.get("default"),
             "ttl_seconds": int(view.ttl.total_seconds()) if view.ttl else 0,
             "join_keys": sorted(view.join_keys), "source": view.batch_source.name,
+            # how the value is computed from raw events (window, function, filter, expression)
+            **({"computed": spec.feature_definition(feature)} if spec is not None else {}),
         }
     odfvs = {o.name: o for o in store.list_on_demand_feature_views()}
     if view_name in odfvs:

@@ -17,7 +17,7 @@ Semantics (the point-in-time contract):
   [T - window, T): it never sees the event at T or later. Rows are written where a value can
   change plus a heartbeat every midnight while the entity has events in its longest window.
 - With `grid=None` the view has one row per distinct event time, and a window holds the events in
-  (t - window, t] - the event itself included (what a stream worker pushes after each event).
+  [t - window, t] - the event itself included (what a stream worker pushes after each event).
 - Filters (`where`) are DuckDB SQL over the event source's columns, evaluated per event; `ts` is
   the event time as a UTC TIMESTAMP. Derived features are DuckDB SQL over the view's aggregations
   (helpers included) and `event_timestamp` (the row's stamp).
@@ -381,10 +381,7 @@ def windowed_view(*, name: str, entity: Entity, events: Any, features: Sequence[
         raise DeclarationError(f"feature view '{name}' names no event source", "pass events=clean_events(...)")
     sources = [_event_source(name, s) for s in raw_sources]
     source_names = {id(raw): s.name for raw, s in zip(raw_sources, sources, strict=True)}
-    if len(entity.join_keys) != 1:
-        raise DeclarationError(f"feature view '{name}': entity '{entity.name}' has {len(entity.join_keys)} join keys",
-                               "windowed views take an entity with one join key")
-    key = entity.join_keys[0]
+    key = entity.join_key
     grid_us = 0 if grid is None else _micros(grid)
     if grid is not None and (grid_us <= 0 or 86_400_000_000 % grid_us):
         raise DeclarationError(f"feature view '{name}': grid {grid} does not divide a day",
@@ -442,10 +439,7 @@ def reference_view(*, name: str, entity: Entity, source: Any, features: Sequence
     from feast import FeatureView
 
     event = _event_source(name, source)
-    if len(entity.join_keys) != 1:
-        raise DeclarationError(f"feature view '{name}': entity '{entity.name}' has several join keys",
-                               "reference views take an entity with one join key")
-    key = entity.join_keys[0]
+    key = entity.join_key
     seen: set[str] = set()
     outputs, fields = [], []
     for item in features:

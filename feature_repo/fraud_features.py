@@ -1,117 +1,110 @@
-"""Fraud feature views: user spending stats, merchant risk, realtime counters and the user profile."""
+"""Fraud feature views: user spending stats, merchant risk, realtime counters and the user profile.
+
+Each view is declared once, with its aggregations: `feast apply` publishes it and `feastkit
+compute` computes it from the raw events (see feastkit/declarations.py for the semantics). Field
+`default`: the value training and serving use when the view has no valid row for an entity (no
+events in the window means zero); other features fall back to the training median.
+"""
 
 from datetime import timedelta
 
 from entities import merchant, user
-from feast import FeatureView, Field
-from feast.types import Float64, Int64
-from sources import (
-    merchant_risk_stats_source,
-    user_profile_source,
-    user_realtime_push,
-    user_transaction_stats_source,
-)
+from feast.types import Float64
+from sources import fraud_labels, transactions, users
 
-# Field tag "default": the value training and serving use when the view has no valid row for the
-# entity (no events in the window means zero). Other features fall back to the training median
-# recorded in the model bundle.
-# Tag "row_timestamp": "window_end" means a row stamped T summarises events before T, so a run over
-# [start, end) writes rows start < T <= end and materialization loads exactly those; "event_time"
-# rows carry their event's own time and belong to [start, end).
-# A row stamped T covers events in [T - window, T); rows are written whenever a value changes
-# and at every midnight while the user is active, so a 2-day TTL only expires stale data.
-user_transaction_stats = FeatureView(
+from feastkit.declarations import Aggregation, Derived, reference_view, windowed_view
+
+D1, D7, D30, D90 = (timedelta(days=n) for n in (1, 7, 30, 90))
+
+user_transaction_stats = windowed_view(
     name="user_transaction_stats",
-    entities=[user],
+    entity=user,
+    events=transactions,
+    grid=timedelta(hours=1),
     ttl=timedelta(days=2),
-    schema=[
-        Field(name="txn_count_1d", dtype=Int64, description="Card transactions in the last day.",
-              tags={"default": "0"}),
-        Field(name="txn_count_7d", dtype=Int64, description="Card transactions in the last 7 days.",
-              tags={"default": "0"}),
-        Field(name="txn_count_30d", dtype=Int64, description="Card transactions in the last 30 days.",
-              tags={"default": "0"}),
-        Field(name="amount_sum_1d", dtype=Float64, description="Amount spent in the last day.",
-              tags={"default": "0"}),
-        Field(name="amount_sum_7d", dtype=Float64, description="Amount spent in the last 7 days.",
-              tags={"default": "0"}),
-        Field(name="amount_avg_30d", dtype=Float64, description="Mean transaction amount, 30 days."),
-        Field(name="amount_std_30d", dtype=Float64, description="Std. dev. of amounts, 30 days."),
-        Field(name="amount_max_30d", dtype=Float64, description="Largest transaction, 30 days."),
-        Field(name="distinct_merchants_30d", dtype=Int64, description="Distinct merchants, 30 days.",
-              tags={"default": "0"}),
-        Field(name="distinct_devices_30d", dtype=Int64, description="Distinct devices, 30 days.",
-              tags={"default": "0"}),
-        Field(name="night_txn_share_30d", dtype=Float64,
-              description="Share of transactions between 00:00 and 06:00 UTC, 30 days."),
-        Field(name="last_txn_epoch", dtype=Float64,
-              description="Time of the latest transaction in the last 30 days (UTC epoch seconds)."),
+    features=[
+        Aggregation("txn_count_1d", "count", D1, description="Card transactions in the last day.", default="0"),
+        Aggregation("txn_count_7d", "count", D7, description="Card transactions in the last 7 days.", default="0"),
+        Aggregation("txn_count_30d", "count", D30, description="Card transactions in the last 30 days.",
+                    default="0"),
+        Aggregation("amount_sum_1d", "sum", D1, "amount", description="Amount spent in the last day.", default="0"),
+        Aggregation("amount_sum_7d", "sum", D7, "amount", description="Amount spent in the last 7 days.",
+                    default="0"),
+        Aggregation("amount_avg_30d", "avg", D30, "amount", description="Mean transaction amount, 30 days."),
+        Aggregation("amount_std_30d", "std", D30, "amount", description="Std. dev. of amounts, 30 days."),
+        Aggregation("amount_max_30d", "max", D30, "amount", description="Largest transaction, 30 days."),
+        Aggregation("distinct_merchants_30d", "count_distinct", D30, "merchant_id",
+                    description="Distinct merchants, 30 days.", default="0"),
+        Aggregation("distinct_devices_30d", "count_distinct", D30, "device_id",
+                    description="Distinct devices, 30 days.", default="0"),
+        Derived("night_txn_share_30d", "night_txn_count_30d / nullif(txn_count_30d, 0)::DOUBLE", Float64,
+                description="Share of transactions between 00:00 and 06:00 UTC, 30 days."),
+        Aggregation("last_txn_epoch", "last_time", D30,
+                    description="Time of the latest transaction in the last 30 days (UTC epoch seconds)."),
     ],
-    source=user_transaction_stats_source,
-    online=True,
+    helpers=[Aggregation("night_txn_count_30d", "count", D30, where="hour(ts) < 6")],
+    freshness_sla="2h",
     description="Windowed card spending statistics per user, on an hourly grid.",
     owner="fraud-ml@feastkit.dev",
-    tags={"domain": "fraud", "cadence": "hourly", "freshness_sla": "2h", "row_timestamp": "window_end"},
+    tags={"domain": "fraud", "cadence": "hourly"},
 )
 
-merchant_risk_stats = FeatureView(
+merchant_risk_stats = windowed_view(
     name="merchant_risk_stats",
-    entities=[merchant],
+    entity=merchant,
+    events=[transactions, fraud_labels],
+    grid=timedelta(hours=1),
     ttl=timedelta(days=2),
-    schema=[
-        Field(name="merchant_txn_count_1d", dtype=Int64, description="Transactions in the last day.",
-              tags={"default": "0"}),
-        Field(name="merchant_txn_count_7d", dtype=Int64, description="Transactions, 7 days.",
-              tags={"default": "0"}),
-        Field(name="merchant_txn_count_30d", dtype=Int64, description="Transactions, 30 days.",
-              tags={"default": "0"}),
-        Field(name="merchant_avg_ticket_30d", dtype=Float64, description="Mean ticket, 30 days."),
-        Field(name="merchant_chargebacks_30d", dtype=Int64,
-              description="Chargebacks that arrived in the last 30 days (by label availability time).",
-              tags={"default": "0"}),
-        Field(name="merchant_chargebacks_90d", dtype=Int64,
-              description="Chargebacks that arrived in the last 90 days.",
-              tags={"default": "0"}),
-        Field(name="merchant_chargeback_rate_90d", dtype=Float64,
-              description="Chargebacks arrived / transactions, 90 days."),
+    features=[
+        Aggregation("merchant_txn_count_1d", "count", D1, description="Transactions in the last day.",
+                    default="0"),
+        Aggregation("merchant_txn_count_7d", "count", D7, description="Transactions, 7 days.", default="0"),
+        Aggregation("merchant_txn_count_30d", "count", D30, description="Transactions, 30 days.", default="0"),
+        Aggregation("merchant_avg_ticket_30d", "avg", D30, "amount", description="Mean ticket, 30 days."),
+        # labels count from when they became known (the source's timestamp is label_timestamp)
+        Aggregation("merchant_chargebacks_30d", "count", D30, events=fraud_labels, where="is_fraud = 1",
+                    description="Chargebacks that arrived in the last 30 days (by label availability time).",
+                    default="0"),
+        Aggregation("merchant_chargebacks_90d", "count", D90, events=fraud_labels, where="is_fraud = 1",
+                    description="Chargebacks that arrived in the last 90 days.", default="0"),
+        Derived("merchant_chargeback_rate_90d", "merchant_chargebacks_90d / nullif(merchant_txn_count_90d, 0)",
+                Float64, description="Chargebacks arrived / transactions, 90 days."),
     ],
-    source=merchant_risk_stats_source,
-    online=True,
+    helpers=[Aggregation("merchant_txn_count_90d", "count", D90)],
+    freshness_sla="2h",
     description="Merchant volume and chargeback risk, using only labels available at the time.",
     owner="fraud-ml@feastkit.dev",
-    tags={"domain": "fraud", "cadence": "hourly", "freshness_sla": "2h", "row_timestamp": "window_end"},
+    tags={"domain": "fraud", "cadence": "hourly"},
 )
 
-user_realtime_activity = FeatureView(
+user_realtime_activity = windowed_view(
     name="user_realtime_activity",
-    entities=[user],
+    entity=user,
+    events=transactions,
+    grid=None,  # a row per transaction, counting the 10 minutes up to and including it
     ttl=timedelta(minutes=10),
-    schema=[
-        Field(name="txn_count_10m", dtype=Int64,
-              description="Transactions in the 10 minutes up to the latest pushed one.",
-              tags={"default": "0"}),
-        Field(name="amount_sum_10m", dtype=Float64, description="Amount in those 10 minutes.",
-              tags={"default": "0"}),
+    features=[
+        Aggregation("txn_count_10m", "count", timedelta(minutes=10),
+                    description="Transactions in the 10 minutes up to the latest pushed one.", default="0"),
+        Aggregation("amount_sum_10m", "sum", timedelta(minutes=10), "amount",
+                    description="Amount in those 10 minutes.", default="0"),
     ],
-    source=user_realtime_push,
-    online=True,
+    push_source="user_realtime_push",
+    freshness_sla="15m",
     description="Burst counters pushed by the payment stream; backfilled from transactions.",
     owner="fraud-ml@feastkit.dev",
-    tags={"domain": "fraud", "cadence": "streaming", "freshness_sla": "15m", "row_timestamp": "event_time"},
+    tags={"domain": "fraud", "cadence": "streaming"},
 )
 
-user_profile = FeatureView(
+user_profile = reference_view(
     name="user_profile",
-    entities=[user],
+    entity=user,
+    source=users,
+    features=[Derived("account_created_epoch", "epoch(signup_timestamp)", Float64,
+                      description="When the account was opened (UTC epoch seconds).", default="0")],
     ttl=timedelta(0),
-    schema=[
-        Field(name="account_created_epoch", dtype=Float64,
-              description="When the account was opened (UTC epoch seconds).",
-              tags={"default": "0"}),
-    ],
-    source=user_profile_source,
-    online=True,
+    freshness_sla="2d",
     description="Static user attributes (no expiry).",
     owner="fraud-ml@feastkit.dev",
-    tags={"domain": "fraud", "cadence": "daily", "freshness_sla": "2d", "row_timestamp": "event_time"},
+    tags={"domain": "fraud", "cadence": "daily"},
 )

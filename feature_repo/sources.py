@@ -1,38 +1,23 @@
-"""Data sources: feature tables written by `feastkit compute`, the request source and the push source."""
+"""Data sources: the raw event tables the views aggregate (clean tables) and the request source.
 
-from feast import FileSource, PushSource, RequestSource
-from feast.data_format import ParquetFormat
+Feature views name these as their events, so the registry holds the lineage raw table -> view ->
+feature service. Each view's own feature table (and push source) is created by its declaration.
+"""
+
+from feast import RequestSource
 from feast.field import Field
 from feast.types import Float64
 
-from feastkit.settings import get_settings
+from feastkit.declarations import clean_events
 
-# Absolute paths, resolved from FEASTKIT_DATA_DIR when the repo is applied, so `feast apply` inside
-# feature_repo/, the CLI from the project root and scheduler workers all read the same files.
-_FEATURES = get_settings().features_dir
-
-
-def _table(name: str) -> FileSource:
-    return FileSource(
-        name=f"{name}_source",
-        path=str(_FEATURES / name / "*.parquet"),
-        file_format=ParquetFormat(),
-        timestamp_field="event_timestamp",
-        description=f"Feature table {name}, computed by `feastkit compute`.",
-    )
-
-
-user_transaction_stats_source = _table("user_transaction_stats")
-merchant_risk_stats_source = _table("merchant_risk_stats")
-customer_activity_source = _table("customer_activity")
-user_profile_source = _table("user_profile")
-user_realtime_activity_source = _table("user_realtime_activity")
-
-user_realtime_push = PushSource(
-    name="user_realtime_push",
-    batch_source=user_realtime_activity_source,
-    description="Last-10-minute transaction counters pushed by the payment stream.",
-)
+transactions = clean_events(
+    "transactions", description="Card transactions: user, merchant, amount, channel, device, time.")
+fraud_labels = clean_events(
+    "fraud_labels", timestamp_field="label_timestamp",
+    description="Fraud outcomes per transaction, stamped when they became known (chargebacks arrive late).")
+activity = clean_events(
+    "activity", description="Shop activity per user: purchases, product views and returns.")
+users = clean_events("users", timestamp_field="signup_timestamp", description="Users and when they signed up.")
 
 transaction_request = RequestSource(
     name="transaction_request",

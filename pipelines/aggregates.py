@@ -1,4 +1,4 @@
-"""Raw events -> windowed feature tables (DuckDB): point-in-time correct and incremental by interval.
+"""Raw events -> windowed feature tables, as declared in feature_repo/: point-in-time correct and incremental.
 
 Conventions (the PIT contract every view follows):
 - A feature row stamped T describes the entity using only events with timestamp in [T - w, T)
@@ -11,12 +11,17 @@ Conventions (the PIT contract every view follows):
 - A run over the interval [start, end) writes exactly the rows with start < T <= end, read
   from events in [start - lookback, end). Running the intervals one by one gives the same
   tables as one run over their union, bit for bit (sums are exact: see pipelines/windows.py).
-- The realtime view is the exception: one row per transaction, stamped with its own time,
-  counting transactions in the 10 minutes up to and including it (what the stream pushes).
+- A view declared with `grid=None` (the realtime view) has one row per event, stamped with its
+  own time, counting the events in the window up to and including it (what the stream pushes).
+- What each view computes is its declaration in feature_repo/ (`feastkit.declarations`), read
+  back from the applied registry: nothing here names a view or a feature. A table records the
+  definition its rows were computed under; after a change the table is recomputed whole.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -29,6 +34,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from feastkit.clean import EVENT_TABLES, clean_table, data_range
+from feastkit.declarations import DeclarationError, ViewSpec
 from feastkit.errors import FeastkitError
 from pipelines.windows import (
     UTC_MICROS,
@@ -39,33 +46,11 @@ from pipelines.windows import (
     window_aggregates,
 )
 
+log = logging.getLogger(__name__)
+
 HOUR = timedelta(hours=1)
 DAY = timedelta(days=1)
-
-
-@dataclass(frozen=True)
-class ViewSpec:
-    """One feature table: its grid, how far back it reads, and which clean tables feed it."""
-
-    name: str
-    entity: str
-    grid: timedelta
-    lookback: timedelta
-    inputs: tuple[str, ...]
-
-
-USER_TRANSACTION_STATS = ViewSpec("user_transaction_stats", "user_id", HOUR, timedelta(days=30),
-                                  ("transactions",))
-MERCHANT_RISK_STATS = ViewSpec("merchant_risk_stats", "merchant_id", HOUR, timedelta(days=90),
-                               ("transactions", "fraud_labels"))
-CUSTOMER_ACTIVITY = ViewSpec("customer_activity", "user_id", DAY, timedelta(days=180), ("activity",))
-USER_REALTIME_ACTIVITY = ViewSpec("user_realtime_activity", "user_id", timedelta(0),
-                                  timedelta(minutes=10), ("transactions",))
-USER_PROFILE = ViewSpec("user_profile", "user_id", timedelta(0), timedelta(0), ("users",))
-
-VIEWS: tuple[ViewSpec, ...] = (USER_TRANSACTION_STATS, MERCHANT_RISK_STATS, CUSTOMER_ACTIVITY,
-                               USER_REALTIME_ACTIVITY, USER_PROFILE)
-VIEWS_BY_NAME = {v.name: v for v in VIEWS}
+DEFINITION_FILE = "_definition.json"  # the spec a table's rows were computed under
 
 
 def connect() -> duckdb.DuckDBPyConnection:
@@ -157,7 +142,8 @@ class WindowedQuery:
     stamp_shift: timedelta = timedelta(0)  # how far after its row's stamp each probe sits
 
 
-def _windowed_rows(con: duckdb.DuckDBPyConnection, query: WindowedQuery, narrow: bool) -> tuple[str, list[int]]:
+def _windowed_rows(con: duckdb.DuckDBPyConnection, query: WindowedQuery,
+                   narrow: bool) -> tuple[str, list[int], pa.Schema]:
     """A SELECT of the view's rows, streamed from the window engine, and a counter of rows streamed.
 
     The events are read once, sorted by (k, ts) -- with `narrow`, only those of entities that
@@ -186,91 +172,21 @@ def _windowed_rows(con: duckdb.DuckDBPyConnection, query: WindowedQuery, narrow:
             yield from chunk.cast(schema).to_batches()
 
     con.register("windowed_stream", pa.RecordBatchReader.from_batches(schema, batches()))
-    return query.select.format(windowed="windowed_stream"), counted
+    return query.select.format(windowed="windowed_stream"), counted, schema
 
 
 def _empty_windowed(events: pa.Table, aggregates: tuple[Aggregate, ...]) -> pa.Table:
-    types = {"count": pa.int64(), "distinct": pa.int64(), "last": UTC_MICROS}
+    types = {"count": pa.int64(), "distinct": pa.int64(), "approx_distinct": pa.int64(), "last": UTC_MICROS}
+
+    def output_type(agg: Aggregate) -> pa.DataType:
+        if agg.kind == "last_value":
+            return events.schema.field(agg.column).type
+        if agg.kind == "last_n":
+            return pa.list_(events.schema.field(agg.column).type)
+        return types.get(agg.kind, pa.float64())
+
     return pa.table({"k": pa.array([], type=events.schema.field("k").type), "ts": pa.array([], type=UTC_MICROS),
-                     **{a.name: pa.array([], type=types.get(a.kind, pa.float64())) for a in aggregates}})
-
-
-def _user_transaction_stats(start: int, end: int) -> WindowedQuery:
-    d1, d7, d30 = DAY, timedelta(days=7), timedelta(days=30)
-    return WindowedQuery(
-        events="SELECT user_id AS k, ts, amount, merchant_id, device_id, hour(ts) < 6 AS night FROM tx",
-        stamps=RowStamps(HOUR, (timedelta(0), d1, d7, d30), d30, start, end),
-        aggregates=(
-            Aggregate("txn_count_1d", "count", d1),
-            Aggregate("txn_count_7d", "count", d7),
-            Aggregate("txn_count_30d", "count", d30),
-            Aggregate("amount_sum_1d", "sum", d1, "amount"),
-            Aggregate("amount_sum_7d", "sum", d7, "amount"),
-            Aggregate("amount_avg_30d", "avg", d30, "amount"),
-            Aggregate("amount_std_30d", "std", d30, "amount"),
-            Aggregate("amount_max_30d", "max", d30, "amount"),
-            Aggregate("distinct_merchants_30d", "distinct", d30, "merchant_id"),
-            Aggregate("distinct_devices_30d", "distinct", d30, "device_id"),
-            Aggregate("night_count_30d", "count", d30, where="night"),
-            Aggregate("last_txn_ts", "last", d30),
-        ),
-        select="""
-        SELECT k AS user_id, ts AS event_timestamp, txn_count_1d, txn_count_7d, txn_count_30d,
-            amount_sum_1d, amount_sum_7d, amount_avg_30d, amount_std_30d, amount_max_30d,
-            distinct_merchants_30d, distinct_devices_30d,
-            night_count_30d / nullif(txn_count_30d, 0)::DOUBLE AS night_txn_share_30d,
-            epoch(last_txn_ts) AS last_txn_epoch
-        FROM {windowed}""")
-
-
-def _merchant_risk_stats(start: int, end: int) -> WindowedQuery:
-    d1, d7, d30, d90 = (timedelta(days=n) for n in (1, 7, 30, 90))
-    return WindowedQuery(
-        events="SELECT merchant_id AS k, ts, amount, is_txn, is_cb FROM mev",
-        stamps=RowStamps(HOUR, (timedelta(0), d1, d7, d30, d90), d90, start, end),
-        aggregates=(
-            Aggregate("merchant_txn_count_1d", "count", d1, where="is_txn"),
-            Aggregate("merchant_txn_count_7d", "count", d7, where="is_txn"),
-            Aggregate("merchant_txn_count_30d", "count", d30, where="is_txn"),
-            Aggregate("txn_90d", "count", d90, where="is_txn"),
-            Aggregate("merchant_avg_ticket_30d", "avg", d30, "amount", where="is_txn"),
-            Aggregate("merchant_chargebacks_30d", "count", d30, where="is_cb"),
-            Aggregate("merchant_chargebacks_90d", "count", d90, where="is_cb"),
-        ),
-        select="""
-        SELECT k AS merchant_id, ts AS event_timestamp, merchant_txn_count_1d, merchant_txn_count_7d,
-            merchant_txn_count_30d, merchant_avg_ticket_30d, merchant_chargebacks_30d, merchant_chargebacks_90d,
-            merchant_chargebacks_90d / nullif(txn_90d, 0) AS merchant_chargeback_rate_90d
-        FROM {windowed}""")
-
-
-def _customer_activity(start: int, end: int) -> WindowedQuery:
-    d30, d60, d90, d180 = (timedelta(days=n) for n in (30, 60, 90, 180))
-    return WindowedQuery(
-        events="""SELECT user_id AS k, ts, event_type = 'purchase' AS is_p, event_type = 'return' AS is_r,
-                         event_type = 'view' AS is_v, amount FROM act""",
-        # a row every midnight while an event of the last 180 days (and the day it happened) is in reach
-        stamps=RowStamps(DAY, (), d180 + DAY, start, end),
-        aggregates=(
-            Aggregate("purchase_count_30d", "count", d30, where="is_p"),
-            Aggregate("purchase_count_60d", "count", d60, where="is_p"),
-            Aggregate("purchase_count_180d", "count", d180, where="is_p"),
-            Aggregate("return_count_180d", "count", d180, where="is_r"),
-            Aggregate("view_count_30d", "count", d30, where="is_v"),
-            Aggregate("avg_purchase_value_90d", "avg", d90, "amount", where="is_p"),
-            Aggregate("last_purchase_ts", "last", d180, where="is_p"),
-        ),
-        select="""
-        SELECT k AS user_id, ts AS event_timestamp,
-            purchase_count_30d,
-            purchase_count_60d - purchase_count_30d AS purchase_count_prev_30d,
-            (purchase_count_30d - (purchase_count_60d - purchase_count_30d))
-                / (purchase_count_60d - purchase_count_30d + 1.0) AS purchase_trend_30d,
-            avg_purchase_value_90d,
-            (epoch_us(ts) - epoch_us(last_purchase_ts)) / 86400000000.0 AS days_since_last_purchase,
-            return_count_180d / nullif(purchase_count_180d, 0)::DOUBLE AS return_rate_180d,
-            view_count_30d
-        FROM {windowed}""")
+                     **{a.name: pa.array([], type=output_type(a)) for a in aggregates}})
 
 
 @dataclass(frozen=True)
@@ -293,32 +209,107 @@ class EventStamps:
         return keys[first], ts[first] + self.after
 
 
-def _user_realtime_activity(start: int, end: int) -> WindowedQuery:
-    # the transactions of the 10 minutes up to and including each transaction (what the stream pushes)
-    window = timedelta(minutes=10, microseconds=1)
-    return WindowedQuery(
-        events="SELECT user_id AS k, ts, amount FROM tx",
-        stamps=EventStamps(1, start, end),
-        aggregates=(Aggregate("txn_count_10m", "count", window),
-                    Aggregate("amount_sum_10m", "sum", window, "amount")),
-        select="SELECT k AS user_id, ts AS event_timestamp, txn_count_10m, amount_sum_10m FROM {windowed}",
-        stamp_shift=timedelta(microseconds=1))
+_DUCKDB_TYPES = {"Int64": "BIGINT", "Int32": "INTEGER", "Float64": "DOUBLE", "Float32": "FLOAT",
+                 "String": "VARCHAR", "Bool": "BOOLEAN", "UnixTimestamp": "TIMESTAMPTZ", "Bytes": "BLOB"}
 
 
-def _user_profile_sql() -> str:
-    return """
-    SELECT user_id, signup_timestamp AS event_timestamp,
-           epoch(signup_timestamp)::DOUBLE AS account_created_epoch
-    FROM users
+def duckdb_type(feast_type: str) -> str:
+    """The DuckDB type of a Feast type name (Array(X) -> X[])."""
+    if feast_type.startswith("Array(") and feast_type.endswith(")"):
+        return duckdb_type(feast_type[6:-1]) + "[]"
+    if feast_type not in _DUCKDB_TYPES:
+        raise FeastkitError(f"feature type {feast_type} is not supported by `feastkit compute`",
+                            f"use one of {sorted(_DUCKDB_TYPES)} or Array(...) of them")
+    return _DUCKDB_TYPES[feast_type]
+
+
+def _events_sql(spec: ViewSpec, clean_dir: Path, lo: str, hi: str) -> tuple[str, dict[str, tuple[str, str | None]]]:
+    """The view's events (k, ts, value and filter columns) from its raw sources in [lo, hi), and per
+    aggregation the (value column, filter column) it reads there.
+
+    Several sources are stacked (UNION ALL BY NAME); an aggregation only sees the rows of its own
+    source, and rows that no aggregation selects are left out, since they cannot change a value.
     """
+    several = len({a.source for a in spec.aggregations}) > 1
+    # value columns keep their own names (errors then name them) unless two sources share one
+    sources_of: dict[str, set[str]] = {}
+    for agg in spec.aggregations:
+        if agg.column is not None:
+            sources_of.setdefault(agg.column, set()).add(agg.source)
+    reads: dict[str, tuple[str, str | None]] = {}
+    parts = []
+    for source in spec.sources:
+        aggs = [a for a in spec.aggregations if a.source == source.name]
+        if not aggs:
+            continue
+        columns: dict[str, str] = {}
+        filters: dict[str, str] = {}
+        for agg in aggs:
+            value = None
+            if agg.column is not None:
+                own = len(sources_of[agg.column]) == 1 and agg.column not in ("k", "ts")
+                value = columns.setdefault(agg.column, agg.column if own else f"{source.name}.{agg.column}")
+            mask = None
+            if agg.where is not None or several:
+                condition = agg.where or "TRUE"
+                mask = filters.setdefault(condition, f"m_{source.name}_{len(filters)}")
+            reads[agg.name] = (value, mask)
+        keep = "" if any(a.where is None for a in aggs) else \
+            "WHERE " + " OR ".join(f"({condition})" for condition in filters)
+        selected = [f'"{column}" AS "{alias}"' for column, alias in columns.items()]
+        selected += [f"coalesce(({condition}), FALSE) AS {alias}" for condition, alias in filters.items()]
+        ts = f'"{source.timestamp}"'
+        parts.append(f"""SELECT k, ts{''.join(', ' + c for c in selected)} FROM (
+                           SELECT *, "{spec.entity_key}" AS k, make_timestamp(epoch_us({ts})) AS ts
+                           FROM read_parquet('{clean_table(clean_dir, source.table)}')
+                           WHERE {ts} >= {lo} AND {ts} < {hi}) {keep}""")
+    return " UNION ALL BY NAME ".join(parts), reads
 
 
-_WINDOWED = {
-    "user_transaction_stats": _user_transaction_stats,
-    "merchant_risk_stats": _merchant_risk_stats,
-    "customer_activity": _customer_activity,
-    "user_realtime_activity": _user_realtime_activity,
-}
+def _select_sql(spec: ViewSpec) -> str:
+    """The view's columns from the engine's rows: its key, the stamp and each feature, cast to its type."""
+    kinds = {a.name: a.function for a in spec.aggregations}
+    columns = []
+    for feature in spec.features:
+        if feature.expression is not None:
+            value = f"({feature.expression})"
+        elif kinds[feature.name] == "last_time":
+            value = f"epoch({feature.name})"  # a timestamp in the engine, epoch seconds as a feature
+        else:
+            value = feature.name
+        columns.append(f"{value}::{duckdb_type(feature.dtype)} AS {feature.name}")
+    return (f"SELECT k AS {spec.entity_key}, event_timestamp, {', '.join(columns)} "
+            "FROM (SELECT *, ts AS event_timestamp FROM {windowed})")
+
+
+def windowed_query(spec: ViewSpec, clean_dir: Path, start: datetime, end: datetime) -> WindowedQuery:
+    """The engine's plan for one view and interval, derived from the view's declaration.
+
+    On a grid, rows go where a value can change and at midnight heartbeats (`RowStamps`); a view
+    with one row per event counts the events up to and including it (windows one microsecond
+    longer, probed one microsecond after the event).
+    """
+    lo = f"TIMESTAMPTZ '{(start - spec.lookback - spec.grid - HOUR).isoformat()}'"
+    hi = f"TIMESTAMPTZ '{end.isoformat()}'"
+    events, reads = _events_sql(spec, clean_dir, lo, hi)
+    per_event = spec.grid_us == 0
+    aggregates = []
+    for agg in spec.aggregations:
+        value, mask = reads[agg.name]
+        window = timedelta(microseconds=agg.window_us + (1 if per_event else 0))
+        extra = {"n": agg.n} if agg.n is not None else {}
+        aggregates.append(Aggregate(agg.name, agg.kind, window, value, mask, **extra))
+    a, b = _epoch_micros(start), _epoch_micros(end)
+    if per_event:
+        stamps: RowStamps | EventStamps = EventStamps(1, a, b)
+    elif spec.grid < DAY:
+        windows = sorted({timedelta(microseconds=g.window_us) for g in spec.aggregations})
+        stamps = RowStamps(spec.grid, (timedelta(0), *windows), spec.lookback, a, b)
+    else:  # grid points are midnights: the heartbeats cover every change
+        stamps = RowStamps(spec.grid, (), spec.lookback + spec.grid, a, b)
+    return WindowedQuery(events, stamps, tuple(aggregates), _select_sql(spec),
+                         timedelta(microseconds=1) if per_event else timedelta(0))
+
 
 
 @dataclass(frozen=True)
@@ -341,87 +332,142 @@ def _utc(dt: datetime) -> datetime:
     return dt.astimezone(UTC)
 
 
-def data_range(clean_dir: Path) -> tuple[datetime, datetime]:
-    """[start, end) covering every clean event, on whole hours."""
-    con = connect()
-    try:
-        lo, hi = con.execute(f"""
-            SELECT min(ts), max(ts) FROM (
-              SELECT event_timestamp AS ts FROM read_parquet('{_input(clean_dir, 'transactions')}')
-              UNION ALL SELECT event_timestamp FROM read_parquet('{_input(clean_dir, 'activity')}'))
-        """).fetchone()
-    finally:
-        con.close()
-    if lo is None:
-        raise FeastkitError(f"no clean events in {clean_dir}", "run `feastkit generate` and `feastkit validate`")
-    start = pd.Timestamp(lo).floor("h").to_pydatetime()
-    end = (pd.Timestamp(hi).floor("h") + pd.Timedelta(hours=1)).to_pydatetime()
-    return start, end
-
-
-def _input(clean_dir: Path, table: str) -> Path:
-    path = clean_dir / f"{table}.parquet"
-    if not path.is_file():
-        raise FeastkitError(f"clean table '{table}' not found at {path}",
-                            "run `feastkit validate` (or `feastkit compute`, which validates first)")
-    return path
-
-
-def _register_inputs(con: duckdb.DuckDBPyConnection, spec: ViewSpec, clean_dir: Path,
-                     start: datetime, end: datetime) -> None:
-    lo = f"TIMESTAMPTZ '{(start - spec.lookback - spec.grid - HOUR).isoformat()}'"
-    hi = f"TIMESTAMPTZ '{end.isoformat()}'"
-    # events carry UTC wall-clock TIMESTAMPs built from epoch microseconds: casting TIMESTAMPTZ to
-    # TIMESTAMP, like arithmetic on TIMESTAMPTZ, goes through the ICU calendar (0.2 s per 7M rows)
-    if "transactions" in spec.inputs:
-        con.execute(f"""CREATE OR REPLACE TEMP VIEW tx AS SELECT user_id, merchant_id, amount, device_id,
-                        make_timestamp(epoch_us(event_timestamp)) AS ts FROM read_parquet('{_input(clean_dir, 'transactions')}')
-                        WHERE event_timestamp >= {lo} AND event_timestamp < {hi}""")
-    if "fraud_labels" in spec.inputs:
-        con.execute(f"""CREATE OR REPLACE TEMP VIEW labels AS SELECT merchant_id, make_timestamp(epoch_us(label_timestamp)) AS label_ts
-                        FROM read_parquet('{_input(clean_dir, 'fraud_labels')}')
-                        WHERE is_fraud = 1 AND label_timestamp >= {lo} AND label_timestamp < {hi}""")
-        # a merchant's events: its transactions and the chargebacks that became known
-        con.execute("""CREATE OR REPLACE TEMP VIEW mev AS
-                       SELECT merchant_id, ts, amount, TRUE AS is_txn, FALSE AS is_cb FROM tx
-                       UNION ALL SELECT merchant_id, label_ts, NULL, FALSE, TRUE FROM labels""")
-    if "activity" in spec.inputs:
-        con.execute(f"""CREATE OR REPLACE TEMP VIEW act AS SELECT user_id, event_type, amount,
-                        make_timestamp(epoch_us(event_timestamp)) AS ts FROM read_parquet('{_input(clean_dir, 'activity')}')
-                        WHERE event_timestamp >= {lo} AND event_timestamp < {hi}""")
-    if "users" in spec.inputs:
-        con.execute(f"""CREATE OR REPLACE TEMP VIEW users AS SELECT user_id, signup_timestamp::TIMESTAMPTZ AS signup_timestamp
-                        FROM read_parquet('{_input(clean_dir, 'users')}')""")
+def event_tables(specs: list[ViewSpec]) -> list[tuple[str, str]]:
+    """The (clean table, timestamp column) of every windowed view's event sources, once each."""
+    found: dict[tuple[str, str], None] = {}
+    for spec in specs:
+        if spec.kind == "windowed":
+            for source in spec.sources:
+                found[(source.table, source.timestamp)] = None
+    return list(found)
 
 
 def _bounds_predicate(spec: ViewSpec) -> str:
     """Which rows of a day file a run over [start, end) owns (and so replaces)."""
-    if spec.grid > timedelta(0):
+    if spec.grid_us > 0:
         return "event_timestamp > $start AND event_timestamp <= $end"
     return "event_timestamp >= $start AND event_timestamp < $end"
 
 
+def _check_declaration(con: duckdb.DuckDBPyConnection, spec: ViewSpec, clean_dir: Path) -> None:
+    """Name the view and the field when a declaration does not fit its raw tables."""
+    for source in spec.sources:
+        path = clean_table(clean_dir, source.table)
+        columns = [r[0] for r in con.execute(f"DESCRIBE SELECT * FROM read_parquet('{path}')").fetchall()]
+        needed = [(source.timestamp, "its timestamp field"), (spec.entity_key, "the entity's join key")]
+        needed += [(a.column, f"feature '{a.name}'") for a in spec.aggregations
+                   if a.source == source.name and a.column is not None]
+        for column, what in needed:
+            if column not in columns:
+                raise DeclarationError(
+                    f"feature view '{spec.name}': {what} reads column '{column}', which raw table "
+                    f"'{source.table}' does not have (columns: {', '.join(columns)})",
+                    "fix the column name in feature_repo/, then `feast apply`")
+        for agg in spec.aggregations:
+            if agg.source == source.name and agg.where is not None:
+                try:
+                    con.execute(f"""SELECT ({agg.where})::BOOLEAN FROM (SELECT *, make_timestamp(epoch_us(
+                                    "{source.timestamp}")) AS ts FROM read_parquet('{path}')) LIMIT 0""")
+                except duckdb.Error as exc:
+                    raise DeclarationError(
+                        f"feature view '{spec.name}', feature '{agg.name}': filter {agg.where!r} does not "
+                        f"apply to raw table '{source.table}' ({str(exc).splitlines()[0][:200]})",
+                        "write the filter as DuckDB SQL over that table's columns (`ts` is the event time)") from None
+
+
+def _check_select(con: duckdb.DuckDBPyConnection, spec: ViewSpec, schema: pa.Schema) -> None:
+    """Name the feature whose derived expression does not apply to the view's aggregations."""
+    con.register("windowed_probe", schema.empty_table())
+    for feature in spec.features:
+        if feature.expression is None:
+            continue
+        try:
+            con.execute(f"SELECT ({feature.expression})::{duckdb_type(feature.dtype)} FROM "
+                        "(SELECT *, ts AS event_timestamp FROM windowed_probe)")
+        except duckdb.Error as exc:
+            raise DeclarationError(
+                f"feature view '{spec.name}', feature '{feature.name}': expression {feature.expression!r} "
+                f"fails ({str(exc).splitlines()[0][:200]})",
+                "write it as DuckDB SQL over the view's aggregations, helpers and event_timestamp") from None
+    con.unregister("windowed_probe")
+
+
 def compute_view(spec: ViewSpec, clean_dir: Path, features_dir: Path, start: datetime,
                  end: datetime) -> tuple[int, int]:
-    """Compute one view's rows for [start, end) and merge them into its day files; (rows, files)."""
+    """Compute one view's rows for [start, end) and merge them into its day files; (rows, files).
+
+    When the view's table holds rows computed under another definition (or under an unrecorded
+    one), the whole table is recomputed from every raw event instead, so rows of two definitions
+    never mix.
+    """
     start, end = _utc(start), _utc(end)
     if end <= start:
         raise FeastkitError(f"empty interval: end {end} is not after start {start}",
                             "pass --start earlier than --end")
     out_dir = features_dir / spec.name
+    if spec.kind == "reference":
+        out_dir.mkdir(parents=True, exist_ok=True)
+        rows, files = _write_reference_view(spec, clean_dir, out_dir)
+        _record_definition(out_dir, spec)
+        return rows, files
+    has_rows = any(out_dir.glob("part-*.parquet"))
+    if has_rows and _recorded_definition(out_dir) != spec.digest:
+        return _recompute_view(spec, clean_dir, features_dir, start, end)
+    return _merge_interval(spec, clean_dir, out_dir, start, end)
+
+
+def _recorded_definition(out_dir: Path) -> str | None:
+    path = out_dir / DEFINITION_FILE
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text()).get("digest")
+    except (ValueError, AttributeError):
+        return None
+
+
+def _record_definition(out_dir: Path, spec: ViewSpec) -> None:
+    tmp = out_dir / f".{DEFINITION_FILE}.tmp"
+    tmp.write_text(json.dumps({"digest": spec.digest, "spec": json.loads(spec.to_json())}, indent=1))
+    tmp.replace(out_dir / DEFINITION_FILE)
+
+
+def _recompute_view(spec: ViewSpec, clean_dir: Path, features_dir: Path, start: datetime,
+                    end: datetime) -> tuple[int, int]:
+    """Build the whole table under the current definition beside the old one, then swap them."""
+    lo, hi = data_range(clean_dir, [(s.table, s.timestamp) for s in spec.sources])
+    lo, hi = min(lo, start), max(hi, end)
+    fresh = features_dir / f".{spec.name}.rebuild"
+    shutil.rmtree(fresh, ignore_errors=True)
+    fresh.mkdir(parents=True)
+    rows, files = _merge_interval(spec, clean_dir, fresh, lo, hi)
+    _record_definition(fresh, spec)
+    out_dir = features_dir / spec.name
+    old = features_dir / f".{spec.name}.replaced"
+    shutil.rmtree(old, ignore_errors=True)
+    if out_dir.exists():
+        out_dir.rename(old)
+    fresh.rename(out_dir)
+    shutil.rmtree(old, ignore_errors=True)
+    log.info("feature view %s: recomputed over [%s, %s) under its current definition %s",
+             spec.name, lo.isoformat(), hi.isoformat(), spec.digest)
+    return rows, files
+
+
+def _merge_interval(spec: ViewSpec, clean_dir: Path, out_dir: Path, start: datetime,
+                    end: datetime) -> tuple[int, int]:
     out_dir.mkdir(parents=True, exist_ok=True)
-    if spec is USER_PROFILE:
-        return _write_reference_view(spec, clean_dir, out_dir)
     con = connect()
     try:
-        _register_inputs(con, spec, clean_dir, start, end)
+        _check_declaration(con, spec, clean_dir)
         params = {"start": start, "end": end}
+        query = windowed_query(spec, clean_dir, start, end)
         # events are computed on in UTC wall-clock TIMESTAMPs: TIMESTAMPTZ arithmetic goes through
         # the ICU calendar and costs several times more; feature rows come out as TIMESTAMPTZ
-        fresh, counted = _windowed_rows(con, _WINDOWED[spec.name](_epoch_micros(start), _epoch_micros(end)),
-                                        narrow=end - start < spec.lookback)
+        fresh, counted, schema = _windowed_rows(con, query, narrow=end - start < spec.lookback)
+        _check_select(con, spec, schema)
         # the day of T (of T - 1us on a grid), from epoch microseconds, which needs no calendar
-        day_expr = (f"(DATE '1970-01-01' + ((epoch_us(event_timestamp) - {int(spec.grid > timedelta(0))})"
+        day_expr = (f"(DATE '1970-01-01' + ((epoch_us(event_timestamp) - {int(spec.grid_us > 0)})"
                     " // 86400000000)::INTEGER)")
         # rows of this interval can only live in the day files of its days (a row stamped T sits in
         # the file of T's day, or of T - 1us on a grid): those are rewritten even with no fresh row
@@ -447,6 +493,8 @@ def compute_view(spec: ViewSpec, clean_dir: Path, features_dir: Path, start: dat
             else:
                 target.unlink(missing_ok=True)
         shutil.rmtree(staging, ignore_errors=True)
+        if not (out_dir / DEFINITION_FILE).is_file():
+            _record_definition(out_dir, spec)
     finally:
         con.close()
     return counted[0], len(touched)
@@ -454,29 +502,46 @@ def compute_view(spec: ViewSpec, clean_dir: Path, features_dir: Path, start: dat
 
 def _write_reference_view(spec: ViewSpec, clean_dir: Path, out_dir: Path) -> tuple[int, int]:
     """A dimension table (one row per entity, stamped when it came to be) is rewritten whole."""
+    source = spec.sources[0]
+    path = out_dir / "part-all.parquet"
+    tmp = path.with_suffix(".parquet.tmp")
+    columns = ", ".join(f"({f.expression})::{duckdb_type(f.dtype)} AS {f.name}" for f in spec.features)
     con = connect()
     try:
-        _register_inputs(con, spec, clean_dir, datetime.now(UTC), datetime.now(UTC))
-        path = out_dir / "part-all.parquet"
-        tmp = path.with_suffix(".parquet.tmp")
-        con.execute(f"COPY ({_user_profile_sql()} ORDER BY {spec.entity}) TO '{tmp}' (FORMAT parquet)")
+        _check_declaration(con, spec, clean_dir)
+        try:
+            con.execute(f"""COPY (SELECT "{spec.entity_key}", "{source.timestamp}"::TIMESTAMPTZ AS event_timestamp,
+                              {columns} FROM read_parquet('{clean_table(clean_dir, source.table)}')
+                              ORDER BY "{spec.entity_key}") TO '{tmp}' (FORMAT parquet)""")
+        except duckdb.Error as exc:
+            raise DeclarationError(f"feature view '{spec.name}': its expressions fail on raw table "
+                                   f"'{source.table}' ({str(exc).splitlines()[0][:200]})",
+                                   "write each feature as DuckDB SQL over that table's columns") from None
         tmp.replace(path)
         return con.execute(f"SELECT count(*) FROM read_parquet('{path}')").fetchone()[0], 1
     finally:
         con.close()
 
 
-def compute_features(clean_dir: Path, features_dir: Path, start: datetime | None = None,
+def compute_features(specs: list[ViewSpec], clean_dir: Path, features_dir: Path, start: datetime | None = None,
                      end: datetime | None = None, views: list[str] | None = None) -> ComputeReport:
-    """Compute every (or the named) feature table for [start, end); defaults to the whole data range."""
-    if start is None or end is None:
-        lo, hi = data_range(clean_dir)
-        start, end = start or lo, end or hi
-    unknown = sorted(set(views or []) - set(VIEWS_BY_NAME))
+    """Compute every (or the named) declared view for [start, end); defaults to the whole data range.
+
+    `specs` come from the applied registry (`feastkit.declarations.specs_of(store.list_feature_views())`).
+    """
+    by_name = {s.name: s for s in specs}
+    unknown = sorted(set(views or []) - set(by_name))
     if unknown:
-        raise FeastkitError(f"unknown feature view(s) {unknown}", f"choose from {sorted(VIEWS_BY_NAME)}")
+        raise FeastkitError(f"unknown feature view(s) {unknown}",
+                            f"choose from {sorted(by_name)} (views declared in feature_repo/ and applied)")
+    if not specs:
+        raise FeastkitError("the registry holds no view declared with feastkit.declarations",
+                            "declare views in feature_repo/ and run `feast apply` (or `feastkit apply`)")
+    if start is None or end is None:
+        lo, hi = data_range(clean_dir, event_tables(specs) or EVENT_TABLES)
+        start, end = start or lo, end or hi
     rows, files = {}, {}
-    for spec in VIEWS:
+    for spec in specs:
         if views and spec.name not in views:
             continue
         rows[spec.name], files[spec.name] = compute_view(spec, clean_dir, features_dir, start, end)
@@ -485,9 +550,8 @@ def compute_features(clean_dir: Path, features_dir: Path, start: datetime | None
 
 def read_view(features_dir: Path, name: str) -> pd.DataFrame:
     """Every row of a feature table, sorted by time and entity (for checks and tests)."""
-    spec = VIEWS_BY_NAME[name]
     files = sorted((features_dir / name).glob("*.parquet"))
     if not files:
         raise FeastkitError(f"feature table '{name}' is empty", "run `feastkit compute` first")
     frame = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
-    return frame.sort_values(["event_timestamp", spec.entity], kind="stable").reset_index(drop=True)
+    return frame.sort_values(["event_timestamp", frame.columns[0]], kind="stable").reset_index(drop=True)

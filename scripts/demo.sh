@@ -7,10 +7,10 @@ step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
 step "1/9 generate realistic raw events (seeded; 40 dirty rows; amount + night-hour drift in the last 7 days)"
 feastkit generate --drift amount,night
-step "2/9 validate + compute point-in-time windowed features (DuckDB)"
-feastkit compute
-step "3/9 register the feature repo with Feast (feast apply)"
+step "2/9 register the feature repo with Feast (feast apply): views, their aggregations, services"
 feastkit apply
+step "3/9 validate + compute the declared point-in-time windowed features"
+feastkit compute
 step "4/9 build point-in-time training sets through Feast get_historical_features"
 for service in fraud_detection_v1 fraud_detection_v2 churn_prediction_v1; do
   feastkit training-set --service "$service" --rows 3

@@ -67,14 +67,44 @@ class Deployment:
     data_end: datetime
 
 
+def repo_views(repo_path: Path = REPO_ROOT / "feature_repo") -> list:
+    """The feature views a repo's definitions declare, read as `feast apply` reads them (no registry)."""
+    from feast.repo_operations import parse_repo
+
+    def own_modules() -> list[str]:
+        return [n for n, m in list(sys.modules.items())
+                if (getattr(m, "__file__", None) or "").startswith(str(repo_path) + os.sep)]
+
+    # repo modules import each other by plain names (entities, sources): never reuse another copy's
+    for name in own_modules() + [n for n in ("entities", "sources", "fraud_features", "churn_features",
+                                             "on_demand", "services") if n in sys.modules]:
+        sys.modules.pop(name, None)
+    sys.path.insert(0, str(repo_path))
+    try:
+        return list(parse_repo(Path(repo_path)).feature_views)
+    finally:
+        sys.path.remove(str(repo_path))
+        for name in own_modules():
+            sys.modules.pop(name, None)
+
+
+def repo_specs(repo_path: Path = REPO_ROOT / "feature_repo") -> list:
+    """The specs of the views declared in a feature repo's definitions, read without applying it."""
+    from feastkit.declarations import specs_of
+
+    return specs_of(repo_views(repo_path))
+
+
 def build_features(settings: Settings, config: SyntheticConfig = SMALL) -> tuple[datetime, datetime]:
-    from pipelines.aggregates import compute_features, data_range
+    """Raw events -> clean tables -> every declared view, computed from the repo's definitions."""
+    from feastkit.clean import data_range
+    from pipelines.aggregates import compute_features
     from pipelines.validation import validate_all
 
     write(generate(config), settings.raw_dir)
     validate_all(settings.raw_dir, settings.clean_dir, settings.quarantine_dir)
     start, end = data_range(settings.clean_dir)
-    compute_features(settings.clean_dir, settings.features_dir, start, end)
+    compute_features(repo_specs(settings.repo_path), settings.clean_dir, settings.features_dir, start, end)
     return start, end
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ast
 import math
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -12,10 +11,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from feastkit.clean import data_range
 from feastkit.errors import FeastkitError
-from pipelines.aggregates import VIEWS, compute_features, data_range, read_view
+from pipelines.aggregates import compute_features as compute_declared
+from pipelines.aggregates import read_view
 from pipelines.synthetic import RawTables, SyntheticConfig, generate, write
 from pipelines.validation import validate_all
+from tests.conftest import repo_specs, repo_views
 
 # All brute-force arithmetic is done on integer microseconds since the epoch (UTC).
 SEC = 1_000_000
@@ -38,18 +40,17 @@ INCREMENTAL_VIEWS = ("user_transaction_stats", "merchant_risk_stats", "customer_
 # Small helpers
 # --------------------------------------------------------------------------------------------
 
+SPECS = repo_specs(FEATURE_REPO)
+
+
+def compute_features(*args: object, **kwargs: object) -> object:
+    """`feastkit compute` on the views declared in feature_repo/ (as `feast apply` would publish them)."""
+    return compute_declared(SPECS, *args, **kwargs)
+
+
 def declared_ttls() -> dict[str, int]:
     """Each FeatureView's ttl as declared in feature_repo/*.py (what Feast applies), in us."""
-    ttls: dict[str, int] = {}
-    for path in sorted(FEATURE_REPO.glob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text())):
-            if not (isinstance(node, ast.Call) and getattr(node.func, "id", "") == "FeatureView"):
-                continue
-            kw = {k.arg: k.value for k in node.keywords}
-            if isinstance(kw.get("ttl"), ast.Call) and "name" in kw:
-                delta = timedelta(**{k.arg: ast.literal_eval(k.value) for k in kw["ttl"].keywords})
-                ttls[ast.literal_eval(kw["name"])] = int(delta.total_seconds()) * SEC
-    return ttls
+    return {v.name: int(v.ttl.total_seconds()) * SEC for v in repo_views(FEATURE_REPO)}
 
 
 TTL = declared_ttls()
@@ -902,4 +903,4 @@ def test_unknown_view_raises(world: World, tmp_path: Path) -> None:
 
 
 def test_all_views_are_covered() -> None:
-    assert {v.name for v in VIEWS} == set(INCREMENTAL_VIEWS) | {"user_profile"}
+    assert {s.name for s in SPECS} == set(INCREMENTAL_VIEWS) | {"user_profile"}
