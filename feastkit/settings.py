@@ -14,7 +14,10 @@ _PACKAGE_PARENT = Path(__file__).resolve().parent.parent
 
 
 def _default_project_root() -> Path:
-    """The checkout holding feature_repo/: the package's parent when installed editable, else cwd."""
+    """The project holding feature_repo/: the working directory when it has one (a project made by
+    `feastkit init`), else the package's parent (this checkout, installed editable), else cwd."""
+    if (Path.cwd() / "feature_repo").is_dir():
+        return Path.cwd()
     if (_PACKAGE_PARENT / "feature_repo").is_dir():
         return _PACKAGE_PARENT
     return Path.cwd()
