@@ -25,8 +25,10 @@ Semantics (the point-in-time contract):
 
 from __future__ import annotations
 
+import functools
 import json
 import re
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -64,6 +66,24 @@ RESERVED = ("event_timestamp", "ts", "k")
 
 class DeclarationError(FeastkitError):
     """A feature view declaration that cannot be computed; names the view and the field."""
+
+
+def _declaration_errors_in_one_line(previous: Any) -> Any:
+    """An excepthook printing an uncaught DeclarationError as one line (`feast apply` imports the
+    repo and would otherwise show a stack trace), and anything else as before."""
+
+    def hook(exc_type: type[BaseException], exc: BaseException, tb: Any) -> None:
+        if isinstance(exc, DeclarationError):
+            sys.stderr.write(f"error: {exc.message}\n")
+        else:
+            previous(exc_type, exc, tb)
+
+    hook.feastkit = True  # type: ignore[attr-defined]
+    return hook
+
+
+if not getattr(sys.excepthook, "feastkit", False):
+    sys.excepthook = _declaration_errors_in_one_line(sys.excepthook)
 
 
 def _micros(duration: timedelta) -> int:
@@ -111,6 +131,37 @@ class Derived:
     dtype: Any = None
     description: str = ""
     default: str | None = None
+
+
+@functools.cache
+def _declared_view_class() -> type:
+    """Feast's FeatureView, compared without the registry's materialization intervals.
+
+    Feast's `FeatureView.__eq__` also compares `materialization_intervals`, state the registry
+    records at each materialization, never part of a definition: after any materialization
+    `feast plan` reported the view as updated although nothing changed. A declared view compares
+    equal to its applied self whatever has been materialized; everything else is Feast's.
+    """
+    from feast import FeatureView
+
+    class DeclaredFeatureView(FeatureView):
+        def __eq__(self, other: object) -> bool:
+            if not isinstance(other, FeatureView):
+                return NotImplemented
+            mine = self.materialization_intervals
+            self.materialization_intervals = other.materialization_intervals
+            try:
+                return super().__eq__(other)
+            finally:
+                self.materialization_intervals = mine
+
+        def __ne__(self, other: object) -> bool:
+            equal = self.__eq__(other)
+            return equal if equal is NotImplemented else not equal
+
+        __hash__ = FeatureView.__hash__
+
+    return DeclaredFeatureView
 
 
 def _type_name(dtype: Any) -> str:
@@ -372,7 +423,7 @@ def windowed_view(*, name: str, entity: Entity, events: Any, features: Sequence[
     allowed (default: the longest declared), i.e. how much history each run reads.
     `push_source`: also accept fresh rows through a Feast PushSource of this name.
     """
-    from feast import FeatureView, PushSource
+    from feast import PushSource
 
     if not features:
         raise DeclarationError(f"feature view '{name}' declares no features", "add at least one Aggregation")
@@ -427,8 +478,8 @@ def windowed_view(*, name: str, entity: Entity, events: Any, features: Sequence[
     all_tags = {**(tags or {}), SPEC_TAG: spec.to_json(), "row_timestamp": spec.row_timestamp}
     if freshness_sla:
         all_tags["freshness_sla"] = freshness_sla
-    return FeatureView(name=name, entities=[entity], ttl=ttl, schema=fields, source=source, online=online,
-                       description=description, owner=owner, tags=all_tags)
+    return _declared_view_class()(name=name, entities=[entity], ttl=ttl, schema=fields, source=source,
+                                  online=online, description=description, owner=owner, tags=all_tags)
 
 
 def reference_view(*, name: str, entity: Entity, source: Any, features: Sequence[Derived],
@@ -436,7 +487,6 @@ def reference_view(*, name: str, entity: Entity, source: Any, features: Sequence
                    owner: str = "", tags: dict[str, str] | None = None, online: bool = True) -> FeatureView:
     """A dimension view: one row per raw row (say per user), stamped at the source's timestamp, with
     features as SQL expressions over the raw columns. Rewritten whole by every compute run."""
-    from feast import FeatureView
 
     event = _event_source(name, source)
     key = entity.join_key
@@ -455,5 +505,6 @@ def reference_view(*, name: str, entity: Entity, source: Any, features: Sequence
     all_tags = {**(tags or {}), SPEC_TAG: spec.to_json(), "row_timestamp": "event_time"}
     if freshness_sla:
         all_tags["freshness_sla"] = freshness_sla
-    return FeatureView(name=name, entities=[entity], ttl=ttl, schema=fields, source=feature_table(name),
-                       online=online, description=description, owner=owner, tags=all_tags)
+    return _declared_view_class()(name=name, entities=[entity], ttl=ttl, schema=fields,
+                                  source=feature_table(name), online=online, description=description,
+                                  owner=owner, tags=all_tags)

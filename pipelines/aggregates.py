@@ -260,7 +260,7 @@ def _events_sql(spec: ViewSpec, clean_dir: Path, lo: str, hi: str) -> tuple[str,
         selected += [f"coalesce(({condition}), FALSE) AS {alias}" for condition, alias in filters.items()]
         ts = f'"{source.timestamp}"'
         parts.append(f"""SELECT k, ts{''.join(', ' + c for c in selected)} FROM (
-                           SELECT *, "{spec.entity_key}" AS k, make_timestamp(epoch_us({ts})) AS ts
+                           SELECT *, "{spec.entity_key}" AS k, make_timestamp(epoch_us({ts}::TIMESTAMPTZ)) AS ts
                            FROM read_parquet('{clean_table(clean_dir, source.table)}')
                            WHERE {ts} >= {lo} AND {ts} < {hi}) {keep}""")
     return " UNION ALL BY NAME ".join(parts), reads
@@ -367,7 +367,7 @@ def _check_declaration(con: duckdb.DuckDBPyConnection, spec: ViewSpec, clean_dir
             if agg.source == source.name and agg.where is not None:
                 try:
                     con.execute(f"""SELECT ({agg.where})::BOOLEAN FROM (SELECT *, make_timestamp(epoch_us(
-                                    "{source.timestamp}")) AS ts FROM read_parquet('{path}')) LIMIT 0""")
+                                    "{source.timestamp}"::TIMESTAMPTZ)) AS ts FROM read_parquet('{path}')) LIMIT 0""")
                 except duckdb.Error as exc:
                     raise DeclarationError(
                         f"feature view '{spec.name}', feature '{agg.name}': filter {agg.where!r} does not "

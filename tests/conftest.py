@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -81,7 +82,8 @@ def repo_views(repo_path: Path = REPO_ROOT / "feature_repo") -> list:
         sys.modules.pop(name, None)
     sys.path.insert(0, str(repo_path))
     try:
-        return list(parse_repo(Path(repo_path)).feature_views)
+        with contextlib.chdir(repo_path):  # Feast names repo modules relative to the working directory
+            return list(parse_repo(Path(repo_path)).feature_views)
     finally:
         sys.path.remove(str(repo_path))
         for name in own_modules():
