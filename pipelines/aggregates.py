@@ -181,8 +181,10 @@ def _empty_windowed(events: pa.Table, aggregates: tuple[Aggregate, ...]) -> pa.T
     def output_type(agg: Aggregate) -> pa.DataType:
         if agg.kind == "last_value":
             return events.schema.field(agg.column).type
-        if agg.kind == "last_n":
-            return pa.list_(events.schema.field(agg.column).type)
+        if agg.kind == "last_n":  # the engine gives numbers as doubles, other values as they are
+            column = events.schema.field(agg.column).type
+            numeric = pa.types.is_integer(column) or pa.types.is_floating(column) or pa.types.is_decimal(column)
+            return pa.list_(pa.float64() if numeric else column)
         return types.get(agg.kind, pa.float64())
 
     return pa.table({"k": pa.array([], type=events.schema.field("k").type), "ts": pa.array([], type=UTC_MICROS),
