@@ -25,10 +25,10 @@ install: $(DEV_INSTALLED)
 demo: $(INSTALLED)
 	@PATH="$(abspath $(BIN)):$$PATH" bash scripts/demo.sh
 
-## All tests: unit and integration (real Redis and PostgreSQL, started if they are down).
-test: $(DEV_INSTALLED)
+## All tests: the lint (ruff + the layer contract), then unit and integration tests (real Redis and
+## PostgreSQL, started if they are down).
+test: lint
 	@bash scripts/ensure-services.sh
-	$(BIN)/ruff check .
 	$(BIN)/pytest -q
 
 test-unit: $(DEV_INSTALLED)
@@ -38,8 +38,10 @@ test-integration: $(DEV_INSTALLED)
 	@bash scripts/ensure-services.sh
 	$(BIN)/pytest -q tests/integration
 
+## ruff, then the layer contract of pyproject.toml [tool.importlinter] (docs/architecture.md).
 lint: $(DEV_INSTALLED)
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 
 serve: $(INSTALLED)
 	$(BIN)/feastkit serve
@@ -66,4 +68,4 @@ airflow: $(DEV_INSTALLED)
 	@PATH="$(abspath $(BIN)):$$PATH" bash scripts/airflow.sh
 
 clean:
-	rm -rf data feature_repo/data .pytest_cache .ruff_cache .airflow
+	rm -rf data feature_repo/data .pytest_cache .ruff_cache .import_linter_cache .airflow

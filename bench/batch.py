@@ -340,14 +340,15 @@ def child_mat(contender: str, work: Path, batch_size: int) -> None:
 
 def _feast_redis_payload(store, view, work: Path) -> list[tuple[bytes, dict]]:
     """Feast's exact Redis keys and hash fields for every row, built with Feast's own encoders."""
-    from feast.infra.online_stores.helpers import _mmh3, _redis_key
     from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
     from feast.type_map import python_values_to_proto_values
     from feast.value_type import ValueType
     from google.protobuf.timestamp_pb2 import Timestamp
 
+    from feastkit.feast_compat import redis_field, redis_key
+
     frame = pd.read_parquet(work / "mat.parquet")
-    fields = {f: _mmh3(f"{view.name}:{f}") for f in MAT_FEATURES}
+    fields = {f: redis_field(f"{view.name}:{f}") for f in MAT_FEATURES}
     values = {f: [v.SerializeToString() for v in
                   python_values_to_proto_values(frame[f].tolist(), ValueType.DOUBLE)] for f in MAT_FEATURES}
     keys = python_values_to_proto_values(frame["entity_id"].tolist(), ValueType.INT64)
@@ -359,7 +360,7 @@ def _feast_redis_payload(store, view, work: Path) -> list[tuple[bytes, dict]]:
         entity_key = EntityKeyProto(join_keys=["entity_id"], entity_values=[key])
         mapping = {ts_field: stamp.SerializeToString()}
         mapping.update({fields[f]: values[f][i] for f in MAT_FEATURES})
-        payload.append((_redis_key(PROJECT, entity_key, entity_key_serialization_version=3), mapping))
+        payload.append((redis_key(PROJECT, entity_key, entity_key_serialization_version=3), mapping))
     return payload
 
 

@@ -26,7 +26,8 @@ from feast.infra.compute_engines.local.feature_builder import LocalFeatureBuilde
 from feast.infra.compute_engines.local.job import LocalMaterializationJob
 from feast.infra.compute_engines.local.nodes import LocalOutputNode
 from feast.infra.registry.base_registry import BaseRegistry
-from feast.utils import _convert_arrow_to_proto
+
+from feastkit.feast_compat import MaterializeTaskHook, arrow_to_protos, compute_backend
 
 
 class ArrowOutputNode(LocalOutputNode):
@@ -47,7 +48,7 @@ class ArrowOutputNode(LocalOutputNode):
             if not write_arrow(context.repo_config, self.feature_view, batch, join_keys, None):
                 context.online_store.online_write_batch(
                     config=context.repo_config, table=self.feature_view,
-                    data=_convert_arrow_to_proto(batch, self.feature_view, join_keys), progress=None)
+                    data=arrow_to_protos(batch, self.feature_view, join_keys), progress=None)
         if self.feature_view.offline:
             context.offline_store.offline_write_batch(config=context.repo_config, feature_view=self.feature_view,
                                                       table=table, progress=lambda _: None)
@@ -71,15 +72,16 @@ class ArrowWriteComputeEngineConfig(LocalComputeEngineConfig):
     )
 
 
-class ArrowWriteComputeEngine(LocalComputeEngine):
+class ArrowWriteComputeEngine(MaterializeTaskHook, LocalComputeEngine):
     """Feast's local compute engine whose materialization writes Arrow batches to the online store."""
 
-    def _materialize_one(self, registry: BaseRegistry, task: MaterializationTask,
+    def materialize_task(self, registry: BaseRegistry, task: MaterializationTask,
                          **kwargs) -> LocalMaterializationJob:
+        """One task of Feast's `materialize`: Feast's local plan with `ArrowOutputNode` last."""
         job_id = f"{task.feature_view.name}-{task.start_time}-{task.end_time}"
         context = self.get_execution_context(registry, task)
         try:
-            builder = ArrowFeatureBuilder(registry, task, backend=self._get_backend(context))
+            builder = ArrowFeatureBuilder(registry, task, backend=compute_backend(self, context))
             builder.build().execute(context)
             return LocalMaterializationJob(job_id=job_id, status=MaterializationJobStatus.SUCCEEDED)
         except Exception as exc:  # reported through the job, as Feast's engine does

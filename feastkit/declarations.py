@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from feastkit.errors import FeastkitError
+from feastkit.times import micros
 
 if TYPE_CHECKING:
     from feast import Entity, FeatureView
@@ -84,10 +85,6 @@ def _declaration_errors_in_one_line(previous: Any) -> Any:
 
 if not getattr(sys.excepthook, "feastkit", False):
     sys.excepthook = _declaration_errors_in_one_line(sys.excepthook)
-
-
-def _micros(duration: timedelta) -> int:
-    return (duration.days * 86_400 + duration.seconds) * 1_000_000 + duration.microseconds
 
 
 def duration_text(us: int) -> str:
@@ -385,7 +382,7 @@ def _aggregation_spec(view: str, agg: Aggregation, sources: list[EventSource], s
         raise DeclarationError(f"{where}: last_n needs n between 1 and 1000", "pass n=10, for example")
     if not isinstance(agg.window, timedelta) or agg.window <= timedelta(0):
         raise DeclarationError(f"{where}: window must be a positive timedelta", "pass window=timedelta(days=7)")
-    window_us = _micros(agg.window)
+    window_us = micros(agg.window)
     if lookback_us is not None and window_us > lookback_us:
         raise DeclarationError(f"{where}: window {duration_text(window_us)} is longer than the view's lookback "
                                f"{duration_text(lookback_us)}", "shorten the window or raise lookback=")
@@ -433,11 +430,11 @@ def windowed_view(*, name: str, entity: Entity, events: Any, features: Sequence[
     sources = [_event_source(name, s) for s in raw_sources]
     source_names = {id(raw): s.name for raw, s in zip(raw_sources, sources, strict=True)}
     key = entity.join_key
-    grid_us = 0 if grid is None else _micros(grid)
+    grid_us = 0 if grid is None else micros(grid)
     if grid is not None and (grid_us <= 0 or 86_400_000_000 % grid_us):
         raise DeclarationError(f"feature view '{name}': grid {grid} does not divide a day",
                                "use a grid such as timedelta(hours=1) or timedelta(days=1), or None")
-    lookback_us = None if lookback is None else _micros(lookback)
+    lookback_us = None if lookback is None else micros(lookback)
     seen: set[str] = set()
     aggregations: list[AggregationSpec] = []
     outputs: list[FeatureSpec] = []

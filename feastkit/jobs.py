@@ -10,27 +10,24 @@ import json
 import logging
 import os
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from feastkit import times
 from feastkit.errors import FeastkitError
 from feastkit.settings import Settings
+from feastkit.times import utc
 
 log = logging.getLogger(__name__)
 
-# The feature tables `feastkit compute` writes (pipelines.aggregates.VIEWS), named here so the DAG
-# files can declare one Airflow Asset per table without importing DuckDB at parse time.
-FEATURE_TABLES: tuple[str, ...] = ("user_transaction_stats", "merchant_risk_stats", "customer_activity",
-                                   "user_realtime_activity", "user_profile")
 RAW_TABLES: tuple[str, ...] = ("transactions", "activity", "fraud_labels", "users", "merchants")
-ASSET_URI = "x-feastkit://features/{table}"
+# One Asset for the feature tables: which views exist is the registry's business (declared in
+# feature_repo/), so the DAG files name no view. Each event's extra carries the interval and the
+# rows written per view.
+FEATURES_ASSET_NAME = "feastkit_features"
+FEATURES_ASSET_URI = "x-feastkit://features"
 SETTINGS_VARIABLE = "feastkit_settings"
-
-
-def asset_uri(table: str) -> str:
-    """The Airflow Asset URI of a feature table."""
-    return ASSET_URI.format(table=table)
 
 
 # What every DAG shares ---------------------------------------------------------------------------
@@ -113,31 +110,13 @@ def _variable_overrides() -> dict[str, Any]:
 # Intervals ---------------------------------------------------------------------------------------
 
 
-def utc(value: datetime | str) -> datetime:
-    """A timezone-aware UTC datetime from a datetime or an ISO string (no zone means UTC)."""
-    if isinstance(value, str):
-        try:
-            value = datetime.fromisoformat(value.replace("Z", "+00:00"))
-        except ValueError:
-            raise FeastkitError(f"'{value}' is not an ISO date or time",
-                                "use ISO format, e.g. 2026-03-01T05:00:00+00:00") from None
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    value = value.astimezone(UTC)
-    # a plain datetime: Airflow hands tasks pendulum DateTimes, which pandas cannot compare
-    return datetime(value.year, value.month, value.day, value.hour, value.minute, value.second,
-                    value.microsecond, tzinfo=UTC)
+DAG_INTERVAL_FIX = ("schedule the DAG with an interval timetable (CronDataIntervalTimetable), or pass "
+                    "start < end in the run's conf")
 
 
 def check_interval(start: datetime | str, end: datetime | str) -> tuple[datetime, datetime]:
     """Validated UTC [start, end); a run without a data interval is refused with the fix."""
-    a, b = utc(start), utc(end)
-    if b <= a:
-        raise FeastkitError(
-            f"the interval [{a.isoformat()}, {b.isoformat()}) is empty",
-            "schedule the DAG with an interval timetable (CronDataIntervalTimetable), or pass "
-            "start < end in the run's conf")
-    return a, b
+    return times.check_interval(start, end, fix=DAG_INTERVAL_FIX)
 
 
 def intervals_from_asset_events(extras: list[dict[str, Any]]) -> list[tuple[datetime, datetime]]:
@@ -175,8 +154,10 @@ def check_raw_tables(settings: Settings) -> None:
 
 def check_feature_files(settings: Settings, views: list[str] | None = None) -> None:
     """Every file of the feature tables materialization reads is a readable parquet file."""
+    from feastkit.store import applied_specs, open_store
+
     files: list[Path] = []
-    for table in views or FEATURE_TABLES:
+    for table in views or [s.name for s in applied_specs(open_store(settings))]:
         files += sorted((settings.features_dir / table).glob("*.parquet"))
     check_parquet_files(files, "feature file",
                         "rerun the feature_pipeline DAG for the intervals that wrote it (or "
@@ -207,10 +188,11 @@ def run_compute(settings: Settings, start: datetime | str, end: datetime | str) 
 
     Reruns and backfills replace exactly the rows the interval owns, so they are idempotent.
     """
+    from feastkit.store import applied_specs, open_store
     from pipelines.aggregates import compute_features
 
     a, b = check_interval(start, end)
-    computed = compute_features(settings.clean_dir, settings.features_dir, a, b)
+    computed = compute_features(applied_specs(open_store(settings)), settings.clean_dir, settings.features_dir, a, b)
     for line in computed.lines():
         log.info("features [%s, %s) %s", a.isoformat(), b.isoformat(), line)
     return {"start": a.isoformat(), "end": b.isoformat(), "rows": dict(computed.rows),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 import weakref
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Literal
 
 import ibis
@@ -12,24 +12,23 @@ import numpy as np
 import pandas as pd
 from feast.feature_view import FeatureView
 from feast.infra.offline_stores import offline_utils
-from feast.infra.offline_stores.duckdb import (
-    DuckDBOfflineStore,
-    DuckDBOfflineStoreConfig,
-    _read_data_source,
-    _write_data_source,
-)
+from feast.infra.offline_stores.duckdb import DuckDBOfflineStore, DuckDBOfflineStoreConfig
 from feast.infra.offline_stores.file_source import FileSource
-from feast.infra.offline_stores.ibis import (
-    IbisRetrievalJob,
-    _get_entity_df_event_timestamp_range,
-    _get_entity_schema,
-    _to_utc,
-)
+from feast.infra.offline_stores.ibis import IbisRetrievalJob
 from feast.infra.offline_stores.offline_store import RetrievalJob, RetrievalMetadata
 from feast.infra.registry.base_registry import BaseRegistry
 from feast.on_demand_feature_view import OnDemandFeatureView
 from feast.repo_config import RepoConfig
 from ibis.expr import datatypes as dt
+
+from feastkit import times
+from feastkit.feast_compat import (
+    duckdb_read_source,
+    duckdb_write_source,
+    entity_df_to_utc,
+    entity_schema,
+    entity_timestamp_range,
+)
 
 STORE_TYPE = "feastkit.offline_stores.AsofDuckDBOfflineStore"
 _ROW = "__feastkit_asof_row"
@@ -65,7 +64,7 @@ def _feature_side_sql(feature_view: FeatureView, config: RepoConfig, columns: li
     the latest entity time, or expired before the earliest) are pruned before the join.
     """
     source = feature_view.batch_source
-    table = _read_data_source(source, str(config.repo_path))
+    table = duckdb_read_source(source, str(config.repo_path))
     for old_name, new_name in source.field_mapping.items():
         if old_name in table.columns:
             table = table.rename({new_name: old_name})
@@ -80,17 +79,12 @@ def _feature_side_sql(feature_view: FeatureView, config: RepoConfig, columns: li
             ibis.literal("-infinity").cast(utc))
     selection.update({out: table[col] for col, out in columns})
     table = table.select(**selection)
-    earliest, latest = (_utc(t) for t in entity_range)
+    earliest, latest = (times.utc(t) for t in entity_range)  # naive entity times are UTC, as Feast reads them
     keep = [table[_TS].notnull(), table[_TS] <= ibis.literal(latest, type=utc)]
     if feature_view.ttl:
         keep.append(table[_TS] >= ibis.literal(earliest - feature_view.ttl, type=utc))
     table = table.filter(*keep)
     return ibis.to_sql(table, dialect="duckdb"), key_map, bool(created)
-
-
-def _utc(value: datetime) -> datetime:
-    """Naive entity times are UTC, as Feast reads them."""
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 def _asof_query(entity_name: str, entity_columns: list[str], event_timestamp_col: str,
@@ -152,9 +146,9 @@ class AsofDuckDBOfflineStore(DuckDBOfflineStore):
                 filter_by_created_timestamp=filter_by_created_timestamp)
         assert isinstance(entity_df, pd.DataFrame)
         event_timestamp_col = offline_utils.infer_event_timestamp_from_entity_df(
-            _get_entity_schema(entity_df))
-        timestamp_range = _get_entity_df_event_timestamp_range(entity_df, event_timestamp_col)
-        frame = _to_utc(entity_df.copy(deep=False), event_timestamp_col)
+            entity_schema(entity_df))
+        timestamp_range = entity_timestamp_range(entity_df, event_timestamp_col)
+        frame = entity_df_to_utc(entity_df.copy(deep=False), event_timestamp_col)
         entity_columns = list(frame.columns)
         frame[_ROW] = np.arange(len(frame), dtype="int64")
 
@@ -162,7 +156,7 @@ class AsofDuckDBOfflineStore(DuckDBOfflineStore):
         for fv in feature_views:
             columns = _feature_columns(fv, feature_refs, full_feature_names)
             sql, key_map, has_created = _feature_side_sql(fv, config, columns, timestamp_range)
-            ttl_us = int(fv.ttl.total_seconds() * 1_000_000) if fv.ttl else None
+            ttl_us = times.micros(fv.ttl) if fv.ttl else None
             sides.append((sql, key_map, has_created, [out for _, out in columns], ttl_us))
 
         backend = ibis.get_backend()  # the connection Feast's reader registered the sources on
@@ -187,7 +181,7 @@ class AsofDuckDBOfflineStore(DuckDBOfflineStore):
                 min_event_timestamp=timestamp_range[0],
                 max_event_timestamp=timestamp_range[1],
             ),
-            data_source_writer=_write_data_source,
+            data_source_writer=duckdb_write_source,
             staging_location=config.offline_store.staging_location,
             staging_location_endpoint_override=config.offline_store.staging_location_endpoint_override,
             repo_path=str(config.repo_path),

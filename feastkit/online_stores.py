@@ -18,24 +18,15 @@ import numpy as np
 import pyarrow as pa
 from feast import FeatureView, RepoConfig
 from feast.infra.key_encoding_utils import serialize_entity_key
-from feast.infra.online_stores.helpers import _mmh3
-from feast.infra.online_stores.redis import (
-    RedisOnlineStore,
-    RedisOnlineStoreConfig,
-    _versioned_fv_name,
-)
-from feast.infra.online_stores.sqlite import (
-    SqliteOnlineStore,
-    SqliteOnlineStoreConfig,
-    _quote_id,
-    _table_id,
-)
+from feast.infra.online_stores.redis import RedisOnlineStore, RedisOnlineStoreConfig
+from feast.infra.online_stores.sqlite import SqliteOnlineStore, SqliteOnlineStoreConfig
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 from feast.utils import to_naive_utc
 from feast.value_type import ValueType
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from feastkit import feast_compat
 from feastkit.arrow_encoding import (
     encode_entity_keys,
     encode_timestamps,
@@ -80,6 +71,15 @@ class MonotonicSqliteOnlineStore(SqliteOnlineStore):
 
     skipped_writes: int = 0
 
+    def plan(self, config: Any, desired_registry_proto: Any) -> list:
+        """No infrastructure objects, as for every store type but Feast's own "sqlite".
+
+        `feast apply` records infrastructure in the registry only for `type: sqlite`; for any other
+        type it creates the tables in `update()` and records nothing, so listing Feast's sqlite
+        tables here made every `feast plan` report them as created. Feast's Redis store plans none.
+        """
+        return []
+
     def online_write_batch(
         self,
         config: RepoConfig,
@@ -89,8 +89,9 @@ class MonotonicSqliteOnlineStore(SqliteOnlineStore):
     ) -> None:
         if not data:
             return
-        conn = self._get_conn(config)
-        table_name = _table_id(config.project, table, config.registry.enable_online_feature_view_versioning)
+        conn = feast_compat.sqlite_connection(self, config)
+        table_name = feast_compat.sqlite_table_name(config.project, table,
+                                                    config.registry.enable_online_feature_view_versioning)
         version = config.entity_key_serialization_version
         keys = [serialize_entity_key(row[0], entity_key_serialization_version=version) for row in data]
         kept = _newest_not_older(keys, [to_naive_utc(row[2]) for row in data], _stored_times(conn, table_name, keys))
@@ -116,8 +117,9 @@ class MonotonicSqliteOnlineStore(SqliteOnlineStore):
             return False
         if batch.num_rows == 0:
             return True
-        conn = self._get_conn(config)
-        table_name = _table_id(config.project, table, config.registry.enable_online_feature_view_versioning)
+        conn = feast_compat.sqlite_connection(self, config)
+        table_name = feast_compat.sqlite_table_name(config.project, table,
+                                                    config.registry.enable_online_feature_view_versioning)
         keys = encode_entity_keys(batch, join_keys)
         event_times = naive_datetimes(event_micros(batch.column(plan.timestamp_field)))
         created_times = (optional_naive_datetimes(batch.column(plan.created_field)) if plan.created_field
@@ -140,7 +142,7 @@ class MonotonicSqliteOnlineStore(SqliteOnlineStore):
             key, event_ts, created_ts = keys[i], event_times[i], created_times[i]
             rows.extend((key, name, values[f][r], texts[f][r], event_ts, created_ts)
                         for f, name in enumerate(names))
-        upsert = (f"INSERT INTO {_quote_id(table_name)} "
+        upsert = (f"INSERT INTO {feast_compat.sqlite_quote(table_name)} "
                   "(entity_key, feature_name, value, value_text, event_ts, created_ts) VALUES (?, ?, ?, ?, ?, ?) "
                   "ON CONFLICT(entity_key, feature_name) DO UPDATE SET value = excluded.value, "
                   "value_text = excluded.value_text, event_ts = excluded.event_ts, "
@@ -229,8 +231,8 @@ class FastRedisOnlineStore(RedisOnlineStore):
             return False
         if batch.num_rows == 0:
             return True
-        client = self._get_client(store_config)
-        view_name = _versioned_fv_name(table, config)
+        client = feast_compat.redis_client(self, store_config)
+        view_name = feast_compat.redis_view_name(table, config)
         ts_field = f"_ts:{view_name}".encode()
         project = config.project.encode("utf-8")
         keys = [key + project for key in encode_entity_keys(batch, join_keys)]
@@ -238,7 +240,7 @@ class FastRedisOnlineStore(RedisOnlineStore):
         kept = (range(batch.num_rows) if store_config.skip_dedup
                 else self._newer_rows(client, keys, ts_field, micros))
         stamps = encode_timestamps(micros)
-        fields = [_mmh3(f"{view_name}:{name}") for name, _ in plan.features]
+        fields = [feast_compat.redis_field(f"{view_name}:{name}") for name, _ in plan.features]
         columns = [encode_values(batch.column(name), value_type) for name, value_type in plan.features]
         ttl = store_config.key_ttl_seconds
         with client.pipeline(transaction=False) as pipe:
@@ -261,13 +263,13 @@ class FastRedisOnlineStore(RedisOnlineStore):
         commands: list[tuple[bytes, list]] = []
         parts = []
         for table, entity_keys, features in reads:
-            view_name = _versioned_fv_name(table, config)
-            names, fields = self._generate_hset_keys_for_features(table, list(features), fv_name_override=view_name)
-            keys = self._generate_redis_keys_for_entities(config, entity_keys)
+            view_name = feast_compat.redis_view_name(table, config)
+            names, fields = feast_compat.redis_hash_fields(self, table, list(features), view_name)
+            keys = feast_compat.redis_entity_keys(self, config, entity_keys)
             parts.append((view_name, names, len(commands), len(keys)))
             commands.extend((key, fields) for key in keys)
-        replies = self._read_hash_fields(config, commands)
-        return [self._convert_redis_values_to_protobuf(replies[at:at + n], view_name, names)
+        replies = feast_compat.redis_read_hash_fields(self, config, commands)
+        return [feast_compat.redis_values_to_protos(self, replies[at:at + n], view_name, names)
                 for view_name, names, at, n in parts]
 
     @staticmethod

@@ -16,9 +16,12 @@ from typing import TYPE_CHECKING
 
 from feastkit.errors import FeastkitError
 from feastkit.settings import Settings
+from feastkit.times import ONE_MICROSECOND, check_interval, require_aware, utc
 
 if TYPE_CHECKING:
     from feast import FeatureStore
+
+    from feastkit.declarations import ViewSpec
 
 
 def feast_environment(settings: Settings) -> dict[str, str]:
@@ -64,6 +67,14 @@ def require_applied(store: FeatureStore) -> None:
         raise FeastkitError("the feature registry is empty", "run `feastkit apply` first")
 
 
+def applied_specs(store: FeatureStore) -> list[ViewSpec]:
+    """The declared views' specs as the applied registry holds them (what `feastkit compute` builds)."""
+    from feastkit.declarations import specs_of
+
+    require_applied(store)
+    return specs_of(store.list_feature_views())
+
+
 def apply_repo(settings: Settings) -> str:
     """Run `feast apply` on the repo for the selected profile, exactly as a user would; returns its output."""
     env = {**os.environ, **feast_environment(settings)}
@@ -73,7 +84,11 @@ def apply_repo(settings: Settings) -> str:
     (settings.repo_path / "data").mkdir(exist_ok=True)
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
-        tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-5:])
+        output = (proc.stderr or proc.stdout).strip().splitlines()
+        declared = [line.removeprefix("error: ") for line in output if line.startswith("error: feature view")]
+        if declared:  # a feastkit declaration error: one line naming the view and the field
+            raise FeastkitError(f"`feast apply` refused a declaration: {declared[-1]}")
+        tail = "\n".join(output[-5:])
         raise FeastkitError(f"`feast apply` failed:\n{tail}", "fix the definition it names and apply again")
     return re.sub(r"\x1b\[[0-9;]*m", "", proc.stdout)
 
@@ -114,15 +129,6 @@ class MaterializeReport:
                 f"{self.end:%Y-%m-%d %H:%M}) UTC in {self.chunks} chunk(s): {', '.join(self.views)}")
 
 
-def _check_interval(start: datetime, end: datetime) -> tuple[datetime, datetime]:
-    if start.tzinfo is None or end.tzinfo is None:
-        raise FeastkitError("materialization bounds need a timezone", "pass UTC times such as 2026-03-01T00:00Z")
-    if end <= start:
-        raise FeastkitError(f"end {end:%Y-%m-%d %H:%M} is not after start {start:%Y-%m-%d %H:%M}",
-                            "pass --start earlier than --end")
-    return start.astimezone(UTC), end.astimezone(UTC)
-
-
 def materialize_interval(settings: Settings, start: datetime, end: datetime,
                          views: list[str] | None = None, chunk: timedelta | None = None,
                          store: FeatureStore | None = None) -> MaterializeReport:
@@ -136,7 +142,8 @@ def materialize_interval(settings: Settings, start: datetime, end: datetime,
     deterministic, the watermark cannot be corrupted by `feast apply` or a future end date,
     and chunking bounds memory on long ranges.
     """
-    start, end = _check_interval(start, end)
+    start, end = check_interval(require_aware(start, "materialization start"),
+                                require_aware(end, "materialization end"), fix="pass --start earlier than --end")
     store = store or open_store(settings)
     require_applied(store)
     known = {fv.name for fv in store.list_feature_views() if fv.online}
@@ -149,7 +156,7 @@ def materialize_interval(settings: Settings, start: datetime, end: datetime,
                   if fv.tags.get("row_timestamp") == "window_end"}
     at_end = [v for v in chosen if v in window_end]
     at_event = [v for v in chosen if v not in window_end]
-    one = timedelta(microseconds=1)
+    one = ONE_MICROSECOND
     n = 0
     for a, b in chunks(start, end, size):
         # Feast's bounds are inclusive at both ends. Rows stamped at a window's end belong to
@@ -172,7 +179,7 @@ def last_materialized_end(store: FeatureStore, views: list[str] | None = None) -
         end = fv.most_recent_end_time
         if end is None:
             return None
-        ends.append(end.astimezone(UTC) + timedelta(microseconds=1))
+        ends.append(utc(end) + ONE_MICROSECOND)
     return min(ends) if ends else None
 
 

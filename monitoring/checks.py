@@ -12,6 +12,7 @@ import pandas as pd
 
 from feastkit.errors import FeastkitError
 from feastkit.settings import Settings
+from feastkit.times import require_aware
 from monitoring.drift import DriftThresholds, FeatureDrift, compare_feature, compare_frames, decide
 from monitoring.freshness import ViewFreshness, check_freshness
 from monitoring.skew import FeatureSkew, check_skew
@@ -93,12 +94,6 @@ class MonitoringOutcome:
 
 
 # Windows through Feast ---------------------------------------------------------------------------
-
-
-def _utc(dt: datetime) -> datetime:
-    if dt.tzinfo is None:
-        raise FeastkitError(f"time {dt} has no timezone", "pass UTC times, e.g. 2026-03-01T00:00Z")
-    return dt.astimezone(UTC)
 
 
 def window_features(store: FeatureStore, settings: Settings, service: str, start: datetime,
@@ -203,13 +198,14 @@ def run_monitoring(settings: Settings, *, end: datetime | None = None, current_d
 
     drift: list[ServiceDrift] = []
     if "drift" in checks:
-        data_end = _utc(end) if end is not None else data_range(settings.clean_dir)[1]
+        data_end = require_aware(end, "time") if end is not None else data_range(settings.clean_dir)[1]
         reference, current = default_windows(data_end, current_days, reference_days)
         drift = [drift_between(store, settings, s, reference, current, thresholds, max_rows, seed)
                  for s in services]
     freshness: list[ViewFreshness] = []
     if "freshness" in checks:
-        moment = _utc(as_of) if as_of is not None else (_utc(end) if end is not None else started)
+        moment = (require_aware(as_of, "time") if as_of is not None
+                  else require_aware(end, "time") if end is not None else started)
         freshness = check_freshness(store, moment)
     skew: dict[str, list[FeatureSkew]] = {}
     if "skew" in checks:

@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from feastkit.errors import FeastkitError
+from feastkit.times import require_aware, utc
 
 if TYPE_CHECKING:
     from feast import FeatureStore
@@ -60,9 +61,7 @@ def check_freshness(store: FeatureStore, as_of: datetime | None = None,
     as Feast's registry records it. The SLA is the view's `freshness_sla` tag, else its TTL
     (data older than the TTL is not served anyway), else none.
     """
-    as_of = (as_of or datetime.now(UTC))
-    if as_of.tzinfo is None:
-        raise FeastkitError("the freshness time needs a timezone", "pass a UTC time, e.g. 2026-03-01T00:00Z")
+    as_of = require_aware(as_of or datetime.now(UTC), "the freshness time")
     known = {fv.name: fv for fv in store.list_feature_views() if fv.online}
     chosen = sorted(views or known)
     unknown = sorted(set(chosen) - set(known))
@@ -83,7 +82,7 @@ def check_freshness(store: FeatureStore, as_of: datetime | None = None,
             out.append(ViewFreshness(name, sla.total_seconds() if sla else None, source, None, None,
                                      True, "never materialized"))
             continue
-        newest = newest.astimezone(UTC) if newest.tzinfo else newest.replace(tzinfo=UTC)
+        newest = utc(newest)
         age = (as_of - newest).total_seconds()
         stale = sla is not None and age > sla.total_seconds()
         if sla is None:

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from feastkit.errors import FeastkitError
+from feastkit.times import utc
 
 if TYPE_CHECKING:
     from feast import FeatureStore
@@ -171,5 +172,5 @@ def materialized_until(store: FeatureStore, views: list[str]) -> datetime | None
         end = fv.most_recent_end_time
         if end is None:
             return None
-        ends.append(end.astimezone(UTC) if end.tzinfo else end.replace(tzinfo=UTC))
+        ends.append(utc(end))
     return min(ends) if ends else None

@@ -25,7 +25,7 @@ import logging
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
 
 import duckdb
@@ -37,12 +37,12 @@ import pyarrow.compute as pc
 from feastkit.clean import EVENT_TABLES, clean_table, data_range
 from feastkit.declarations import DeclarationError, ViewSpec
 from feastkit.errors import FeastkitError
+from feastkit.times import epoch_micros, micros, require_aware
 from pipelines.windows import (
     UTC_MICROS,
     Aggregate,
     entity_codes,
     entity_keys,
-    micros,
     window_aggregates,
 )
 
@@ -123,10 +123,6 @@ class RowStamps:
 
 def _sql_time(epoch_us: int) -> str:
     return f"TIMESTAMP '{datetime(1970, 1, 1) + timedelta(microseconds=epoch_us)}'"
-
-
-def _epoch_micros(dt: datetime) -> int:
-    return micros(_utc(dt) - datetime(1970, 1, 1, tzinfo=UTC))
 
 
 @dataclass(frozen=True)
@@ -301,7 +297,7 @@ def windowed_query(spec: ViewSpec, clean_dir: Path, start: datetime, end: dateti
         window = timedelta(microseconds=agg.window_us + (1 if per_event else 0))
         extra = {"n": agg.n} if agg.n is not None else {}
         aggregates.append(Aggregate(agg.name, agg.kind, window, value, mask, **extra))
-    a, b = _epoch_micros(start), _epoch_micros(end)
+    a, b = epoch_micros(start), epoch_micros(end)
     if per_event:
         stamps: RowStamps | EventStamps = EventStamps(1, a, b)
     elif spec.grid < DAY:
@@ -326,12 +322,6 @@ class ComputeReport:
     def lines(self) -> list[str]:
         return [f"{name:<24} {n:>9,} rows  ({self.files[name]} day file(s) rewritten)"
                 for name, n in self.rows.items()]
-
-
-def _utc(dt: datetime) -> datetime:
-    if dt.tzinfo is None:
-        raise FeastkitError(f"timestamp {dt} has no timezone", "pass UTC timestamps, e.g. 2026-01-01T00:00Z")
-    return dt.astimezone(UTC)
 
 
 def event_tables(specs: list[ViewSpec]) -> list[tuple[str, str]]:
@@ -402,7 +392,7 @@ def compute_view(spec: ViewSpec, clean_dir: Path, features_dir: Path, start: dat
     one), the whole table is recomputed from every raw event instead, so rows of two definitions
     never mix.
     """
-    start, end = _utc(start), _utc(end)
+    start, end = require_aware(start, "interval start"), require_aware(end, "interval end")
     if end <= start:
         raise FeastkitError(f"empty interval: end {end} is not after start {start}",
                             "pass --start earlier than --end")
@@ -547,7 +537,7 @@ def compute_features(specs: list[ViewSpec], clean_dir: Path, features_dir: Path,
         if views and spec.name not in views:
             continue
         rows[spec.name], files[spec.name] = compute_view(spec, clean_dir, features_dir, start, end)
-    return ComputeReport(_utc(start), _utc(end), rows, files)
+    return ComputeReport(require_aware(start, "interval start"), require_aware(end, "interval end"), rows, files)
 
 
 def read_view(features_dir: Path, name: str) -> pd.DataFrame:

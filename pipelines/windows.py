@@ -46,6 +46,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from feastkit.times import micros
+
 SCALE = 10_000  # sums are exact in 1/10,000 of a unit; values are rounded to it first
 CHUNK_EVENTS = 50_000  # events per chunk of entities: small enough to stay in cache and reuse memory
 _KEY_LIMIT = 2**62
@@ -112,11 +114,6 @@ class Aggregate:
         if isinstance(self.precision, bool) or not isinstance(self.precision, int) or not 4 <= self.precision <= 16:
             raise ValueError(f"aggregate {self.name}: precision must be an integer from 4 to 16, "
                              f"not {self.precision!r}")
-
-
-def micros(duration: timedelta) -> int:
-    """A timedelta in whole microseconds, exactly (no float seconds on the way)."""
-    return (duration.days * 86_400 + duration.seconds) * 1_000_000 + duration.microseconds
 
 
 def _column(table: pa.Table, name: str) -> np.ndarray:

@@ -15,6 +15,7 @@ from feast.on_demand_feature_view import on_demand_feature_view
 from feast.types import Float64, Int64, String
 from feast.value_type import ValueType
 
+from feastkit import feast_compat
 from feastkit.offline_stores import STORE_TYPE, AsofDuckDBOfflineStore
 from feastkit.recipes import churn_entities, fraud_entities
 from feastkit.services import build_training_set
@@ -156,7 +157,7 @@ def _both(repo: dict[str, Any], features: list[str], full_feature_names: bool = 
 def test_the_plugin_is_selected_by_its_type_path(repo: dict[str, Any]) -> None:
     store = repo["asof"]
     assert type(store.config.offline_store).__name__ == "AsofDuckDBOfflineStoreConfig"
-    assert isinstance(store._get_provider().offline_store, AsofDuckDBOfflineStore)
+    assert isinstance(feast_compat.offline_store(store), AsofDuckDBOfflineStore)
 
 
 def test_equal_to_the_stock_store_cell_for_cell(repo: dict[str, Any]) -> None:
