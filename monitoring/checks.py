@@ -178,12 +178,14 @@ def run_monitoring(settings: Settings, *, end: datetime | None = None, current_d
                    thresholds: DriftThresholds | None = None, max_rows: int = DEFAULT_MAX_ROWS,
                    as_of: datetime | None = None, seed: int = 0,
                    store: FeatureStore | None = None) -> MonitoringOutcome:
-    """Drift, freshness and skew for one feature service (default: the fraud and churn services).
+    """Drift, freshness and skew for one feature service (default: every service the registry
+    names a label recipe for, as `feastkit train` does).
 
     `end` closes the current window (default: the end of the data). Freshness is judged at
     `as_of`, default `end` when given, else now. Reports go under settings.reports_dir.
     """
     from feastkit.clean import data_range
+    from feastkit.recipes import trainable_services
     from feastkit.store import open_store, require_applied
     from monitoring.report import write_reports
 
@@ -192,7 +194,7 @@ def run_monitoring(settings: Settings, *, end: datetime | None = None, current_d
         raise FeastkitError(f"unknown check(s) {unknown or '(none)'}", f"choose from {list(CHECKS)}")
     store = store or open_store(settings)
     require_applied(store)
-    services = [feature_service] if feature_service else [settings.fraud_service, settings.churn_service]
+    services = [feature_service] if feature_service else trainable_services(store)
     thresholds = thresholds or DriftThresholds()
     started = datetime.now(UTC)
 

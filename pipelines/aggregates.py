@@ -334,6 +334,15 @@ def event_tables(specs: list[ViewSpec]) -> list[tuple[str, str]]:
     return list(found)
 
 
+def default_range(specs: list[ViewSpec], clean_dir: Path) -> tuple[datetime, datetime]:
+    """The span `feastkit compute` covers by default: that of the activity tables (transactions,
+    shop activity), so late labels arriving after the last transaction do not stretch it; a project
+    whose views read other tables gets the span of those."""
+    tables = event_tables(specs)
+    primary = [t for t in EVENT_TABLES if t in tables]
+    return data_range(clean_dir, primary or tables or EVENT_TABLES)
+
+
 def _bounds_predicate(spec: ViewSpec) -> str:
     """Which rows of a day file a run over [start, end) owns (and so replaces)."""
     if spec.grid_us > 0:
@@ -427,7 +436,7 @@ def _record_definition(out_dir: Path, spec: ViewSpec) -> None:
 def _recompute_view(spec: ViewSpec, clean_dir: Path, features_dir: Path, start: datetime,
                     end: datetime) -> tuple[int, int]:
     """Build the whole table under the current definition beside the old one, then swap them."""
-    lo, hi = data_range(clean_dir, [(s.table, s.timestamp) for s in spec.sources])
+    lo, hi = default_range([spec], clean_dir)
     lo, hi = min(lo, start), max(hi, end)
     fresh = features_dir / f".{spec.name}.rebuild"
     shutil.rmtree(fresh, ignore_errors=True)
@@ -530,7 +539,7 @@ def compute_features(specs: list[ViewSpec], clean_dir: Path, features_dir: Path,
         raise FeastkitError("the registry holds no view declared with feastkit.declarations",
                             "declare views in feature_repo/ and run `feast apply` (or `feastkit apply`)")
     if start is None or end is None:
-        lo, hi = data_range(clean_dir, event_tables(specs) or EVENT_TABLES)
+        lo, hi = default_range(specs, clean_dir)
         start, end = start or lo, end or hi
     rows, files = {}, {}
     for spec in specs:

@@ -126,7 +126,7 @@ def test_clean_deployment_full_run_and_reports(monitored: Monitored) -> None:
     assert outcome.skewed == []
     assert outcome.ok is False
     services = {d.feature_service for d in outcome.drift}
-    assert services == {"fraud_detection_v1", "churn_prediction_v1"}
+    assert services == {"fraud_detection_v1", "fraud_detection_v2", "churn_prediction_v1"}  # every trainable service
     for run in outcome.drift:  # bundles exist in the deployment: the model score is compared too
         assert run.prediction is not None and run.model_version
         assert not run.prediction.drifted
