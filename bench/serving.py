@@ -256,12 +256,12 @@ def _timed(name: str, fn, items: list, iterations: int) -> Row:
 def in_process_rows(settings, store, bodies: list[dict], iterations: int) -> list[Row]:
     import pandas as pd
     import redis
-    from feast.infra.online_stores.helpers import _redis_key
     from feast.protos.feast.types.EntityKey_pb2 import EntityKey
     from feast.protos.feast.types.Value_pb2 import Value
     from threadpoolctl import threadpool_limits
 
     from feastkit.bundle import current_bundle
+    from feastkit.feast_compat import redis_key
     from serving.features import ServiceReader
     from serving.inference import Scorer
 
@@ -289,8 +289,8 @@ def in_process_rows(settings, store, bodies: list[dict], iterations: int) -> lis
     client = redis.Redis(host="127.0.0.1", port=int(settings.redis_connection_string.split(":")[1]))
 
     def key(join_key: str, value: int) -> bytes:
-        return _redis_key(project, EntityKey(join_keys=[join_key],
-                                             entity_values=[Value(int64_val=value)]), 3)
+        return redis_key(project, EntityKey(join_keys=[join_key],
+                                            entity_values=[Value(int64_val=value)]), 3)
 
     keys = [(key("user_id", r["user_id"]), key("merchant_id", r["merchant_id"])) for r in rows]
     assert client.hgetall(keys[0][0]), "raw Redis baseline found no hash for a known user"

@@ -4,36 +4,15 @@ from __future__ import annotations
 
 import json
 import sys
-from datetime import datetime
 from pathlib import Path
 
 import click
 import pandas as pd
 
 from feastkit.errors import FeastkitError
+from feastkit.scaffold import DEMO_SIZE
 from feastkit.settings import Settings, get_settings
-
-
-def parse_time(text: str | None, name: str) -> datetime | None:
-    """ISO date or datetime; no timezone means UTC."""
-    if text is None:
-        return None
-    try:
-        ts = pd.Timestamp(text)
-    except (ValueError, TypeError):
-        raise FeastkitError(f"--{name} '{text}' is not a date or time",
-                            "use ISO format, e.g. 2026-03-01 or 2026-03-01T05:00Z") from None
-    if pd.isna(ts):
-        raise FeastkitError(f"--{name} '{text}' is not a date or time", "use ISO format, e.g. 2026-03-01")
-    ts = ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
-    return ts.to_pydatetime()
-
-
-def _interval(start: str | None, end: str | None) -> tuple[datetime | None, datetime | None]:
-    a, b = parse_time(start, "start"), parse_time(end, "end")
-    if a is not None and b is not None and b <= a:
-        raise FeastkitError(f"--end {end} is not after --start {start}", "pass an end later than the start")
-    return a, b
+from feastkit.times import parse_interval, parse_time
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -48,9 +27,9 @@ def cli(ctx: click.Context) -> None:
 
 
 @cli.command()
-@click.option("--users", default=2000, show_default=True, help="Number of users.")
+@click.option("--users", default=DEMO_SIZE[0], show_default=True, help="Number of users.")
 @click.option("--merchants", default=300, show_default=True, help="Number of merchants.")
-@click.option("--days", default=120, show_default=True, help="Days of card transactions.")
+@click.option("--days", default=DEMO_SIZE[1], show_default=True, help="Days of card transactions.")
 @click.option("--start", default="2026-01-01", show_default=True, help="First day (UTC).")
 @click.option("--seed", default=7, show_default=True, help="Random seed: same seed, same data.")
 @click.option("--txn-rate", default=1.0, show_default=True, help="Mean card transactions per user per day.")
@@ -95,17 +74,23 @@ def validate(settings: Settings) -> None:
 @cli.command()
 @click.option("--start", default=None, help="Interval start (default: start of the data).")
 @click.option("--end", default=None, help="Interval end, exclusive (default: end of the data).")
-@click.option("--views", default="", help="Comma-separated feature tables (default: all).")
+@click.option("--views", default="", help="Comma-separated feature views (default: every declared view).")
 @click.option("--skip-validation", is_flag=True, help="Use the existing clean tables as they are.")
 @click.pass_obj
 def compute(settings: Settings, start: str | None, end: str | None, views: str, skip_validation: bool) -> None:
-    """Validate raw events, then compute the windowed feature tables for [start, end)."""
+    """Validate raw events, then compute the declared feature tables for [start, end).
+
+    What each table holds comes from the applied registry (`feast apply` publishes the views
+    declared in feature_repo/); a view whose definition changed is recomputed whole.
+    """
+    from feastkit.store import applied_specs, open_store
     from pipelines.aggregates import compute_features
 
-    a, b = _interval(start, end)
+    a, b = parse_interval(start, end)
+    specs = applied_specs(open_store(settings))
     if not skip_validation:
         _validate(settings)
-    report = compute_features(settings.clean_dir, settings.features_dir, a, b,
+    report = compute_features(specs, settings.clean_dir, settings.features_dir, a, b,
                               [v for v in views.split(",") if v] or None)
     click.echo(f"features for [{report.start:%Y-%m-%d %H:%M}, {report.end:%Y-%m-%d %H:%M}) UTC "
                f"in {settings.features_dir}:")
@@ -148,7 +133,7 @@ def materialize(settings: Settings, start: str | None, end: str | None, incremen
         parse_duration,
     )
 
-    a, b = _interval(start, end)
+    a, b = parse_interval(start, end)
     store = open_store(settings)
     chosen = [v for v in views.split(",") if v] or None
     if incremental:
@@ -239,27 +224,36 @@ def leakage(settings: Settings, service: str) -> None:
 @click.option("--workers", default=1, show_default=True)
 @click.pass_obj
 def serve(settings: Settings, host: str, port: int, workers: int) -> None:
-    """Run the prediction API (FastAPI + uvicorn); refuses to start on an inconsistent bundle."""
+    """Run the prediction API (FastAPI + uvicorn): every feature service with a promoted model
+    (or those in FEASTKIT_SERVICES); refuses to start on an inconsistent bundle."""
     import uvicorn
 
-    from serving.app import ServingState, create_app
+    from serving.app import ServingState
 
     state = ServingState.load(settings)  # fail here, with a one-line reason, not inside uvicorn
-    click.echo(f"serving {state.fraud.bundle.feature_service} {state.fraud.bundle.version} and "
-               f"{state.churn.bundle.feature_service} {state.churn.bundle.version} on http://{host}:{port} "
-               f"(docs at /docs)")
-    if workers > 1:
-        uvicorn.run("serving.app:create_app", factory=True, host=host, port=port, workers=workers,
+    click.echo(f"serving {state.describe()} on http://{host}:{port} (docs at /docs)")
+    if workers > 1:  # each worker process builds its own app (and loads its own state)
+        uvicorn.run("feastkit.cli:serving_app", factory=True, host=host, port=port, workers=workers,
                     log_level="warning")
     else:
-        uvicorn.run(create_app(settings, state), host=host, port=port, log_level="warning")
+        uvicorn.run(serving_app(settings, state), host=host, port=port, log_level="warning")
+
+
+def serving_app(settings: Settings | None = None, state: object | None = None) -> object:
+    """The prediction API as `feastkit serve` runs it: serving's app with monitoring's freshness
+    check wired in (serving never imports monitoring; the CLI, above both, assembles them)."""
+    from monitoring.freshness import check_freshness
+    from serving.app import create_app
+
+    return create_app(settings or get_settings(), state, freshness=check_freshness)  # type: ignore[arg-type]
 
 
 @cli.command("demo-requests")
 @click.option("--url", default="http://127.0.0.1:8000", show_default=True)
 @click.pass_obj
 def demo_requests(settings: Settings, url: str) -> None:
-    """Send a known-fraud pattern, a normal transaction, an unknown user and churn requests."""
+    """Send a known-fraud pattern, a normal transaction, an unknown user and churn requests, and one
+    request to the generated route of every other served feature service."""
     from serving.examples import run_examples
 
     for title, request, response in run_examples(settings, url):
@@ -385,7 +379,7 @@ def run_interval(settings: Settings, start: str, end: str, no_materialize: bool)
     """What one feature_pipeline + materialize DAG run does, for [start, end), without Airflow."""
     from feastkit.jobs import run_feature_pipeline, run_materialize
 
-    a, b = _interval(start, end)
+    a, b = parse_interval(start, end)
     report = run_feature_pipeline(settings, a, b)
     click.echo(f"features for [{a:%Y-%m-%d %H:%M}, {b:%Y-%m-%d %H:%M}) UTC: "
                + ", ".join(f"{k}={v:,}" for k, v in report["rows"].items()))
@@ -395,6 +389,25 @@ def run_interval(settings: Settings, start: str, end: str, no_materialize: bool)
 
 
 # --- serving and benchmark commands ---
+
+
+@cli.command("init")
+@click.argument("directory", type=click.Path(path_type=Path, file_okay=False))
+@click.option("--example", default=None,
+              help="What feature_repo/ starts with: fraud-churn (default; the kit's own repo) or minimal.")
+@click.option("--minimal", is_flag=True, help="One entity, one event source, one windowed view, one service.")
+@click.option("--force", is_flag=True, help="Write into a non-empty directory (overwrites the files it writes).")
+@click.option("--kit-source", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="The feastkit checkout to copy from and install (default: the one feastkit is installed from).")
+def init(directory: Path, example: str | None, minimal: bool, force: bool, kit_source: Path | None) -> None:
+    """Scaffold a new project in DIRECTORY: feature_repo/, dags/, Makefile, scripts/demo.sh, tests/, README."""
+    from feastkit.scaffold import DEFAULT_EXAMPLE, MINIMAL, init_project
+
+    if minimal and example not in (None, MINIMAL):
+        raise FeastkitError(f"--minimal and --example {example} both choose the feature repo", "pass only one")
+    made = init_project(directory, MINIMAL if minimal else example or DEFAULT_EXAMPLE, force, kit_source)
+    for line in made.summary():
+        click.echo(line)
 
 
 def main() -> None:

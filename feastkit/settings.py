@@ -18,6 +18,8 @@ def _default_project_root() -> Path:
     `feastkit init`), else the package's parent (this checkout, installed editable), else cwd."""
     if (Path.cwd() / "feature_repo").is_dir():
         return Path.cwd()
+    if Path.cwd().name == "feature_repo" and (Path.cwd() / "feature_store.yaml").is_file():
+        return Path.cwd().parent  # `cd feature_repo && feast apply` in such a project
     if (_PACKAGE_PARENT / "feature_repo").is_dir():
         return _PACKAGE_PARENT
     return Path.cwd()
@@ -46,6 +48,7 @@ class Settings(BaseSettings):
     online_timeout_seconds: float = 0.5
     api_keys: str = ""
     # Serving (serving/app.py, docs/serving.md)
+    services: str = ""                    # comma-separated feature services to serve (default: all trained)
     online_retry_seconds: float = 1.0     # after a failed online read, fail fast this long
     max_request_bytes: int = 1_048_576    # request bodies above this get 413
     push_to: str = "online"               # "online" or "online_and_offline"
@@ -111,6 +114,11 @@ class Settings(BaseSettings):
     @property
     def api_key_list(self) -> list[str]:
         return [k.strip() for k in self.api_keys.split(",") if k.strip()]
+
+    @property
+    def service_list(self) -> list[str]:
+        """FEASTKIT_SERVICES as a list (empty: serve every feature service with a promoted model)."""
+        return [s.strip() for s in self.services.split(",") if s.strip()]
 
 
 @lru_cache(maxsize=1)

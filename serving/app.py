@@ -1,4 +1,10 @@
-"""The prediction API: FastAPI app factory, start-up checks, and the predict, push and operations routes."""
+"""The prediction API: the app factory, request middleware and error handlers.
+
+The routes live in `serving/routers/` (predict, push, operations, monitoring) over the scoring
+service in `serving/scoring.py`. The predict routes are generated from the registry, so the app
+needs the serving state (registry, bundles, readers) when it is built: `create_app` loads it
+eagerly unless one is passed, and refuses with a FeastkitError naming the problem.
+"""
 
 import logging
 import re
@@ -6,11 +12,9 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
-from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response
+from fastapi import FastAPI, Request, Response
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -18,169 +22,21 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from feastkit import __version__
-from feastkit.bundle import ModelBundle, current_bundle
-from feastkit.errors import FeastkitError
 from feastkit.settings import Settings, get_settings
-from serving.auth import Unauthorized, require_api_key
-from serving.features import (
-    OnlineStoreUnavailable,
-    ServiceReader,
-    StoreGuard,
-    bound_online_store,
-    describe_error,
-)
-from serving.inference import Scorer
+from serving.auth import Unauthorized
+from serving.features import OnlineStoreUnavailable, describe_error
 from serving.logs import configure_logging, request_id_var
 from serving.metrics import ServingMetrics
-from serving.monitoring_routes import monitoring_router
-from serving.push import PushRejected, PushTarget
-from serving.schemas import (
-    ChurnBatchResponse,
-    ChurnRequest,
-    ChurnResponse,
-    DetailResponse,
-    ErrorResponse,
-    FraudBatchResponse,
-    FraudRequest,
-    FraudResponse,
-    HealthResponse,
-    PushResponse,
-    ReadyResponse,
-    batch_requests,
-    push_request,
-)
+from serving.responses import MONITORING_ERRORS, error_response
+from serving.routers.monitoring import FreshnessCheck, monitoring_router
+from serving.routers.operations import operations_router
+from serving.routers.predict import predict_router
+from serving.routers.push import push_router
+from serving.scoring import PUSH_MODES, LoadedModel, Scoring, ServingState
+
+__all__ = ["PUSH_MODES", "LoadedModel", "RequestContext", "ServingState", "create_app"]
 
 log = logging.getLogger("feastkit.serving")
-
-PUSH_MODES = ("online", "online_and_offline")
-
-
-@dataclass
-class LoadedModel:
-    """A bundle and the reader for its feature service."""
-
-    bundle: ModelBundle
-    reader: ServiceReader
-    scorer: Scorer | None = None
-
-    def __post_init__(self) -> None:
-        if self.scorer is None:
-            self.scorer = Scorer(self.bundle)
-
-
-@dataclass
-class ServingState:
-    """Everything the routes need, loaded and checked once at start-up."""
-
-    settings: Settings
-    fraud: LoadedModel
-    churn: LoadedModel
-    store: Any = None
-    push_targets: dict[str, PushTarget] = field(default_factory=dict)
-    guard: StoreGuard = field(default_factory=StoreGuard)
-
-    @classmethod
-    def load(cls, settings: Settings) -> "ServingState":
-        """Open the store and load both bundles; refuse (FeastkitError) on anything inconsistent."""
-        from feastkit.store import open_store, require_applied
-
-        if settings.push_to not in PUSH_MODES:
-            raise FeastkitError(f"FEASTKIT_PUSH_TO is '{settings.push_to}'",
-                                f"set it to one of {', '.join(PUSH_MODES)}")
-        if settings.online_timeout_seconds <= 0 or settings.max_batch_size < 1:
-            raise FeastkitError("FEASTKIT_ONLINE_TIMEOUT_SECONDS and FEASTKIT_MAX_BATCH_SIZE must be "
-                                "positive", "set positive values (defaults: 0.5 and 1000)")
-        store = open_store(settings)
-        require_applied(store)
-        try:
-            bound_online_store(store, settings.online_timeout_seconds)
-        except Exception as exc:
-            raise FeastkitError(f"the online store client cannot be created ({describe_error(exc)})",
-                                "check FEASTKIT_REDIS_CONNECTION_STRING and the profile") from None
-        guard = StoreGuard(retry_seconds=settings.online_retry_seconds)
-        models = {}
-        for role, service in (("fraud", settings.fraud_service), ("churn", settings.churn_service)):
-            bundle = current_bundle(settings.models_dir, service)
-            if bundle.feature_service != service:
-                raise FeastkitError(f"bundle {bundle.path} serves '{bundle.feature_service}', not '{service}'",
-                                    "retrain with `feastkit train`")
-            bundle.check_against(store)
-            models[role] = LoadedModel(bundle, ServiceReader.build(store, service, guard))
-        targets = PushTarget.discover(store)
-        if settings.push_to == "online_and_offline":
-            problems = [p for p in (t.offline_write_problem() for t in targets.values()) if p]
-            if problems:
-                raise FeastkitError(
-                    f"FEASTKIT_PUSH_TO=online_and_offline is unsafe here: {problems[0]}",
-                    "push online only (the default; `feastkit compute` writes these rows offline from the "
-                    "raw events), or give the push source a single-file batch source")
-        return cls(settings, models["fraud"], models["churn"], store, targets, guard)
-
-
-def _epoch(ts: datetime) -> float:
-    return ts.astimezone(UTC).timestamp()
-
-
-def _score(model: LoadedModel, rows: list[dict[str, Any]], as_of: list[float],
-           metrics: ServingMetrics) -> list[dict[str, Any]]:
-    """One online read for all rows, then one model call; records read latency and missing features."""
-    service = model.bundle.feature_service
-    started = time.perf_counter()
-    try:
-        features = model.reader.read(rows, as_of)
-    except OnlineStoreUnavailable as exc:
-        reason = "fail_fast" if "failing fast" in str(exc) else "read_failed"
-        metrics.online_errors.labels("read", reason).inc()
-        raise
-    metrics.online_seconds.labels(service).observe(time.perf_counter() - started)
-    probabilities, missing = model.scorer.predict_proba(features)
-    version = model.bundle.version
-    score_hist = metrics.scores.labels(service, version)
-    results = []
-    for p, m, f in zip(probabilities, missing, features, strict=True):
-        p = float(p)
-        score_hist.observe(p)
-        for name in m:
-            metrics.missing.labels(service, name).inc()
-        results.append({"probability": p, "missing": m, "features": f})
-    return results
-
-
-def _fraud_row(body: FraudRequest) -> tuple[dict[str, Any], float]:
-    epoch = _epoch(body.timestamp)
-    return ({"user_id": body.user_id, "merchant_id": body.merchant_id, "amount": body.amount,
-             "transaction_epoch": epoch}, epoch)
-
-
-def _decided(model: LoadedModel, rows: list[dict[str, Any]], as_of: list[float], explain: bool,
-             metrics: ServingMetrics, labels: tuple[str, str]) -> list[dict[str, Any]]:
-    """Score rows and decide each with the bundle's threshold: the fields every prediction shares."""
-    bundle = model.bundle
-    out = []
-    for result in _score(model, rows, as_of, metrics):
-        decision = labels[0] if result["probability"] >= bundle.threshold else labels[1]
-        metrics.predictions.labels(bundle.feature_service, decision).inc()
-        out.append({"probability": result["probability"], "decision": decision, "threshold": bundle.threshold,
-                    "model_version": bundle.version, "feature_service": bundle.feature_service,
-                    "missing_features": result["missing"], "features": result["features"] if explain else None})
-    return out
-
-
-def _fraud_responses(model: LoadedModel, bodies: list[FraudRequest], explain: bool,
-                     metrics: ServingMetrics) -> list[FraudResponse]:
-    rows, epochs = zip(*(_fraud_row(b) for b in bodies), strict=True)
-    decided = _decided(model, list(rows), list(epochs), explain, metrics, ("fraud", "legit"))
-    return [FraudResponse(transaction_id=body.transaction_id, **fields)
-            for body, fields in zip(bodies, decided, strict=True)]
-
-
-def _churn_responses(model: LoadedModel, bodies: list[ChurnRequest], explain: bool,
-                     metrics: ServingMetrics) -> list[ChurnResponse]:
-    now = datetime.now(UTC)
-    as_of = [_epoch(b.as_of or now) for b in bodies]
-    decided = _decided(model, [{"user_id": b.user_id} for b in bodies], as_of, explain, metrics,
-                       ("likely_churn", "likely_stay"))
-    return [ChurnResponse(user_id=body.user_id, **fields) for body, fields in zip(bodies, decided, strict=True)]
 
 
 # Request plumbing ---------------------------------------------------------------------------------
@@ -298,57 +154,49 @@ class RequestContext:
         await send({"type": "http.response.body", "body": body.body})
 
 
-def _error(status: int, error: str, detail: list[str], headers: dict[str, str] | None = None
-           ) -> JSONResponse:
-    return JSONResponse(status_code=status, headers=headers, content={
-        "error": error, "detail": detail, "request_id": request_id_var.get()})
+def create_app(settings: Settings | None = None, state: ServingState | None = None, *,
+               freshness: FreshnessCheck | None = None) -> FastAPI:
+    """Build the app over `state` (loaded and checked here when not given).
 
-
-ERRORS = {401: {"model": ErrorResponse, "description": "Missing or wrong API key."},
-          413: {"model": ErrorResponse, "description": "Body or batch too large."},
-          422: {"model": ErrorResponse, "description": "Invalid request; every problem named."},
-          503: {"model": ErrorResponse, "description": "Online store unavailable; retry later."}}
-
-
-MONITORING_ERRORS = {
-    404: {"model": DetailResponse, "description": "No monitoring report yet."},
-    422: {"model": ErrorResponse, "description": "Invalid query; every problem named."},
-    503: {"model": DetailResponse, "description": "The feature store cannot be read."}}
-
-
-def create_app(settings: Settings | None = None, state: ServingState | None = None) -> FastAPI:
-    """Build the app; bundles and the feature store are loaded (and checked) at start-up."""
+    `freshness` is the check behind GET /v1/monitoring/freshness (`feastkit serve` passes
+    monitoring's); without it that route answers 503.
+    """
     settings = settings or get_settings()
     configure_logging(settings.log_level)
+    if state is None:
+        state = ServingState.load(settings)  # the routes are generated from it
     metrics = ServingMetrics()
-    fraud_batch, churn_batch = batch_requests(settings.max_batch_size)
-    push_body = push_request(settings.max_batch_size)
+    scoring = Scoring(state, metrics)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         from threadpoolctl import threadpool_limits
 
-        if getattr(app.state, "serving", None) is None:
-            app.state.serving = ServingState.load(settings)
         # One OpenMP thread for inference: a one-row prediction gains nothing from a thread team,
         # and on a busy host waking it costs milliseconds (p99 in seconds when cores are shared).
+        # This covers the event loop's thread; the scoring thread limits itself on first use
+        # (serving.scoring.one_openmp_thread: OpenMP's limit is per thread).
         limits = threadpool_limits(limits=1, user_api="openmp")
         try:
             yield
         finally:
+            scoring.close()  # the scoring thread (started by the first prediction)
             limits.restore_original_limits()
 
     app = FastAPI(
         title="feastkit prediction API",
         version=__version__,
-        description="Fraud and churn predictions on Feast online features. Features missing for an "
-                    "entity (unknown, or older than their view's TTL) are replaced by the documented "
-                    "defaults in the model bundle and listed in `missing_features`. Predict and push "
-                    "routes need an API key when FEASTKIT_API_KEYS is set.",
+        description="Predictions on Feast online features, one route pair per served feature service "
+                    "(`/v1/predict/{service}`, typed from the registry) plus the fraud and churn "
+                    "aliases. Features missing for an entity (unknown, or older than their view's "
+                    "TTL) are replaced by the documented defaults in the model bundle and listed in "
+                    "`missing_features`. Predict and push routes need an API key when "
+                    "FEASTKIT_API_KEYS is set.",
         lifespan=lifespan,
     )
     app.state.serving = state
     app.state.metrics = metrics
+    app.state.scoring = scoring
     app.state.api_keys = [k.encode() for k in settings.api_key_list]
     app.add_middleware(RequestContext, metrics=metrics, max_bytes=settings.max_request_bytes,
                        access_log=settings.access_log)
@@ -364,127 +212,30 @@ def create_app(settings: Settings | None = None, state: ServingState | None = No
             if err.get("type") == "too_long" and len(loc) == 2 and loc[0] == "body":
                 too_many.append(f"{where}: at most {settings.max_batch_size} items per request")
         if too_many:
-            return _error(413, "batch too large: " + "; ".join(too_many),
-                          ["split the batch, or raise FEASTKIT_MAX_BATCH_SIZE"])
-        return _error(422, "invalid request: " + "; ".join(problems), problems)
+            return error_response(413, "batch too large: " + "; ".join(too_many),
+                                  ["split the batch, or raise FEASTKIT_MAX_BATCH_SIZE"])
+        return error_response(422, "invalid request: " + "; ".join(problems), problems)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
         if exc.status_code == 400:  # FastAPI: a body that is not JSON at all (e.g. not UTF-8)
-            return _error(422, "invalid request: body: not valid JSON", ["body: not valid JSON"])
+            return error_response(422, "invalid request: body: not valid JSON", ["body: not valid JSON"])
         return await http_exception_handler(request, exc)
 
     @app.exception_handler(OnlineStoreUnavailable)
     async def store_down(_: Request, exc: OnlineStoreUnavailable) -> JSONResponse:
         log.error("online store unavailable", extra={"reason": str(exc)[:300]})
-        return _error(503, "online feature store unavailable; retry later", [str(exc)[:300]],
-                      {"Retry-After": str(max(1, round(settings.online_retry_seconds)))})
+        return error_response(503, "online feature store unavailable; retry later", [str(exc)[:300]],
+                              {"Retry-After": str(max(1, round(settings.online_retry_seconds)))})
 
     @app.exception_handler(Unauthorized)
     async def unauthorized(_: Request, exc: Unauthorized) -> JSONResponse:
         metrics.auth_failures.inc()
         log.warning("unauthorized", extra={"reason": exc.reason})
-        return _error(401, "unauthorized: " + exc.reason, [], {"WWW-Authenticate": "Bearer"})
+        return error_response(401, "unauthorized: " + exc.reason, [], {"WWW-Authenticate": "Bearer"})
 
-    def serving(request: Request) -> ServingState:
-        return request.app.state.serving
-
-    @app.get("/health", response_model=HealthResponse, tags=["operations"])
-    async def health() -> HealthResponse:
-        """Liveness: the process is up."""
-        return HealthResponse(status="ok", version=__version__)
-
-    @app.get("/ready", response_model=ReadyResponse, tags=["operations"],
-             responses={503: {"model": ReadyResponse}})
-    async def ready(request: Request) -> JSONResponse:
-        """Readiness: bundles loaded and the online store answers (within the online timeout)."""
-        st = serving(request)
-        checks = {"fraud_model": st.fraud.bundle.version, "churn_model": st.churn.bundle.version}
-        try:
-            st.fraud.reader.ping()
-            checks["online_store"] = "ok"
-            ok = True
-        except OnlineStoreUnavailable as exc:
-            metrics.online_errors.labels("ping", "read_failed").inc()
-            checks["online_store"] = f"unavailable: {str(exc)[:200]}"
-            ok = False
-        body = ReadyResponse(ready=ok, checks=checks)
-        return JSONResponse(status_code=200 if ok else 503, content=body.model_dump())
-
-    @app.get("/metrics", tags=["operations"], response_class=Response,
-             responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}},
-                              "description": "Prometheus text exposition."}})
-    async def prometheus_metrics() -> Response:
-        """Prometheus metrics: request latency per route, online-store latency and errors,
-        missing-feature counts, prediction score histograms per model."""
-        payload, content_type = metrics.render()
-        return Response(payload, media_type=content_type)
-
-    protected = APIRouter(dependencies=[Depends(require_api_key)], responses=ERRORS)
-    explain_param = Query(False, description="Return the feature values used.")
-
-    @protected.post("/v1/predict/fraud", response_model=FraudResponse, tags=["predict"])
-    async def predict_fraud(body: FraudRequest, request: Request, explain: bool = explain_param
-                            ) -> FraudResponse:
-        """Score one card transaction. Features are read as of the transaction's timestamp."""
-        return _fraud_responses(serving(request).fraud, [body], explain, metrics)[0]
-
-    @protected.post("/v1/predict/fraud:batch", response_model=FraudBatchResponse, tags=["predict"])
-    async def predict_fraud_batch(body: fraud_batch, request: Request,  # type: ignore[valid-type]
-                                  explain: bool = explain_param) -> FraudBatchResponse:
-        """Score up to FEASTKIT_MAX_BATCH_SIZE transactions with one online read; same results as
-        one request each."""
-        return FraudBatchResponse(predictions=_fraud_responses(
-            serving(request).fraud, body.transactions, explain, metrics))
-
-    @protected.post("/v1/predict/churn", response_model=ChurnResponse, tags=["predict"])
-    async def predict_churn(body: ChurnRequest, request: Request, explain: bool = explain_param
-                            ) -> ChurnResponse:
-        """Probability that the user churns within 30 days of `as_of` (default: now)."""
-        return _churn_responses(serving(request).churn, [body], explain, metrics)[0]
-
-    @protected.post("/v1/predict/churn:batch", response_model=ChurnBatchResponse, tags=["predict"])
-    async def predict_churn_batch(body: churn_batch, request: Request,  # type: ignore[valid-type]
-                                  explain: bool = explain_param) -> ChurnBatchResponse:
-        """Score up to FEASTKIT_MAX_BATCH_SIZE users with one online read."""
-        return ChurnBatchResponse(predictions=_churn_responses(
-            serving(request).churn, body.users, explain, metrics))
-
-    @protected.post("/v1/push/{push_source}", response_model=PushResponse, tags=["push"],
-                    responses={404: {"model": ErrorResponse, "description": "Unknown push source."}})
-    async def push(push_source: str, body: push_body, request: Request  # type: ignore[valid-type]
-                   ) -> Any:
-        """Write fresh events to the online store (and the offline store when FEASTKIT_PUSH_TO is
-        `online_and_offline`) through Feast's push source. Older events never replace newer ones."""
-        from feast.data_source import PushMode
-
-        st = serving(request)
-        target = st.push_targets.get(push_source)
-        if target is None:
-            known = sorted(st.push_targets)
-            return _error(404, f"unknown push source '{push_source[:100]}'",
-                          [f"push sources: {', '.join(known) or 'none defined'}"])
-        try:
-            df = target.frame(body.events)
-        except PushRejected as exc:
-            return _error(422, "invalid request: " + "; ".join(exc.problems[:5]), exc.problems)
-        st.guard.check()
-        mode = PushMode.ONLINE_AND_OFFLINE if settings.push_to == "online_and_offline" else PushMode.ONLINE
-        started = time.perf_counter()
-        try:
-            st.store.push(push_source, df, to=mode)
-        except Exception as exc:
-            reason = describe_error(exc)
-            metrics.online_errors.labels("push", "write_failed").inc()
-            st.guard.failed(reason)
-            raise OnlineStoreUnavailable(reason) from exc
-        st.guard.succeeded()
-        metrics.online_seconds.labels(f"push:{push_source}").observe(time.perf_counter() - started)
-        metrics.pushed.labels(push_source).inc(len(df))
-        log.info("pushed", extra={"push_source": push_source, "rows": len(df)})
-        return PushResponse(push_source=push_source, rows=len(df), feature_views=target.feature_views,
-                            to=settings.push_to)
-
-    app.include_router(protected)
-    app.include_router(monitoring_router(settings), responses=MONITORING_ERRORS)
+    app.include_router(operations_router(state, metrics))
+    app.include_router(predict_router(state, scoring, settings))
+    app.include_router(push_router(state, metrics, settings))
+    app.include_router(monitoring_router(settings, freshness), responses=MONITORING_ERRORS)
     return app

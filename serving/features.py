@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from feastkit import feast_compat
 from feastkit.services import describe_service
 
 if TYPE_CHECKING:
@@ -97,10 +98,13 @@ def bound_online_store(store: FeatureStore, timeout_seconds: float) -> None:
     from redis.backoff import NoBackoff
     from redis.retry import Retry
 
-    online_store = store._get_provider().online_store
-    client = online_store._get_client(config)
+    client = feast_compat.redis_client(feast_compat.online_store(store), config)
     if hasattr(client, "set_retry"):
         client.set_retry(Retry(NoBackoff(), 0))
+
+
+# A join-key value of each type that no entity is expected to have (the /ready probe reads it).
+_PROBE_KEYS: dict[str, Any] = {"STRING": "", "BOOL": False, "DOUBLE": -1.0, "FLOAT": -1.0, "BYTES": b""}
 
 
 @dataclass(frozen=True)
@@ -200,7 +204,7 @@ class ServiceReader:
         from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
         from feast.type_map import feast_value_type_to_python_type, python_values_to_proto_values
 
-        provider = self.store._get_provider()
+        provider = feast_compat.provider(self.store)
         config = self.store.config
         reads = []
         for part in self.view_reads:
@@ -210,7 +214,7 @@ class ServiceReader:
             keys = [EntityKeyProto(join_keys=names, entity_values=list(key)) for key in zip(*values, strict=True)]
             # copies: Feast's Redis store appends its timestamp field to the list it is given
             reads.append((part.view, keys, list(part.features)))
-        read_many = getattr(provider.online_store, "online_read_many", None)
+        read_many = getattr(feast_compat.online_store(self.store), "online_read_many", None)
         if read_many is not None:  # feastkit's Redis store: every view in one round trip
             results = read_many(config, reads)
         else:
@@ -228,7 +232,8 @@ class ServiceReader:
     def ping(self) -> None:
         """One cheap read, bypassing the fail-fast guard: raises OnlineStoreUnavailable when the
         store cannot answer, and closes the guard when it can."""
-        probe = {k: -1 for k in self.join_keys}
+        probe = {name: _PROBE_KEYS.get(value_type.name, -1)
+                 for part in self.view_reads for name, value_type in part.join_keys}
         try:
             self._read_views([probe])
         except Exception as exc:

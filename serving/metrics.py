@@ -41,7 +41,8 @@ class ServingMetrics:
             ["route", "method"], buckets=LATENCY_BUCKETS, registry=r)
         self.online_seconds = Histogram(
             "feastkit_online_read_duration_seconds",
-            "Online feature store read latency per feature service (one read per request or batch).",
+            "Online feature store read latency per feature service (one read per request or batch; "
+            "requests waiting together for the scoring thread share one).",
             ["feature_service"], buckets=LATENCY_BUCKETS, registry=r)
         self.online_errors = Counter(
             "feastkit_online_store_errors", "Online store reads or writes that failed, by reason.",

@@ -55,7 +55,7 @@ class ChurnRequest(BaseModel):
 FeatureValues = dict[str, float | int | None]
 
 
-class _Prediction(BaseModel):
+class PredictionFields(BaseModel):  # the fields every prediction response shares
     probability: float = Field(..., ge=0, le=1)
     threshold: float
     model_version: str
@@ -67,12 +67,12 @@ class _Prediction(BaseModel):
     features: FeatureValues | None = Field(None, description="Feature values used (?explain=true).")
 
 
-class FraudResponse(_Prediction):
+class FraudResponse(PredictionFields):
     transaction_id: str | None = None
     decision: Literal["fraud", "legit"]
 
 
-class ChurnResponse(_Prediction):
+class ChurnResponse(PredictionFields):
     user_id: int
     decision: Literal["likely_churn", "likely_stay"]
 

@@ -139,9 +139,9 @@ def _drifted_repo(tmp_path: Path, deployment: Deployment):
     repo = copy_repo_definitions(tmp_path / "repo")
     fraud = repo / "fraud_features.py"
     text = fraud.read_text()
-    marker = 'name="merchant_risk_stats",\n    entities=[merchant],\n    ttl=timedelta(days=2),'
-    assert marker in text
-    fraud.write_text(text.replace(marker, marker.replace("days=2", "days=3")))
+    view = text.index('name="merchant_risk_stats"')  # the view's TTL is the first one after its name
+    ttl = text.index("ttl=timedelta(days=2)", view)
+    fraud.write_text(text[:ttl] + "ttl=timedelta(days=3)" + text[ttl + len("ttl=timedelta(days=2)"):])
     odfv = repo / "on_demand.py"
     odfv.write_text(odfv.read_text().replace("night_end_hour = 6", "night_end_hour = 5"))
     settings = make_settings(tmp_path, data_dir=deployment.settings.data_dir,

@@ -13,7 +13,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from feastkit.settings import Settings
+from monitoring.freshness import check_freshness
 from serving.app import ServingState, create_app
 from tests.conftest import Deployment
 from tests.integration.serving_support import private_copy
@@ -27,12 +27,23 @@ CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
           response_schema_conformance]
 
 
+# The predict routes are generated per served feature service, so the schema depends on the
+# deployment, which does not exist at collection time: the routes are listed here, and
+# test_every_route_is_exercised checks the list against the app's real schema.
+# (method, path, takes input)
+FIXED_ROUTES = [("GET", "/health", False), ("GET", "/ready", False), ("GET", "/metrics", False),
+                ("POST", "/v1/predict/fraud", True), ("POST", "/v1/predict/fraud:batch", True),
+                ("POST", "/v1/predict/churn", True), ("POST", "/v1/predict/churn:batch", True),
+                ("POST", "/v1/push/{push_source}", True), ("GET", "/v1/monitoring/drift/latest", False),
+                ("GET", "/v1/monitoring/freshness", True)]
+SERVED = ("fraud_detection_v1", "fraud_detection_v2", "churn_prediction_v1")  # the deployment trains all
+ROUTES = FIXED_ROUTES + [("POST", f"/v1/predict/{service}{suffix}", True)
+                         for service in SERVED for suffix in ("", ":batch")]
+
+
 def _routes(with_input: bool = False) -> list[tuple[str, str]]:
-    """(method, path) pairs of the schema (which does not depend on loaded state)."""
-    spec = create_app(Settings()).openapi()
-    return [(method.upper(), path) for path, item in spec["paths"].items()
-            for method, op in item.items()
-            if not with_input or op.get("parameters") or op.get("requestBody")]
+    """(method, path) pairs of the schema."""
+    return [(method, path) for method, path, takes_input in ROUTES if takes_input or not with_input]
 
 
 def _run(api_schema, method: str, path: str, mode: GenerationMode, cases: int) -> None:
@@ -54,8 +65,15 @@ def api_schema(deployment: Deployment, tmp_path_factory: pytest.TempPathFactory)
     """The schema of an app over a private copy (generated pushes never reach shared stores)."""
     app_settings = private_copy(deployment, tmp_path_factory.mktemp("schema-copy"),
                                 api_keys=API_KEY, max_batch_size=20, access_log=False)
-    app = create_app(app_settings, ServingState.load(app_settings))
+    app = create_app(app_settings, ServingState.load(app_settings), freshness=check_freshness)
     return schemathesis.openapi.from_asgi("/openapi.json", app)
+
+
+def test_every_route_is_exercised(api_schema) -> None:
+    spec = api_schema.raw_schema
+    actual = {(method.upper(), path, bool(op.get("parameters") or op.get("requestBody")))
+              for path, item in spec["paths"].items() for method, op in item.items()}
+    assert actual == set(ROUTES)
 
 
 @pytest.mark.parametrize("method, path", _routes())

@@ -1,0 +1,387 @@
+"""The scoring service: the models loaded at start-up, their online readers, and score + decide.
+
+`ServingState.load` opens the feature store and loads the promoted bundle of every feature service
+that has one (or of those FEASTKIT_SERVICES lists), checking each against the registry. `Scoring`
+turns feature rows into decided predictions: one online read, one model call, metrics. That work
+blocks (network read, model), so the routes run it in the scoring thread (`ScoringWorker`, through
+`Scoring.decide_async`), never on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from feastkit.bundle import CURRENT_FILE, ModelBundle, current_bundle
+from feastkit.errors import FeastkitError
+from feastkit.services import get_service
+from feastkit.settings import Settings
+from serving.contracts import ServiceContract
+from serving.features import (
+    OnlineStoreUnavailable,
+    ServiceReader,
+    StoreGuard,
+    bound_online_store,
+    describe_error,
+)
+from serving.inference import Scorer
+from serving.push import PushTarget
+
+if TYPE_CHECKING:
+    from feast import FeatureStore
+
+    from serving.metrics import ServingMetrics
+
+PUSH_MODES = ("online", "online_and_offline")
+
+# The typed alias routes: role -> (settings field, env var, the inputs their bodies carry, labels).
+# The request and response bodies of these routes are fixed (serving/schemas.py); the service
+# behind each is configurable, as long as it needs no input the alias body does not carry.
+ALIASES: dict[str, tuple[str, str, dict[str, str], tuple[str, str]]] = {
+    "fraud": ("fraud_service", "FEASTKIT_FRAUD_SERVICE",
+              {"user_id": "int", "merchant_id": "int", "amount": "float", "transaction_epoch": "float"},
+              ("fraud", "legit")),
+    "churn": ("churn_service", "FEASTKIT_CHURN_SERVICE", {"user_id": "int"},
+              ("likely_churn", "likely_stay")),
+}
+
+
+@dataclass
+class LoadedModel:
+    """A bundle, the reader for its feature service and the service's generated API contract."""
+
+    bundle: ModelBundle
+    reader: ServiceReader
+    scorer: Scorer | None = None
+    contract: ServiceContract | None = None
+
+    def __post_init__(self) -> None:
+        if self.scorer is None:
+            self.scorer = Scorer(self.bundle)
+
+    @property
+    def service(self) -> str:
+        return self.bundle.feature_service
+
+
+def served_services(store: FeatureStore, settings: Settings) -> list[str]:
+    """The feature services to serve: FEASTKIT_SERVICES, else every one with a promoted bundle."""
+    models_dir = settings.models_dir
+    listed = settings.service_list
+    if listed:
+        for name in listed:
+            get_service(store, name)  # unknown names: a clear error listing the known ones
+        missing = [name for name in listed if not (models_dir / name / CURRENT_FILE).is_file()]
+        if missing:
+            raise FeastkitError(f"FEASTKIT_SERVICES lists {', '.join(missing)}, with no promoted model "
+                                f"in {models_dir}",
+                                f"run `feastkit train --service {missing[0]}`, or leave it out of FEASTKIT_SERVICES")
+        return list(dict.fromkeys(listed))
+    names = sorted(s.name for s in store.list_feature_services())
+    chosen = [name for name in names if (models_dir / name / CURRENT_FILE).is_file()]
+    if not chosen:
+        raise FeastkitError(f"no feature service in the registry ({', '.join(names) or 'none'}) has a promoted "
+                            f"model in {models_dir}",
+                            "train one with `feastkit train` (or point FEASTKIT_MODELS_DIR at the bundles)")
+    return chosen
+
+
+def alias_services(settings: Settings, models: dict[str, LoadedModel]) -> dict[str, LoadedModel]:
+    """role -> model for each alias route whose service is loaded."""
+    out = {}
+    for role, (attr, _, _, _) in ALIASES.items():
+        model = models.get(getattr(settings, attr))
+        if model is not None:
+            out[role] = model
+    return out
+
+
+def _check_aliases(settings: Settings, models: dict[str, LoadedModel]) -> None:
+    for role, (attr, env, carried, _) in ALIASES.items():
+        service = getattr(settings, attr)
+        model = models.get(service)
+        if model is None:
+            if attr in settings.model_fields_set:  # named explicitly but not served: say so
+                raise FeastkitError(f"{env} is '{service}', which this server does not serve (no promoted "
+                                    f"model, or not in FEASTKIT_SERVICES)",
+                                    f"train it with `feastkit train --service {service}`, or unset {env}")
+            continue
+        needs = {f.name: f.kind for f in model.contract.inputs}
+        wrong = sorted(name for name, kind in needs.items() if carried.get(name) != kind)
+        if wrong:
+            raise FeastkitError(
+                f"{env} is '{service}', whose inputs {wrong} the /v1/predict/{role} body does not carry",
+                f"call it on /v1/predict/{service}, and point {env} at a service with the {role} inputs "
+                f"({', '.join(carried)})")
+
+
+@dataclass
+class ServingState:
+    """Everything the routes need, loaded and checked once at start-up."""
+
+    settings: Settings
+    models: dict[str, LoadedModel]
+    store: Any = None
+    push_targets: dict[str, PushTarget] = field(default_factory=dict)
+    guard: StoreGuard = field(default_factory=StoreGuard)
+
+    @property
+    def fraud(self) -> LoadedModel | None:
+        """The model behind /v1/predict/fraud (FEASTKIT_FRAUD_SERVICE), when it is served."""
+        return self.models.get(self.settings.fraud_service)
+
+    @property
+    def churn(self) -> LoadedModel | None:
+        """The model behind /v1/predict/churn (FEASTKIT_CHURN_SERVICE), when it is served."""
+        return self.models.get(self.settings.churn_service)
+
+    @classmethod
+    def load(cls, settings: Settings) -> ServingState:
+        """Open the store and load every served bundle; refuse (FeastkitError) on anything inconsistent."""
+        from feastkit.store import open_store, require_applied
+
+        if settings.push_to not in PUSH_MODES:
+            raise FeastkitError(f"FEASTKIT_PUSH_TO is '{settings.push_to}'",
+                                f"set it to one of {', '.join(PUSH_MODES)}")
+        if settings.online_timeout_seconds <= 0 or settings.max_batch_size < 1:
+            raise FeastkitError("FEASTKIT_ONLINE_TIMEOUT_SECONDS and FEASTKIT_MAX_BATCH_SIZE must be "
+                                "positive", "set positive values (defaults: 0.5 and 1000)")
+        store = open_store(settings)
+        require_applied(store)
+        try:
+            bound_online_store(store, settings.online_timeout_seconds)
+        except Exception as exc:
+            raise FeastkitError(f"the online store client cannot be created ({describe_error(exc)})",
+                                "check FEASTKIT_REDIS_CONNECTION_STRING and the profile") from None
+        guard = StoreGuard(retry_seconds=settings.online_retry_seconds)
+        models: dict[str, LoadedModel] = {}
+        for service in served_services(store, settings):
+            bundle = current_bundle(settings.models_dir, service)
+            if bundle.feature_service != service:
+                raise FeastkitError(f"bundle {bundle.path} serves '{bundle.feature_service}', not '{service}'",
+                                    "retrain with `feastkit train`")
+            bundle.check_against(store)
+            models[service] = LoadedModel(bundle, ServiceReader.build(store, service, guard),
+                                          contract=ServiceContract.build(store, service))
+        _check_aliases(settings, models)
+        targets = PushTarget.discover(store)
+        if settings.push_to == "online_and_offline":
+            problems = [p for p in (t.offline_write_problem() for t in targets.values()) if p]
+            if problems:
+                raise FeastkitError(
+                    f"FEASTKIT_PUSH_TO=online_and_offline is unsafe here: {problems[0]}",
+                    "push online only (the default; `feastkit compute` writes these rows offline from the "
+                    "raw events), or give the push source a single-file batch source")
+        return cls(settings, models, store, targets, guard)
+
+    def describe(self) -> str:
+        """One line for the start-up message: model versions and the alias routes."""
+        aliases = {m.service: role for role, m in alias_services(self.settings, self.models).items()}
+        parts = [f"{s} {m.bundle.version}" + (f" (also /v1/predict/{aliases[s]})" if s in aliases else "")
+                 for s, m in self.models.items()]
+        return ", ".join(parts)
+
+
+# Scoring ------------------------------------------------------------------------------------------
+
+_thread_state = threading.local()
+_controller_lock = threading.Lock()
+_controller: list[Any] = []
+
+
+def one_openmp_thread() -> None:
+    """Limit OpenMP to one thread in the calling thread (once per thread).
+
+    OpenMP's thread count is per calling thread, so the limit the app sets at start-up does not
+    reach the worker threads predictions run in. A one-row prediction gains nothing from a thread
+    team, and on a busy host waking one costs milliseconds.
+    """
+    if getattr(_thread_state, "limited", False):
+        return
+    if not _controller:
+        with _controller_lock:
+            if not _controller:
+                from threadpoolctl import ThreadpoolController
+
+                _controller.append(ThreadpoolController())
+    _controller[0].limit(limits=1, user_api="openmp")
+    _thread_state.limited = True
+
+
+def epoch(ts: datetime) -> float:
+    return ts.astimezone(UTC).timestamp()
+
+
+class Scoring:
+    """Score + decide for the loaded models, recording the serving metrics of one app."""
+
+    def __init__(self, state: ServingState, metrics: ServingMetrics, max_group_rows: int | None = None) -> None:
+        self.state = state
+        self.metrics = metrics
+        self.worker = ScoringWorker(self, max_group_rows or state.settings.max_batch_size)
+
+    def score(self, model: LoadedModel, rows: list[dict[str, Any]], as_of: list[float]
+              ) -> list[dict[str, Any]]:
+        """One online read for all rows, then one model call; records read latency and missing features."""
+        metrics = self.metrics
+        service = model.bundle.feature_service
+        started = time.perf_counter()
+        try:
+            features = model.reader.read(rows, as_of)
+        except OnlineStoreUnavailable as exc:
+            reason = "fail_fast" if "failing fast" in str(exc) else "read_failed"
+            metrics.online_errors.labels("read", reason).inc()
+            raise
+        metrics.online_seconds.labels(service).observe(time.perf_counter() - started)
+        one_openmp_thread()
+        probabilities, missing = model.scorer.predict_proba(features)
+        score_hist = metrics.scores.labels(service, model.bundle.version)
+        results = []
+        for p, m, f in zip(probabilities, missing, features, strict=True):
+            p = float(p)
+            score_hist.observe(p)
+            for name in m:
+                metrics.missing.labels(service, name).inc()
+            results.append({"probability": p, "missing": m, "features": f})
+        return results
+
+    def decided(self, model: LoadedModel, results: list[dict[str, Any]], explain: bool,
+                labels: tuple[str, str]) -> list[dict[str, Any]]:
+        """Decide scored rows with the bundle's threshold: the fields every prediction shares."""
+        bundle = model.bundle
+        out = []
+        for result in results:
+            decision = labels[0] if result["probability"] >= bundle.threshold else labels[1]
+            self.metrics.predictions.labels(bundle.feature_service, decision).inc()
+            out.append({"probability": result["probability"], "decision": decision,
+                        "threshold": bundle.threshold, "model_version": bundle.version,
+                        "feature_service": bundle.feature_service, "missing_features": result["missing"],
+                        "features": result["features"] if explain else None})
+        return out
+
+    def decide(self, model: LoadedModel, rows: list[dict[str, Any]], as_of: list[float], explain: bool,
+               labels: tuple[str, str]) -> list[dict[str, Any]]:
+        """Score and decide rows here and now. Blocking (online read + model): the routes use
+        `decide_async`, which runs this in the scoring thread."""
+        return self.decided(model, self.score(model, rows, as_of), explain, labels)
+
+    async def decide_async(self, model: LoadedModel, rows: list[dict[str, Any]], as_of: list[float],
+                           explain: bool, labels: tuple[str, str]) -> list[dict[str, Any]]:
+        """`decide` in the scoring thread: the event loop keeps serving other requests meanwhile."""
+        return await self.worker.submit(_Job(model, rows, as_of, explain, labels))
+
+    def close(self) -> None:
+        self.worker.stop()
+
+
+@dataclass
+class _Job:
+    model: LoadedModel
+    rows: list[dict[str, Any]]
+    as_of: list[float]
+    explain: bool
+    labels: tuple[str, str]
+    loop: asyncio.AbstractEventLoop | None = None
+    future: asyncio.Future | None = None
+
+
+def _settle(future: asyncio.Future, result: Any, error: BaseException | None) -> None:
+    if future.done():  # the caller went away (request cancelled)
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
+
+
+class ScoringWorker:
+    """The thread predictions run in, off the event loop; requests that queue up are scored together.
+
+    Every predict request hands its rows to this one thread and awaits the result. While the thread
+    reads and scores, new requests queue; it then takes everything waiting (up to `max_rows` rows)
+    and, per model, makes one online read and one model call for all of it, and hands each request
+    its own rows' results. Rows are scored independently (the reader applies TTLs per row's `as_of`,
+    on-demand views and the model work row by row: a batch equals its single requests), so a
+    request gets the same answer alone or grouped; under load the round trip and the per-call
+    overheads are shared. A failed read fails the requests of that read, as each would have failed.
+    One thread, not a pool: the work holds the GIL almost throughout, and several threads contending
+    for it were slower than one, measured (bench/serving.py).
+    """
+
+    def __init__(self, scoring: Scoring, max_rows: int) -> None:
+        self.scoring = scoring
+        self.max_rows = max(1, max_rows)
+        self.jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self.thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        with self._lock:
+            if self.thread is None or not self.thread.is_alive():
+                self.thread = threading.Thread(target=self._run, name="feastkit-scoring", daemon=True)
+                self.thread.start()
+
+    def stop(self) -> None:
+        with self._lock:
+            if self.thread is not None and self.thread.is_alive():
+                self.jobs.put(None)
+                self.thread.join(timeout=10)
+            self.thread = None
+
+    async def submit(self, job: _Job) -> list[dict[str, Any]]:
+        if self.thread is None:
+            self.start()
+        job.loop = asyncio.get_running_loop()
+        job.future = job.loop.create_future()
+        self.jobs.put(job)
+        return await job.future
+
+    def _run(self) -> None:
+        while True:
+            first = self.jobs.get()
+            if first is None:
+                return
+            jobs, rows = [first], len(first.rows)
+            while rows < self.max_rows:
+                try:
+                    job = self.jobs.get_nowait()
+                except queue.Empty:
+                    break
+                if job is None:
+                    self.jobs.put(None)  # stop after this round
+                    break
+                jobs.append(job)
+                rows += len(job.rows)
+            groups: dict[int, list[_Job]] = {}
+            for job in jobs:
+                groups.setdefault(id(job.model), []).append(job)
+            for group in groups.values():
+                self._score(group)
+
+    def _score(self, group: list[_Job]) -> None:
+        scoring = self.scoring
+        model = group[0].model
+        try:
+            if len(group) == 1:
+                results = scoring.score(model, group[0].rows, group[0].as_of)
+            else:
+                results = scoring.score(model, [r for job in group for r in job.rows],
+                                        [a for job in group for a in job.as_of])
+        except Exception as exc:  # delivered to each waiting request, as its own error
+            for job in group:
+                job.loop.call_soon_threadsafe(_settle, job.future, None, exc)
+            return
+        at = 0
+        for job in group:
+            part = results[at:at + len(job.rows)]
+            at += len(job.rows)
+            try:
+                out, error = scoring.decided(model, part, job.explain, job.labels), None
+            except Exception as exc:
+                out, error = None, exc
+            job.loop.call_soon_threadsafe(_settle, job.future, out, error)
