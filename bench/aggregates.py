@@ -56,7 +56,14 @@ def make_events(work: Path, users: int, days: int, seed: int) -> dict[str, int]:
 
 
 def child(contender: str, work: Path) -> None:
-    from pipelines.aggregates import compute_features, data_range
+    from feastkit.clean import data_range
+    from feastkit.store import repo_specs
+    from pipelines.aggregates import compute_features as compute
+
+    specs = repo_specs(ROOT / "feature_repo")
+
+    def compute_features(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        return compute(specs, *args, **kwargs)
 
     clean, features = work / "clean", work / "features"
     if contender == "full":

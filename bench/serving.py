@@ -181,9 +181,10 @@ def stop(process: subprocess.Popen) -> None:
 
 def prepare(workdir: Path, redis_port: int, users: int, rebuild: bool):
     """Data, features, feast apply (redis profile), two bundles; reused when already built."""
+    from feastkit.clean import data_range
     from feastkit.settings import Settings
-    from feastkit.store import apply_repo, materialize_servable, open_store
-    from pipelines.aggregates import compute_features, data_range
+    from feastkit.store import applied_specs, apply_repo, materialize_servable, open_store
+    from pipelines.aggregates import compute_features
     from pipelines.synthetic import SyntheticConfig, generate, write
     from pipelines.training import train_service
     from pipelines.validation import validate_all
@@ -204,9 +205,9 @@ def prepare(workdir: Path, redis_port: int, users: int, rebuild: bool):
         write(generate(config), settings.raw_dir)
         validate_all(settings.raw_dir, settings.clean_dir, settings.quarantine_dir)
         start, end = data_range(settings.clean_dir)
-        compute_features(settings.clean_dir, settings.features_dir, start, end)
         apply_repo(settings)
         store = open_store(settings)
+        compute_features(applied_specs(store), settings.clean_dir, settings.features_dir, start, end)
         for service in (SERVICE, "churn_prediction_v1"):
             train_service(store, service, settings.clean_dir, settings.models_dir)
         marker.write_text(json.dumps({"end": end.isoformat()}))

@@ -26,9 +26,11 @@ def run_checks(settings: Settings) -> list[tuple[str, bool, str]]:
     except FeastkitError as exc:
         return [*results, ("registry", False, exc.message)]
     from feastkit.bundle import current_bundle
+    from feastkit.recipes import trainable_services
     from serving.features import OnlineStoreUnavailable, ServiceReader
 
-    for service in (settings.fraud_service, settings.churn_service):
+    services = settings.service_list or trainable_services(store)
+    for service in services:
         try:
             bundle = current_bundle(settings.models_dir, service)
             bundle.check_against(store)
@@ -36,7 +38,9 @@ def run_checks(settings: Settings) -> list[tuple[str, bool, str]]:
         except FeastkitError as exc:
             results.append((f"model {service}", False, exc.message))
     try:
-        ServiceReader.build(store, settings.fraud_service).ping()
+        if not services:
+            raise FeastkitError("no feature service names a label recipe", "tag one with model=fraud|churn")
+        ServiceReader.build(store, services[0]).ping()
         results.append(("online store", True, type(store.config.online_store).__name__))
     except (OnlineStoreUnavailable, Exception) as exc:
         results.append(("online store", False, f"{type(exc).__name__}: {str(exc)[:200]}"))

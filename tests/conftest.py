@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import socket
@@ -70,31 +69,16 @@ class Deployment:
 
 def repo_views(repo_path: Path = REPO_ROOT / "feature_repo") -> list:
     """The feature views a repo's definitions declare, read as `feast apply` reads them (no registry)."""
-    from feast.repo_operations import parse_repo
+    from feastkit.store import repo_feature_views
 
-    def own_modules() -> list[str]:
-        return [n for n, m in list(sys.modules.items())
-                if (getattr(m, "__file__", None) or "").startswith(str(repo_path) + os.sep)]
-
-    # repo modules import each other by plain names (entities, sources): never reuse another copy's
-    for name in own_modules() + [n for n in ("entities", "sources", "fraud_features", "churn_features",
-                                             "on_demand", "services") if n in sys.modules]:
-        sys.modules.pop(name, None)
-    sys.path.insert(0, str(repo_path))
-    try:
-        with contextlib.chdir(repo_path):  # Feast names repo modules relative to the working directory
-            return list(parse_repo(Path(repo_path)).feature_views)
-    finally:
-        sys.path.remove(str(repo_path))
-        for name in own_modules():
-            sys.modules.pop(name, None)
+    return repo_feature_views(repo_path)
 
 
 def repo_specs(repo_path: Path = REPO_ROOT / "feature_repo") -> list:
     """The specs of the views declared in a feature repo's definitions, read without applying it."""
-    from feastkit.declarations import specs_of
+    from feastkit.store import repo_specs as specs
 
-    return specs_of(repo_views(repo_path))
+    return specs(repo_path)
 
 
 def build_features(settings: Settings, config: SyntheticConfig = SMALL) -> tuple[datetime, datetime]:

@@ -198,8 +198,10 @@ def test_monitoring_routes(monitored: Monitored) -> None:
     from monitoring import run_monitoring
     from serving.monitoring_routes import monitoring_router
 
+    from monitoring.freshness import check_freshness
+
     app = FastAPI()
-    app.include_router(monitoring_router(monitored.settings))
+    app.include_router(monitoring_router(monitored.settings, freshness=check_freshness))
     client = TestClient(app)
     fresh = client.get("/v1/monitoring/freshness", params={"as_of": monitored.end.isoformat()})
     assert fresh.status_code == 200
