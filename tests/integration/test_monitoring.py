@@ -196,9 +196,8 @@ def test_monitoring_routes(monitored: Monitored) -> None:
     from fastapi.testclient import TestClient
 
     from monitoring import run_monitoring
-    from serving.monitoring_routes import monitoring_router
-
     from monitoring.freshness import check_freshness
+    from serving.monitoring_routes import monitoring_router
 
     app = FastAPI()
     app.include_router(monitoring_router(monitored.settings, freshness=check_freshness))
