@@ -69,6 +69,7 @@ def _fraud_examples(settings: Settings, end: pd.Timestamp) -> list[Example]:
     usual_amount = float(mine["amount"].median())
     usual_merchant = int(mine["merchant_id"].value_counts().index[0])
     merchants = feature_table(settings.features_dir, "merchant_risk_stats")
+    merchants = merchants[merchants["event_timestamp"] <= end]  # as of the examples' time
     latest = merchants.sort_values("event_timestamp").groupby("merchant_id").tail(1)
     latest = latest[latest["merchant_txn_count_30d"] >= 20]
     risky_merchant = int(latest.sort_values("merchant_chargeback_rate_90d").iloc[-1]["merchant_id"])
