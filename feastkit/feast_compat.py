@@ -23,6 +23,7 @@ need the `redis` extra only when they are called.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from feastkit.errors import FeastkitError
@@ -202,6 +203,41 @@ def sqlite_quote(identifier: str) -> str:
     from feast.infra.online_stores.sqlite import _quote_id
 
     return _quote_id(identifier)
+
+
+# Repo definitions -------------------------------------------------------------------------------
+
+
+@_relies_on(("feast.repo_operations", "parse_repo", "(repo_root)"))
+def parse_repo_definitions(repo_path: Path) -> Any:
+    """A repo's objects read as `feast apply` reads them (Feast's `parse_repo`), without a registry.
+
+    Feast imports each module by a name relative to the working directory and expects the repo on
+    sys.path (its CLI sets both up); modules keep plain names (`entities`, `sources`), so modules of
+    another repo read earlier in the process are dropped first and this repo's after.
+    """
+    import contextlib
+    import os
+    import sys
+
+    from feast.repo_operations import parse_repo
+
+    repo_path = Path(repo_path).resolve()
+
+    def own_modules() -> list[str]:
+        return [n for n, m in list(sys.modules.items())
+                if (getattr(m, "__file__", None) or "").startswith(str(repo_path) + os.sep)]
+
+    for name in own_modules() + [p.stem for p in repo_path.glob("*.py") if p.stem in sys.modules]:
+        sys.modules.pop(name, None)
+    sys.path.insert(0, str(repo_path))
+    try:
+        with contextlib.chdir(repo_path):
+            return parse_repo(repo_path)
+    finally:
+        sys.path.remove(str(repo_path))
+        for name in own_modules():
+            sys.modules.pop(name, None)
 
 
 # Feast's duckdb / ibis offline store ------------------------------------------------------------

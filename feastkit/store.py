@@ -78,28 +78,9 @@ def applied_specs(store: FeatureStore) -> list[ViewSpec]:
 def repo_feature_views(repo_path: Path) -> list:
     """The feature views a repo's definitions declare, read as `feast apply` reads them, without
     touching any registry (benchmarks and tests build tables from a repo's declarations this way)."""
-    import contextlib
+    from feastkit.feast_compat import parse_repo_definitions
 
-    from feast.repo_operations import parse_repo
-
-    repo_path = Path(repo_path).resolve()
-
-    def own_modules() -> list[str]:
-        return [n for n, m in list(sys.modules.items())
-                if (getattr(m, "__file__", None) or "").startswith(str(repo_path) + os.sep)]
-
-    # repo modules import each other by plain names (entities, sources): never reuse another repo's
-    names = {p.stem for p in repo_path.glob("*.py")}
-    for name in own_modules() + [n for n in names if n in sys.modules]:
-        sys.modules.pop(name, None)
-    sys.path.insert(0, str(repo_path))
-    try:
-        with contextlib.chdir(repo_path):  # Feast names repo modules relative to the working directory
-            return list(parse_repo(repo_path).feature_views)
-    finally:
-        sys.path.remove(str(repo_path))
-        for name in own_modules():
-            sys.modules.pop(name, None)
+    return list(parse_repo_definitions(repo_path).feature_views)
 
 
 def repo_specs(repo_path: Path) -> list[ViewSpec]:

@@ -10,7 +10,10 @@ from sources import transaction_request
 
 
 @on_demand_feature_view(
-    sources=[transaction_request, user_transaction_stats, user_profile],
+    # only the features the function reads: adding features to those views leaves this view unchanged
+    sources=[transaction_request,
+             user_transaction_stats[["amount_avg_30d", "amount_std_30d", "last_txn_epoch"]],
+             user_profile[["account_created_epoch"]]],
     schema=[
         Field(name="amount_to_avg_ratio", dtype=Float64),
         Field(name="amount_zscore", dtype=Float64),

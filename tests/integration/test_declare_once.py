@@ -172,7 +172,7 @@ def test_a_feature_and_a_view_declared_in_the_repo_are_computed_trained_and_serv
     trained = run([cli, "train", "--service", "fraud_detection_v3"], env, project)
     assert "fraud_detection_v3" in trained
     run([cli, "materialize"], env, project)
-    server = start_server(settings, project / "server.log")
+    server = start_server(settings, project / "data" / "server.log")
     try:
         body = {"user_id": 1, "merchant_id": 1, "amount": 420.0, "transaction_epoch": 1773900000.0,
                 "as_of": "2026-03-20T12:00:00Z"}
