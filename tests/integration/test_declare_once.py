@@ -115,7 +115,7 @@ def project(deployment: Deployment, tmp_path_factory: pytest.TempPathFactory) ->
 
 
 def project_settings(project: Path) -> Settings:
-    # explicit paths: other fixtures of this session export FEASTKIT_* variables of their own
+    # explicit paths: other fixtures of this test run export FEASTKIT_* variables of their own
     return Settings(project_root=project, data_dir=project / "data", repo_path=project / "feature_repo",
                     models_dir=project / "data" / "models", reports_dir=project / "data" / "reports",
                     profile="local")
