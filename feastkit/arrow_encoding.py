@@ -1,7 +1,8 @@
 """Feast's online key and value bytes, computed column by column from an Arrow batch.
 
-Feast's materialization turns every cell into a `ValueProto` in a Python loop
-(`feast.utils._convert_arrow_to_proto`) before an online store serializes it again; at a million
+Feast's materialization turns every cell into a `ValueProto` in a Python loop (its Arrow-to-proto
+conversion, reached through `feastkit.feast_compat.arrow_to_protos`) before an online store
+serializes it again; at a million
 entities that loop is a large share of the run. The encoders here produce the same bytes with
 numpy for the common scalar types: `ValueProto.SerializeToString()` for values, Feast's
 `serialize_entity_key` for entity keys and `Timestamp.SerializeToString()` for event times.

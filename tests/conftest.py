@@ -53,6 +53,16 @@ def settings_env(settings: Settings) -> dict[str, str]:
             "FEASTKIT_REDIS_CONNECTION_STRING": settings.redis_connection_string}
 
 
+def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
+    """A refused command: exit code 2 and one line on stderr holding every fragment, no traceback."""
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
 def feastkit_bin() -> str:
     return str(Path(sys.executable).with_name("feastkit"))
 

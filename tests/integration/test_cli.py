@@ -7,22 +7,19 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Deployment, feastkit_bin, make_settings, settings_env
+from tests.conftest import (
+    Deployment,
+    assert_one_line_error,
+    feastkit_bin,
+    make_settings,
+    settings_env,
+)
 
 pytestmark = pytest.mark.integration
 
 
 def run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
     return subprocess.run([feastkit_bin(), *args], env=env, capture_output=True, text=True, timeout=300)
-
-
-def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
-    assert result.returncode == 2, (result.stdout, result.stderr)
-    assert "Traceback" not in result.stderr
-    lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 @pytest.mark.parametrize("args, fragments", [

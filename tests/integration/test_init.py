@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.conftest import assert_one_line_error
+
 pytestmark = pytest.mark.integration
 
 KIT = Path(__file__).resolve().parents[2]
@@ -36,15 +38,6 @@ def clean_env(**extra: str) -> dict[str, str]:
 def init(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([FEASTKIT, "init", *args], env=clean_env(), capture_output=True, text=True,
                           timeout=120, check=False)
-
-
-def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
-    assert result.returncode == 2, (result.stdout, result.stderr)
-    assert "Traceback" not in result.stderr
-    lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 def kit_data_paths() -> set[str]:

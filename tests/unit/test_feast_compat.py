@@ -232,7 +232,6 @@ def test_offline_helpers_and_historical_retrieval(tiny: dict[str, Any], tmp_path
 
 
 def test_redis_helpers_without_a_server(tiny: dict[str, Any]) -> None:
-    pytest.importorskip("redis")
     from feast import RepoConfig
     from feast.infra.online_stores.redis import RedisOnlineStore
     from feast.protos.feast.types.EntityKey_pb2 import EntityKey
