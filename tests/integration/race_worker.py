@@ -1,0 +1,151 @@
+"""Writers for the online race tests: a pusher of newer rows, a replayer of an older interval, a checker.
+
+Each runs in its own process, against the same small Feast repo and online store:
+
+    python -m tests.integration.race_worker push|replay <work dir> <backend> <redis db> <zone,zone,...>
+
+For each zone in turn (TZ set and `time.tzset()` called, in the folder <work dir>/<round>):
+`push` pushes the newer row of every key (Feast's `push`, the store's `online_write_batch`) in
+random order and small batches; `replay` materializes the older interval again and again (the
+Arrow write engine, the store's `online_write_arrow`) until the pusher is done, then counts the
+keys whose online value or event time is not the newest one. Each prints one JSON line per zone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+START = datetime(2026, 3, 2, 1, 0, tzinfo=UTC)  # the older interval: [START, START + 1h)
+NEWER = START + timedelta(hours=2)  # pushed rows are stamped in [NEWER, NEWER + 1h)
+KEYS = 4000
+PUSH_BATCH = 100
+WRITE_BATCH = 2000  # materialization's online_write_batch_size: two batches per replay
+PROJECT = "online_races"
+
+
+def old_rows() -> pd.DataFrame:
+    """The older interval's row of every key (what a backfill replays)."""
+    rng = np.random.default_rng(1)
+    ts = START + pd.to_timedelta(rng.integers(0, 3600 * 10**6, KEYS), unit="us")
+    return pd.DataFrame({"user_id": np.arange(KEYS, dtype="int64"), "event_timestamp": ts,
+                         "created": ts, "value": np.arange(KEYS, dtype="float64"), "tag": "old"})
+
+
+def new_rows() -> pd.DataFrame:
+    """The newer row of every key (what the pushes bring), distinct from the older one."""
+    rng = np.random.default_rng(2)
+    ts = NEWER + pd.to_timedelta(rng.integers(0, 3600 * 10**6, KEYS), unit="us")
+    return pd.DataFrame({"user_id": np.arange(KEYS, dtype="int64"), "event_timestamp": ts,
+                         "created": ts, "value": np.arange(KEYS, dtype="float64") + 0.5, "tag": "new"})
+
+
+def objects(work: Path) -> list:
+    from feast import Entity, FeatureView, Field, FileSource, PushSource, types
+    from feast.value_type import ValueType
+
+    user = Entity(name="user", join_keys=["user_id"], value_type=ValueType.INT64)
+    batch = FileSource(name="facts", path=str(work / "facts.parquet"), timestamp_field="event_timestamp",
+                       created_timestamp_column="created")
+    push = PushSource(name="facts_push", batch_source=batch)
+    view = FeatureView(name="facts", entities=[user], ttl=timedelta(days=10), source=push,
+                       schema=[Field(name="user_id", dtype=types.Int64), Field(name="value", dtype=types.Float64),
+                               Field(name="tag", dtype=types.String)])
+    return [user, view]
+
+
+def open_store(work: Path, backend: str, redis_db: int):
+    """The repo in `work` (its own registry, sqlite file and, on Redis, project name)."""
+    from feast import FeatureStore, RepoConfig
+
+    online = ({"type": "feastkit.online_stores.MonotonicSqliteOnlineStore", "path": str(work / "online.db")}
+              if backend == "sqlite" else
+              {"type": "feastkit.online_stores.FastRedisOnlineStore",
+               "connection_string": f"127.0.0.1:6379,db={redis_db}"})
+    registry = {"path": str(work / "registry.db"), "cache_ttl_seconds": 3600}  # read once per writer
+    config = RepoConfig(project=f"{PROJECT}_{work.name}", provider="local", repo_path=str(work), registry=registry,
+                        online_store=online, entity_key_serialization_version=3,
+                        offline_store={"type": "feastkit.offline_stores.AsofDuckDBOfflineStore"},
+                        batch_engine={"type": "feastkit.compute_engines.ArrowWriteComputeEngine"},
+                        materialization={"pull_latest_features": True, "online_write_batch_size": WRITE_BATCH})
+    return FeatureStore(config=config)
+
+
+def _wait_for(path: Path) -> None:
+    while not path.exists():
+        time.sleep(0.01)
+
+
+def set_zone(zone: str) -> int:
+    """Switch this process to a timezone; its UTC offset in seconds at START, to prove it took effect."""
+    os.environ["TZ"] = zone
+    time.tzset()
+    return int(START.replace(tzinfo=None).timestamp() - START.timestamp())
+
+
+def push(work: Path, store) -> dict:
+    from feast.data_source import PushMode
+
+    rows = new_rows()
+    order = np.random.default_rng(3).permutation(KEYS)
+    _wait_for(work / "replay.ready")  # Feast's file registry is rewritten in place by materialize
+    store.list_feature_views()
+    (work / "push.ready").touch()
+    _wait_for(work / "go")
+    during, started = 0, time.perf_counter()
+    try:
+        for i in range(0, KEYS, PUSH_BATCH):
+            store.push("facts_push", rows.iloc[order[i:i + PUSH_BATCH]], to=PushMode.ONLINE)
+            during += len(order[i:i + PUSH_BATCH]) if not (work / "replay.done").exists() else 0
+    finally:
+        (work / "push.done").touch()  # also when a push fails: the replayer stops
+    return {"pushed_during_replays": during, "push_seconds": round(time.perf_counter() - started, 2)}
+
+
+def replay(work: Path, store) -> dict:
+    store.materialize(START, START + timedelta(hours=1), feature_views=["facts"])  # warm: replays are then short
+    (work / "replay.ready").touch()
+    _wait_for(work / "go")
+    rounds, started = 0, time.perf_counter()
+    while not (work / "push.done").exists():
+        store.materialize(START, START + timedelta(hours=1), feature_views=["facts"])
+        rounds += 1
+    (work / "replay.done").touch()
+    return {"replays": rounds, "replay_seconds": round(time.perf_counter() - started, 2), **check(store)}
+
+
+def check(store) -> dict:
+    """Keys whose online value or event time (as Feast returns it) is not the newest row's."""
+    expected = new_rows()
+    online = store.get_online_features(features=["facts:value", "facts:tag"],
+                                       entity_rows=[{"user_id": int(k)} for k in expected["user_id"]]
+                                       ).to_dict(include_event_timestamps=True)
+    seconds = (expected["event_timestamp"].astype("int64") // 10**9).tolist()  # epoch seconds, as Feast returns
+    wrong = [k for k in range(KEYS) if online["value"][k] != expected["value"][k] or online["tag"][k] != "new"]
+    wrong_ts = [k for k in range(KEYS) if online["value__ts"][k] != seconds[k]]
+    return {"wrong": len(wrong), "wrong_event_times": len(wrong_ts)}
+
+
+def main(argv: list[str]) -> None:
+    """For each zone in turn (round i in <work>/<i>): switch to it, write as `role`, print the result."""
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    role, work, backend, redis_db, zones = argv[0], Path(argv[1]), argv[2], int(argv[3]), argv[4].split(",")
+    for i, zone in enumerate(zones):
+        offset = set_zone(zone)
+        folder = work / str(i)
+        store = open_store(folder, backend, redis_db)
+        result = push(folder, store) if role == "push" else replay(folder, store)
+        print("RESULT", json.dumps({"zone": zone, "utc_offset": offset, **result}), flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
