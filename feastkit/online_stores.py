@@ -24,7 +24,7 @@ import pyarrow.compute as pc
 from feast import FeatureView, RepoConfig
 from feast.infra.key_encoding_utils import serialize_entity_key
 from feast.infra.online_stores.helpers import extract_text_and_num
-from feast.infra.online_stores.redis import RedisOnlineStore, RedisOnlineStoreConfig
+from feast.infra.online_stores.redis import RedisOnlineStore, RedisOnlineStoreConfig, RedisType
 from feast.infra.online_stores.sqlite import (
     SqliteOnlineStore,
     SqliteOnlineStoreConfig,
@@ -286,11 +286,13 @@ class FastRedisOnlineStoreConfig(RedisOnlineStoreConfig):
     )
 
 
-# One server-side compare-and-write per key. KEYS[1]: the entity's hash; ARGV: the `_ts:<view>` field,
-# the new Timestamp proto, the key expiry in seconds (0: none), then field/value pairs. The stored
-# and the new Timestamp are decoded (seconds and nanos varints; negative seconds as 10-byte two's
-# complement) and compared as (seconds, nanos): an older row is skipped (returns 0), an equal or
-# newer one is written with Feast's HSET (and EXPIRE) and returns 1.
+# Compare-and-write, one server-side step per key. KEYS: entity hashes; ARGV: the `_ts:<view>` field,
+# the key expiry in seconds (0: none), the number n of feature fields, the n fields, then for each
+# key its Timestamp proto and its n values. For each key in turn the stored and the new Timestamp are
+# decoded (seconds and nanos varints; negative seconds as 10-byte two's complement) and compared as
+# (seconds, nanos): an older row is skipped, an equal or newer one is written with Feast's HSET (and
+# EXPIRE). Returns the number of keys written. A script runs whole, so no other command lands
+# between a key's comparison and its write.
 _NEWER_WINS_LUA = """
 local function varint(data, i)
   local value, inverse, scale, count = 0, 0, 1, 0
@@ -319,24 +321,38 @@ local function stamp(data)
   end
   return seconds, nanos
 end
-local stored = redis.call('HGET', KEYS[1], ARGV[1])
-if stored then
-  local old_s, old_n = stamp(stored)
-  local new_s, new_n = stamp(ARGV[2])
-  if old_s > new_s or (old_s == new_s and old_n > new_n) then return 0 end
+local ts_field, ttl, n = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local written = 0
+for j = 1, #KEYS do
+  local at = 4 + n + (j - 1) * (n + 1)
+  local new = ARGV[at]
+  local stored = redis.call('HGET', KEYS[j], ts_field)
+  local write = true
+  if stored then
+    local old_s, old_n = stamp(stored)
+    local new_s, new_n = stamp(new)
+    write = old_s < new_s or (old_s == new_s and old_n <= new_n)
+  end
+  if write then
+    local args, m = {ts_field, new}, 2
+    for f = 1, n do
+      args[m + 1] = ARGV[3 + f]
+      args[m + 2] = ARGV[at + f]
+      m = m + 2
+      if m >= 1000 then
+        redis.call('HSET', KEYS[j], unpack(args, 1, m))
+        args, m = {}, 0
+      end
+    end
+    if m > 0 then redis.call('HSET', KEYS[j], unpack(args, 1, m)) end
+    if ttl > 0 then redis.call('EXPIRE', KEYS[j], ttl) end
+    written = written + 1
+  end
 end
-local n = #ARGV
-if n <= 1003 then
-  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2], unpack(ARGV, 4))
-else
-  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-  for j = 4, n, 1000 do redis.call('HSET', KEYS[1], unpack(ARGV, j, math.min(j + 999, n))) end
-end
-local ttl = tonumber(ARGV[3])
-if ttl > 0 then redis.call('EXPIRE', KEYS[1], ttl) end
-return 1
+return written
 """
 _NEWER_WINS_SHA = hashlib.sha1(_NEWER_WINS_LUA.encode()).hexdigest()
+_KEYS_PER_CALL = 64  # keys compared and written per script call (bounds how long one call holds the server)
 
 
 class FastRedisOnlineStore(RedisOnlineStore):
@@ -345,11 +361,12 @@ class FastRedisOnlineStore(RedisOnlineStore):
     Same keys (`serialize_entity_key` + project), same hash fields (murmur3 of `view:feature`,
     `_ts:view`), same value bytes; reads are Feast's. Feast's store reads the stored timestamps in
     one pipeline and writes in another, so a push landing in between is overwritten by an older
-    materialized row. Here every row is one `EVALSHA` of a small Lua script (pipelined, loaded on
-    first use and again after a `SCRIPT FLUSH`) that compares the stored `_ts:` Timestamp with the
-    row's and writes only when the row is as new or newer: an older row is skipped and counted, an
-    equal one overwrites (a rerun is idempotent), and of two rows of one key in a batch the newer
-    (on a tie the later) stays. `key_ttl_seconds` sets the expiry of written keys, as Feast does;
+    materialized row. Here a small Lua script (`EVALSHA`, pipelined, loaded on first use and again
+    after a `SCRIPT FLUSH`) compares each key's stored `_ts:` Timestamp with the row's and writes
+    only when the row is as new or newer, in one server-side step: an older row is skipped and
+    counted, an equal one overwrites (a rerun is idempotent), and of two rows of one key in a batch
+    the newer (on a tie the later) stays. Materialization sends 64 keys per call (one per call on a
+    Redis Cluster, where a call's keys must share a slot), pushes one. `key_ttl_seconds` sets the expiry of written keys, as Feast does;
     `skip_dedup` writes without comparing, as Feast does. Materialization (`online_write_arrow`) and
     pushes (`online_write_batch`, also its async form) take the same script.
     """
@@ -370,19 +387,16 @@ class FastRedisOnlineStore(RedisOnlineStore):
             super().online_write_batch(config, table, data, progress)
             return
         view_name = feast_compat.redis_view_name(table, config)
-        ts_field = f"_ts:{view_name}".encode()
-        fields: dict[str, bytes] = {}
+        head = [f"_ts:{view_name}".encode(), b"%d" % (store_config.key_ttl_seconds or 0)]
         version = config.entity_key_serialization_version
         commands = []
-        for entity_key, values, timestamp, _ in data:
+        for entity_key, values, timestamp, _ in data:  # one key per call: rows may name other features
             stamp = Timestamp()
             stamp.FromDatetime(make_tzaware(timestamp))  # as Feast stores it
-            args: list[bytes] = [feast_compat.redis_key(config.project, entity_key, version), ts_field,
-                                 stamp.SerializeToString(), b"%d" % (store_config.key_ttl_seconds or 0)]
-            for name, value in values.items():
-                field = fields.get(name) or fields.setdefault(name, feast_compat.redis_field(f"{view_name}:{name}"))
-                args += (field, value.SerializeToString())
-            commands.append(args)
+            names = list(values)
+            commands.append((1, feast_compat.redis_key(config.project, entity_key, version), *head, len(names),
+                             *(feast_compat.redis_field(f"{view_name}:{name}") for name in names),
+                             stamp.SerializeToString(), *(values[name].SerializeToString() for name in names)))
         self._newer_wins(feast_compat.redis_client(self, store_config), commands)
         if progress:
             progress(len(data))
@@ -426,33 +440,31 @@ class FastRedisOnlineStore(RedisOnlineStore):
                         pipe.expire(name=key, time=ttl)
                 pipe.execute()
         else:
-            head = [ts_field, None, b"%d" % (ttl or 0)]
-            commands = []
-            for i, key in enumerate(keys):
-                head[1] = stamps[i]
-                args = [key, *head]
-                for field, column in zip(fields, columns, strict=True):
-                    args += (field, column[i])
-                commands.append(args)
+            per_call = 1 if store_config.redis_type == RedisType.redis_cluster else _KEYS_PER_CALL  # one slot
+            head = (ts_field, b"%d" % (ttl or 0), len(fields), *fields)
+            rows = list(zip(stamps, *columns, strict=True))
+            commands = [(len(keys[at:at + per_call]), *keys[at:at + per_call], *head,
+                         *(cell for row in rows[at:at + per_call] for cell in row))
+                        for at in range(0, len(keys), per_call)]
             self._newer_wins(client, commands)
         if progress:
             progress(batch.num_rows)
         return True
 
     @staticmethod
-    def _newer_wins(client: Any, commands: list[list[bytes]]) -> int:
-        """Run the compare-and-write script for each (key, ts field, stamp, ttl, field, value, ...) in
-        one pipeline; the number of rows skipped as older. A flushed script cache (NOSCRIPT) is
-        reloaded and the rows it refused are sent again (a retried row is compared again)."""
+    def _newer_wins(client: Any, commands: list[tuple]) -> int:
+        """Run the compare-and-write script once per command (numkeys, keys..., its ARGV) in one
+        pipeline; the number of rows skipped as older. A flushed script cache (NOSCRIPT) is
+        reloaded and the calls it refused are sent again (their rows are compared again)."""
         pending = commands
         skipped = 0
         for _ in range(3):
             with client.pipeline(transaction=False) as pipe:
                 for args in pending:
-                    pipe.execute_command("EVALSHA", _NEWER_WINS_SHA, 1, *args)
+                    pipe.execute_command("EVALSHA", _NEWER_WINS_SHA, *args)
                 replies = pipe.execute(raise_on_error=False)
             errors = [r for r in replies if isinstance(r, Exception)]
-            skipped += sum(1 for r in replies if r == 0)
+            skipped += sum(args[0] - r for args, r in zip(pending, replies, strict=True) if not isinstance(r, Exception))
             if not errors:
                 FastRedisOnlineStore.skipped_writes += skipped
                 return skipped

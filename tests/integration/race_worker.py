@@ -100,11 +100,26 @@ def push(work: Path, store) -> dict:
     during, started = 0, time.perf_counter()
     try:
         for i in range(0, KEYS, PUSH_BATCH):
-            store.push("facts_push", rows.iloc[order[i:i + PUSH_BATCH]], to=PushMode.ONLINE)
+            _push(store, rows.iloc[order[i:i + PUSH_BATCH]], PushMode.ONLINE)
             during += len(order[i:i + PUSH_BATCH]) if not (work / "replay.done").exists() else 0
     finally:
         (work / "push.done").touch()  # also when a push fails: the replayer stops
     return {"pushed_during_replays": during, "push_seconds": round(time.perf_counter() - started, 2)}
+
+
+def _push(store, rows: pd.DataFrame, mode) -> None:
+    """Feast's push, reading the registry again when it was caught mid-rewrite (Feast's file registry
+    is rewritten in place by the replayer's materialize)."""
+    from feast.errors import PushSourceNotFoundException
+
+    for _ in range(100):
+        try:
+            store.push("facts_push", rows, to=mode)
+            return
+        except PushSourceNotFoundException:
+            time.sleep(0.05)
+            store.refresh_registry()
+    store.push("facts_push", rows, to=mode)
 
 
 def replay(work: Path, store) -> dict:

@@ -146,6 +146,15 @@ def test_sqlite_fast_path_writes_feast_rows(tmp_path: Path, days: list[int]) -> 
     assert len(stock_rows) == 300 * len(FEATURES)
     assert _sqlite_rows(tmp_path / "fast.db") == stock_rows
     pd.testing.assert_frame_equal(_online(fast), _online(stock))
+    # both paths also record the exact event time the guard compares, and agree on it
+    exact = {path: _exact_times(tmp_path / f"{path}.db") for path in ("stock", "fast")}
+    assert exact["fast"] == exact["stock"] and None not in exact["fast"].values()
+
+
+def _exact_times(path: Path) -> dict[tuple, int]:
+    with sqlite3.connect(path) as conn:
+        return dict(((key, name), us) for key, name, us in conn.execute(
+            "SELECT entity_key, feature_name, feastkit_event_us FROM mat_equality_user_facts"))
 
 
 def test_in_order_sqlite_equals_feasts_own_store(tmp_path: Path) -> None:
