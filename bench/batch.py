@@ -3,7 +3,8 @@
 PIT join: Feast's stock `duckdb` offline store vs feastkit's ASOF offline store plugin vs a
 hand-written DuckDB ASOF LEFT JOIN on the same parquet files (the floor). Materialization:
 Feast's local engine into Redis and sqlite vs a raw pipelined Redis write of Feast's exact
-bytes (the floor). Every contender runs in its own process, so its peak RSS is its own.
+bytes (the floor); `feastkit-redis-write` times the guarded Redis write path alone (Arrow
+batches in, compare-and-write script calls out). Every contender runs in its own process, so its peak RSS is its own.
 
     python bench/batch.py                                # defaults: a few minutes on 2 cores
     python bench/batch.py --entity-rows 1000000 --runs 1 # the full-scale PIT figure
@@ -34,7 +35,8 @@ TTL = timedelta(days=2)
 PROJECT = "bench_batch"
 REDIS_DB = 9  # the benchmark owns and flushes this Redis database
 PIT_CONTENDERS = ("feast-duckdb", "feastkit-asof", "duckdb-asof-floor")
-MAT_CONTENDERS = ("feast-redis", "feastkit-redis", "feast-sqlite", "feastkit-sqlite", "redis-pipeline-floor")
+MAT_CONTENDERS = ("feast-redis", "feastkit-redis", "feastkit-redis-write", "feast-sqlite", "feastkit-sqlite",
+                  "redis-pipeline-floor")
 FEASTKIT_ENGINE = "feastkit.compute_engines.ArrowWriteComputeEngine"
 USER_FEATURES = ["txn_count_7d", "amount_sum_7d", "amount_avg_30d", "amount_max_30d", "night_share_30d"]
 MERCHANT_FEATURES = ["volume_7d", "fraud_rate_30d", "avg_ticket_30d"]
@@ -268,6 +270,8 @@ def _mat_store(work: Path, contender: str, batch_size: int):
     online = {"feast-redis": {"type": "redis", "connection_string": redis},
               "redis-pipeline-floor": {"type": "redis", "connection_string": redis},
               "feastkit-redis": {"type": "feastkit.online_stores.FastRedisOnlineStore", "connection_string": redis},
+              "feastkit-redis-write": {"type": "feastkit.online_stores.FastRedisOnlineStore",
+                                       "connection_string": redis},
               "feast-sqlite": {"type": "sqlite", "path": str(work / "mat_online.db")},
               "feastkit-sqlite": {"type": "feastkit.online_stores.MonotonicSqliteOnlineStore",
                                   "path": str(work / "mat_online.db")}}[contender]
@@ -329,6 +333,16 @@ def child_mat(contender: str, work: Path, batch_size: int) -> None:
                 for key, mapping in payload[i:i + batch_size]:
                     pipe.hset(key, mapping=mapping)
                 pipe.execute()
+        seconds = time.perf_counter() - started
+    elif contender == "feastkit-redis-write":  # the store's write path alone, from Arrow batches
+        from feastkit.feast_compat import online_store
+
+        batches = pq.read_table(work / "mat.parquet").to_batches(max_chunksize=batch_size)
+        join_keys = {"entity_id": view.entity_columns[0].dtype.to_value_type()}
+        writer = online_store(store)
+        started = time.perf_counter()
+        for batch in batches:
+            assert writer.online_write_arrow(store.config, view, batch, join_keys, None)
         seconds = time.perf_counter() - started
     else:
         started = time.perf_counter()
