@@ -155,8 +155,11 @@ def check_raw_file(con: duckdb.DuckDBPyConnection, table: str, path: Path) -> li
     if missing:
         raise FeastkitError(f"raw table '{table}' at {path} lacks column(s) {missing} (it has {sorted(types)})",
                             f"provide a Parquet file with columns {list(wanted)}")
+    if rows == 0 and table not in _MAY_BE_EMPTY:
+        raise FeastkitError(f"raw table '{table}' at {path} has no rows",
+                            "check the export that wrote it (or rerun `feastkit generate`), then run again")
     for column, kind in {**wanted, **_OPTIONAL_COLUMNS[table]}.items():
-        if column in types and not types[column].startswith(_KINDS[kind]):
+        if column in types and types[column] != "NULL" and not types[column].startswith(_KINDS[kind]):
             example = con.execute(f"""SELECT "{column}" FROM read_parquet('{path}') WHERE "{column}" IS NOT NULL
                                       LIMIT 1""").fetchone()
             shown = f", e.g. {example[0]!r}" if example else ""
@@ -164,9 +167,6 @@ def check_raw_file(con: duckdb.DuckDBPyConnection, table: str, path: Path) -> li
                 f"raw table '{table}' at {path}: column '{column}' holds {types[column]}{shown}, "
                 f"not {_KIND_WORDS[kind]}",
                 f"write '{column}' as a column of {_KIND_WORDS[kind]} in the Parquet file, then run again")
-    if rows == 0 and table not in _MAY_BE_EMPTY:
-        raise FeastkitError(f"raw table '{table}' at {path} has no rows",
-                            "check the export that wrote it (or rerun `feastkit generate`), then run again")
     return list(types)
 
 
