@@ -80,8 +80,8 @@ def test_readers_only_ever_see_complete_old_or_new_files(data: Path) -> None:
     go = data / "go"
     readers = [worker(go, "read", data / "features" / "v", data / "days.json", stop, data / "days-report.json"),
                worker(go, "read", data / "clean", data / "clean.json", stop, data / "clean-report.json")]
-    writers = [worker(go, "rewrite", data / "clean", data / "features", 8, data / "compute.log"),
-               worker(go, "validate", data / "raw", data, 16, data / "validate.log")]
+    writers = [worker(go, "rewrite", data / "clean", data / "features", 6, data / "compute.log"),
+               worker(go, "validate", data / "raw", data, 8, data / "validate.log")]
     try:
         start(go, readers + writers)
         for proc in writers:
@@ -94,7 +94,7 @@ def test_readers_only_ever_see_complete_old_or_new_files(data: Path) -> None:
         report = json.loads((data / f"{name}-report.json").read_text())
         assert report["problems"] == [], f"{name}: {report['problems'][:5]} ({report['reads']} reads)"
         assert report["reads"] > 100, report  # the reader really ran alongside the writers
-    assert folder_digests(data / "features" / "v") == new  # 8 rounds: the last one is definition b
+    assert folder_digests(data / "features" / "v") == new  # 6 rounds: the last one is definition b
     assert folder_digests(data / "clean") == clean
 
 
