@@ -167,7 +167,7 @@ def check_feature_files(settings: Settings, views: list[str] | None = None) -> N
 # Jobs --------------------------------------------------------------------------------------------
 
 
-def run_validation(settings: Settings, as_of: datetime | str) -> dict[str, dict[str, int]]:
+def run_validation(settings: Settings, as_of: datetime | str | None) -> dict[str, dict[str, int]]:
     """Validate the raw tables into clean + quarantine; per table rows_in = accepted + quarantined.
 
     Validation reads whole raw tables (the aggregates then read only the lookback an interval
@@ -176,6 +176,8 @@ def run_validation(settings: Settings, as_of: datetime | str) -> dict[str, dict[
     """
     from pipelines.validation import validate_all
 
+    if as_of is None:
+        raise FeastkitError("this validation run has no interval end to judge future rows by", DAG_INTERVAL_FIX)
     check_raw_tables(settings)
     reports = validate_all(settings.raw_dir, settings.clean_dir, settings.quarantine_dir, as_of=utc(as_of),
                            lock_timeout=settings.lock_timeout_seconds)

@@ -88,8 +88,8 @@ def test_an_older_interval_validated_after_a_newer_one_never_cuts_the_clean_tabl
     validate_all(tmp_path / "raw", tmp_path / "clean", tmp_path / "q", as_of=later)
     kept = pd.read_parquet(tmp_path / "clean" / "transactions.parquet")
     reports = validate_all(tmp_path / "raw", tmp_path / "clean", tmp_path / "q", as_of=earlier)
-    assert reports[0].as_of == later
     pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "clean" / "transactions.parquet"), kept)
+    assert reports[0].as_of == later
     assert kept["event_timestamp"].max() > pd.Timestamp(earlier)
     spec = specs()[0]
     start = earlier - timedelta(hours=6)
