@@ -47,7 +47,7 @@ def make_events(work: Path, users: int, days: int, seed: int) -> dict[str, int]:
     config = SyntheticConfig(n_users=users, n_merchants=max(users // 25, 5), days=days, seed=seed,
                              start=datetime(2026, 1, 1, tzinfo=UTC))
     write(generate(config), work / "raw")
-    validate_all(work / "raw", work / "clean", work / "quarantine")
+    validate_all(work / "raw", work / "clean", work / "quarantine", as_of=config.end + timedelta(days=90))
     con = duckdb.connect()
     counts = {t: con.execute(f"SELECT count(*) FROM read_parquet('{work / 'clean' / t}.parquet')").fetchone()[0]
               for t in ("transactions", "activity", "fraud_labels")}

@@ -26,7 +26,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -203,7 +203,8 @@ def prepare(workdir: Path, redis_port: int, users: int, rebuild: bool):
         config = SyntheticConfig(n_users=users, n_merchants=max(20, users // 20), days=60, seed=5,
                                  start=datetime(2026, 1, 1, tzinfo=UTC))
         write(generate(config), settings.raw_dir)
-        validate_all(settings.raw_dir, settings.clean_dir, settings.quarantine_dir)
+        validate_all(settings.raw_dir, settings.clean_dir, settings.quarantine_dir,
+                     as_of=config.end + timedelta(days=90))
         start, end = data_range(settings.clean_dir)
         apply_repo(settings)
         store = open_store(settings)

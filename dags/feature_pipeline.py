@@ -34,12 +34,12 @@ FEATURES = Asset(name=FEATURES_ASSET_NAME, uri=FEATURES_ASSET_URI, group="feastk
 )
 def feature_pipeline() -> None:
     @task(execution_timeout=timedelta(minutes=30))
-    def validate() -> dict[str, Any]:
-        """Raw tables -> clean + quarantine (with reasons); the counts reconcile per table."""
+    def validate(data_interval_end=None) -> dict[str, Any]:
+        """Raw tables -> clean + quarantine (with reasons), as of the interval's end; counts reconcile."""
         from feastkit.jobs import fail_fast, job_settings, run_validation
 
         with fail_fast():
-            return run_validation(job_settings())
+            return run_validation(job_settings(), data_interval_end)
 
     @task(execution_timeout=timedelta(minutes=45), outlets=[FEATURES])
     def compute_features(validation: dict[str, Any], data_interval_start=None,

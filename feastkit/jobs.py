@@ -167,16 +167,20 @@ def check_feature_files(settings: Settings, views: list[str] | None = None) -> N
 # Jobs --------------------------------------------------------------------------------------------
 
 
-def run_validation(settings: Settings) -> dict[str, dict[str, int]]:
+def run_validation(settings: Settings, as_of: datetime | str | None) -> dict[str, dict[str, int]]:
     """Validate the raw tables into clean + quarantine; per table rows_in = accepted + quarantined.
 
     Validation reads whole raw tables (the aggregates then read only the lookback an interval
-    needs), so its counts reconcile per table exactly as `feastkit validate` reports them.
+    needs), so its counts reconcile per table exactly as `feastkit validate` reports them. Rows
+    stamped after `as_of` (the run's interval end, never the wall clock) are quarantined as future.
     """
     from pipelines.validation import validate_all
 
+    if as_of is None:
+        raise FeastkitError("this validation run has no interval end to judge future rows by", DAG_INTERVAL_FIX)
     check_raw_tables(settings)
-    reports = validate_all(settings.raw_dir, settings.clean_dir, settings.quarantine_dir)
+    reports = validate_all(settings.raw_dir, settings.clean_dir, settings.quarantine_dir, as_of=utc(as_of),
+                           lock_timeout=settings.lock_timeout_seconds)
     for r in reports:
         log.info("validation %s", r.line())
     return {r.table: {"rows_in": r.rows_in, "accepted": r.accepted, "quarantined": r.quarantined,
@@ -192,7 +196,8 @@ def run_compute(settings: Settings, start: datetime | str, end: datetime | str) 
     from pipelines.aggregates import compute_features
 
     a, b = check_interval(start, end)
-    computed = compute_features(applied_specs(open_store(settings)), settings.clean_dir, settings.features_dir, a, b)
+    computed = compute_features(applied_specs(open_store(settings)), settings.clean_dir, settings.features_dir, a, b,
+                                lock_timeout=settings.lock_timeout_seconds)
     for line in computed.lines():
         log.info("features [%s, %s) %s", a.isoformat(), b.isoformat(), line)
     return {"start": a.isoformat(), "end": b.isoformat(), "rows": dict(computed.rows),
@@ -200,8 +205,8 @@ def run_compute(settings: Settings, start: datetime | str, end: datetime | str) 
 
 
 def run_feature_pipeline(settings: Settings, start: datetime | str, end: datetime | str) -> dict[str, Any]:
-    """Validate the raw tables, then compute the feature tables for [start, end)."""
-    validation = run_validation(settings)
+    """Validate the raw tables as of the interval's end, then compute the feature tables for [start, end)."""
+    validation = run_validation(settings, check_interval(start, end)[1])
     return {**run_compute(settings, start, end), "validation": validation}
 
 

@@ -45,6 +45,8 @@ class Settings(BaseSettings):
     max_batch_size: int = 1000
 
     materialize_chunk: str = "1d"
+    # validate and compute hold the data folder's lock; a second run waits this long, then fails
+    lock_timeout_seconds: float = 600.0
     online_timeout_seconds: float = 0.5
     api_keys: str = ""
     # Serving (serving/app.py, docs/serving.md)

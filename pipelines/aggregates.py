@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
@@ -34,6 +35,13 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from feastkit.atomic import (
+    DEFAULT_LOCK_TIMEOUT_SECONDS,
+    data_folder_lock,
+    replace_bytes,
+    replacing,
+    swap_folder,
+)
 from feastkit.clean import EVENT_TABLES, clean_table, data_range
 from feastkit.declarations import DeclarationError, ViewSpec
 from feastkit.errors import FeastkitError
@@ -350,11 +358,31 @@ def _bounds_predicate(spec: ViewSpec) -> str:
     return "event_timestamp >= $start AND event_timestamp < $end"
 
 
+_NUMERIC_FUNCTIONS = ("sum", "avg", "std", "var")
+_NUMERIC_TYPES = ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT", "UINTEGER",
+                  "UBIGINT", "UHUGEINT", "FLOAT", "DOUBLE", "DECIMAL")
+
+
 def _check_declaration(con: duckdb.DuckDBPyConnection, spec: ViewSpec, clean_dir: Path) -> None:
     """Name the view and the field when a declaration does not fit its raw tables."""
     for source in spec.sources:
         path = clean_table(clean_dir, source.table)
-        columns = [r[0] for r in con.execute(f"DESCRIBE SELECT * FROM read_parquet('{path}')").fetchall()]
+        try:
+            described = con.execute(f"DESCRIBE SELECT * FROM read_parquet('{path}')").fetchall()
+        except duckdb.Error as exc:
+            raise FeastkitError(f"clean table '{source.table}' at {path} is not a readable Parquet file "
+                                f"({str(exc).splitlines()[0][:160]})",
+                                "run `feastkit validate` to write it again from the raw tables") from None
+        columns = [r[0] for r in described]
+        types = {r[0]: str(r[1]) for r in described}
+        for agg in spec.aggregations:
+            if (agg.source == source.name and agg.function in _NUMERIC_FUNCTIONS and agg.column in types
+                    and not types[agg.column].startswith(_NUMERIC_TYPES)):
+                raise FeastkitError(
+                    f"clean table '{source.table}' at {path}: column '{agg.column}' holds {types[agg.column]}, "
+                    f"not numbers, so feature view '{spec.name}' cannot compute {agg.function} '{agg.name}'",
+                    "write the column as numbers in the raw table and run `feastkit validate` "
+                    "(`feastkit compute` without --skip-validation)")
         needed = [(source.timestamp, "its timestamp field"), (spec.entity_key, "the entity's join key")]
         needed += [(a.column, f"feature '{a.name}'") for a in spec.aggregations
                    if a.source == source.name and a.column is not None]
@@ -394,27 +422,59 @@ def _check_select(con: duckdb.DuckDBPyConnection, spec: ViewSpec, schema: pa.Sch
 
 
 def compute_view(spec: ViewSpec, clean_dir: Path, features_dir: Path, start: datetime,
-                 end: datetime) -> tuple[int, int]:
+                 end: datetime, lock_timeout: float = DEFAULT_LOCK_TIMEOUT_SECONDS) -> tuple[int, int]:
     """Compute one view's rows for [start, end) and merge them into its day files; (rows, files).
 
     When the view's table holds rows computed under another definition (or under an unrecorded
     one), the whole table is recomputed from every raw event instead, so rows of two definitions
-    never mix.
+    never mix. Runs under the lock of the data folder holding clean_dir; every file is replaced by
+    rename, and a table rebuilt whole replaces the old one in one rename (`features/<view>` is a
+    symlink to the folder of the current version).
     """
     start, end = require_aware(start, "interval start"), require_aware(end, "interval end")
     if end <= start:
         raise FeastkitError(f"empty interval: end {end} is not after start {start}",
                             "pass --start earlier than --end")
-    out_dir = features_dir / spec.name
-    if spec.kind == "reference":
-        out_dir.mkdir(parents=True, exist_ok=True)
-        rows, files = _write_reference_view(spec, clean_dir, out_dir)
-        _record_definition(out_dir, spec)
-        return rows, files
-    has_rows = any(out_dir.glob("part-*.parquet"))
-    if has_rows and _recorded_definition(out_dir) != spec.digest:
-        return _recompute_view(spec, clean_dir, features_dir, start, end)
-    return _merge_interval(spec, clean_dir, out_dir, start, end)
+    with data_folder_lock(clean_dir.parent, "compute", lock_timeout):
+        out_dir = features_dir / spec.name
+        _remove_leftovers(features_dir, spec.name)
+        if not out_dir.exists():
+            features_dir.mkdir(parents=True, exist_ok=True)
+            swap_folder(out_dir, _new_version(features_dir, spec.name))
+        if spec.kind == "reference":
+            rows, files = _write_reference_view(spec, clean_dir, out_dir)
+            _record_definition(out_dir, spec)
+            return rows, files
+        has_rows = any(out_dir.glob("part-*.parquet"))
+        if has_rows and _recorded_definition(out_dir) != spec.digest:
+            return _recompute_view(spec, clean_dir, features_dir, start, end)
+        return _merge_interval(spec, clean_dir, out_dir, start, end)
+
+
+_VERSION_MARK = ".v-"
+_STAGING_PREFIX = ".staging-"
+
+
+def _new_version(features_dir: Path, name: str) -> Path:
+    fresh = features_dir / f".{name}{_VERSION_MARK}{uuid.uuid4().hex[:12]}"
+    fresh.mkdir(parents=True)
+    return fresh
+
+
+def _remove_leftovers(features_dir: Path, name: str) -> None:
+    """Staging folders and unused versions left by a run that died (the lock is held: no run is live)."""
+    out_dir = features_dir / name
+    current = out_dir.resolve() if out_dir.exists() else None
+    for folder in features_dir.glob(f".{name}{_VERSION_MARK}*"):
+        if folder.resolve() != current:
+            shutil.rmtree(folder, ignore_errors=True)
+    for old in features_dir.glob(f".{name}.*.old"):
+        shutil.rmtree(old, ignore_errors=True)
+    if out_dir.is_dir():
+        for staging in out_dir.glob(f"{_STAGING_PREFIX}*"):
+            shutil.rmtree(staging, ignore_errors=True)
+        for tmp in out_dir.glob(".*.tmp"):
+            tmp.unlink(missing_ok=True)
 
 
 def _recorded_definition(out_dir: Path) -> str | None:
@@ -428,28 +488,26 @@ def _recorded_definition(out_dir: Path) -> str | None:
 
 
 def _record_definition(out_dir: Path, spec: ViewSpec) -> None:
-    tmp = out_dir / f".{DEFINITION_FILE}.tmp"
-    tmp.write_text(json.dumps({"digest": spec.digest, "spec": json.loads(spec.to_json())}, indent=1))
-    tmp.replace(out_dir / DEFINITION_FILE)
+    replace_bytes(out_dir / DEFINITION_FILE,
+                  json.dumps({"digest": spec.digest, "spec": json.loads(spec.to_json())}, indent=1).encode())
 
 
 def _recompute_view(spec: ViewSpec, clean_dir: Path, features_dir: Path, start: datetime,
                     end: datetime) -> tuple[int, int]:
-    """Build the whole table under the current definition beside the old one, then swap them."""
+    """Build the whole table under the current definition in a new version folder, then point the
+    table at it in one rename: readers see the old table or the new one, never none or a mix."""
     lo, hi = default_range([spec], clean_dir)
     lo, hi = min(lo, start), max(hi, end)
-    fresh = features_dir / f".{spec.name}.rebuild"
-    shutil.rmtree(fresh, ignore_errors=True)
-    fresh.mkdir(parents=True)
-    rows, files = _merge_interval(spec, clean_dir, fresh, lo, hi)
-    _record_definition(fresh, spec)
-    out_dir = features_dir / spec.name
-    old = features_dir / f".{spec.name}.replaced"
-    shutil.rmtree(old, ignore_errors=True)
-    if out_dir.exists():
-        out_dir.rename(old)
-    fresh.rename(out_dir)
-    shutil.rmtree(old, ignore_errors=True)
+    fresh = _new_version(features_dir, spec.name)
+    try:
+        rows, files = _merge_interval(spec, clean_dir, fresh, lo, hi)
+        _record_definition(fresh, spec)
+        previous = swap_folder(features_dir / spec.name, fresh)
+    except BaseException:
+        shutil.rmtree(fresh, ignore_errors=True)
+        raise
+    if previous is not None:
+        shutil.rmtree(previous, ignore_errors=True)
     log.info("feature view %s: recomputed over [%s, %s) under its current definition %s",
              spec.name, lo.isoformat(), hi.isoformat(), spec.digest)
     return rows, files
@@ -459,6 +517,9 @@ def _merge_interval(spec: ViewSpec, clean_dir: Path, out_dir: Path, start: datet
                     end: datetime) -> tuple[int, int]:
     out_dir.mkdir(parents=True, exist_ok=True)
     con = connect()
+    # this run's own staging folder, beside the day files (so each move is a rename) and outside
+    # the `*.parquet` glob Feast reads
+    staging = out_dir / f"{_STAGING_PREFIX}{uuid.uuid4().hex[:12]}"
     try:
         _check_declaration(con, spec, clean_dir)
         params = {"start": start, "end": end}
@@ -477,11 +538,16 @@ def _merge_interval(spec: ViewSpec, clean_dir: Path, out_dir: Path, start: datet
                      if first_day.isoformat() <= f.stem.removeprefix("part-") <= last_day.isoformat())
         kept = (f"SELECT * FROM read_parquet([{', '.join(repr(str(f)) for f in old)}]) "
                 f"WHERE NOT ({_bounds_predicate(spec)}) UNION ALL BY NAME " if old else "")
-        staging = out_dir / ".staging"
-        shutil.rmtree(staging, ignore_errors=True)
         # no global sort: fresh rows arrive grouped by entity and in time order within it
-        con.execute(f"""COPY (SELECT *, {day_expr} AS day FROM ({kept} {fresh}))
-                      TO '{staging}' (FORMAT parquet, PARTITION_BY (day))""", params if old else None)
+        try:
+            con.execute(f"""COPY (SELECT *, {day_expr} AS day FROM ({kept} {fresh}))
+                          TO '{staging}' (FORMAT parquet, PARTITION_BY (day))""", params if old else None)
+        except duckdb.Error as exc:
+            raise FeastkitError(f"feature view '{spec.name}': computing [{start.isoformat()}, {end.isoformat()}) "
+                                f"failed on the clean tables in {clean_dir} or its day files in {out_dir} "
+                                f"({str(exc).splitlines()[0][:200]})",
+                                "run `feastkit validate` (or `feastkit compute` without --skip-validation); "
+                                "a corrupt day file is rebuilt by removing it and computing its days again") from None
         touched = {date.fromisoformat(f.stem.removeprefix("part-")) for f in old}
         touched |= {date.fromisoformat(d.name.removeprefix("day=")) for d in staging.glob("day=*")}
         for d in sorted(touched):
@@ -490,14 +556,15 @@ def _merge_interval(spec: ViewSpec, clean_dir: Path, out_dir: Path, start: datet
             if len(written) > 1:
                 raise RuntimeError(f"expected one staged file for {spec.name} {d}, got {len(written)}")
             if written:
-                written[0].replace(target)
+                with replacing(target) as tmp:
+                    written[0].rename(tmp)
             else:
                 target.unlink(missing_ok=True)
-        shutil.rmtree(staging, ignore_errors=True)
         if not (out_dir / DEFINITION_FILE).is_file():
             _record_definition(out_dir, spec)
     finally:
         con.close()
+        shutil.rmtree(staging, ignore_errors=True)
     return counted[0], len(touched)
 
 
@@ -505,31 +572,39 @@ def _write_reference_view(spec: ViewSpec, clean_dir: Path, out_dir: Path) -> tup
     """A dimension table (one row per entity, stamped when it came to be) is rewritten whole."""
     source = spec.sources[0]
     path = out_dir / "part-all.parquet"
-    tmp = path.with_suffix(".parquet.tmp")
     columns = ", ".join(f"({f.expression})::{duckdb_type(f.dtype)} AS {f.name}" for f in spec.features)
     con = connect()
     try:
         _check_declaration(con, spec, clean_dir)
-        try:
-            con.execute(f"""COPY (SELECT "{spec.entity_key}", "{source.timestamp}"::TIMESTAMPTZ AS event_timestamp,
-                              {columns} FROM read_parquet('{clean_table(clean_dir, source.table)}')
-                              ORDER BY "{spec.entity_key}") TO '{tmp}' (FORMAT parquet)""")
-        except duckdb.Error as exc:
-            raise DeclarationError(f"feature view '{spec.name}': its expressions fail on raw table "
-                                   f"'{source.table}' ({str(exc).splitlines()[0][:200]})",
-                                   "write each feature as DuckDB SQL over that table's columns") from None
-        tmp.replace(path)
+        with replacing(path) as tmp:
+            try:
+                con.execute(f"""COPY (SELECT "{spec.entity_key}", "{source.timestamp}"::TIMESTAMPTZ AS event_timestamp,
+                                  {columns} FROM read_parquet('{clean_table(clean_dir, source.table)}')
+                                  ORDER BY "{spec.entity_key}") TO '{tmp}' (FORMAT parquet)""")
+            except duckdb.Error as exc:
+                raise DeclarationError(f"feature view '{spec.name}': its expressions fail on raw table "
+                                       f"'{source.table}' ({str(exc).splitlines()[0][:200]})",
+                                       "write each feature as DuckDB SQL over that table's columns") from None
         return con.execute(f"SELECT count(*) FROM read_parquet('{path}')").fetchone()[0], 1
     finally:
         con.close()
 
 
 def compute_features(specs: list[ViewSpec], clean_dir: Path, features_dir: Path, start: datetime | None = None,
-                     end: datetime | None = None, views: list[str] | None = None) -> ComputeReport:
+                     end: datetime | None = None, views: list[str] | None = None,
+                     lock_timeout: float = DEFAULT_LOCK_TIMEOUT_SECONDS) -> ComputeReport:
     """Compute every (or the named) declared view for [start, end); defaults to the whole data range.
 
     `specs` come from the applied registry (`feastkit.declarations.specs_of(store.list_feature_views())`).
+    The run holds the lock of the data folder holding clean_dir: a second run over the same data
+    waits for it (up to `lock_timeout` seconds), so runs never rewrite the same files at once.
     """
+    with data_folder_lock(clean_dir.parent, "compute", lock_timeout):
+        return _compute_features(specs, clean_dir, features_dir, start, end, views, lock_timeout)
+
+
+def _compute_features(specs: list[ViewSpec], clean_dir: Path, features_dir: Path, start: datetime | None,
+                      end: datetime | None, views: list[str] | None, lock_timeout: float) -> ComputeReport:
     by_name = {s.name: s for s in specs}
     unknown = sorted(set(views or []) - set(by_name))
     if unknown:
@@ -545,7 +620,7 @@ def compute_features(specs: list[ViewSpec], clean_dir: Path, features_dir: Path,
     for spec in specs:
         if views and spec.name not in views:
             continue
-        rows[spec.name], files[spec.name] = compute_view(spec, clean_dir, features_dir, start, end)
+        rows[spec.name], files[spec.name] = compute_view(spec, clean_dir, features_dir, start, end, lock_timeout)
     return ComputeReport(require_aware(start, "interval start"), require_aware(end, "interval end"), rows, files)
 
 

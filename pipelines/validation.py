@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
+import duckdb
+
+from feastkit.atomic import DEFAULT_LOCK_TIMEOUT_SECONDS, data_folder_lock, replace_bytes, replacing
 from feastkit.errors import FeastkitError
+from feastkit.times import require_aware, utc
 from pipelines.aggregates import connect
 from pipelines.synthetic import ACTIVITY_TYPES, CHANNELS
 
@@ -25,6 +30,35 @@ _DEDUP_KEY = {
     "activity": "user_id, event_type, event_timestamp, amount",
     "fraud_labels": "transaction_id",
 }
+# The columns the rules read, and what each must hold (a DuckDB type family).
+_COLUMNS: dict[str, dict[str, str]] = {
+    "transactions": {"transaction_id": "integer", "user_id": "integer", "merchant_id": "integer",
+                     "amount": "number", "channel": "text", "event_timestamp": "timestamp"},
+    "activity": {"user_id": "integer", "event_type": "text", "amount": "number", "event_timestamp": "timestamp"},
+    "fraud_labels": {"transaction_id": "integer", "transaction_timestamp": "timestamp",
+                     "label_timestamp": "timestamp"},
+    "users": {"user_id": "integer"},
+    "merchants": {"merchant_id": "integer"},
+}
+# Columns that need not be there, but must hold the right kind of value when they are.
+_OPTIONAL_COLUMNS: dict[str, dict[str, str]] = {
+    "transactions": {}, "activity": {}, "fraud_labels": {"is_fraud": "number", "user_id": "integer",
+                                                         "merchant_id": "integer"},
+    "users": {}, "merchants": {},
+}
+_KINDS = {
+    "integer": ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT", "UINTEGER",
+                "UBIGINT", "UHUGEINT"),
+    "number": ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT", "UINTEGER",
+               "UBIGINT", "UHUGEINT", "FLOAT", "DOUBLE", "DECIMAL"),
+    "timestamp": ("TIMESTAMP", "TIMESTAMP WITH TIME ZONE", "TIMESTAMP_S", "TIMESTAMP_MS", "TIMESTAMP_NS"),
+    "text": ("VARCHAR",),
+}
+_KIND_WORDS = {"integer": "whole numbers", "number": "numbers", "timestamp": "timestamps", "text": "text"}
+VALIDATED_FILE = "_validated.json"  # the as-of time the clean tables were judged at
+# tables that may legitimately have no rows yet (labels arrive days after their transactions)
+_MAY_BE_EMPTY = ("fraud_labels",)
+
 _TIME_COLUMN = {"transactions": "event_timestamp", "activity": "event_timestamp",
                 "fraud_labels": "label_timestamp"}
 
@@ -80,6 +114,7 @@ class ValidationReport:
     accepted: int
     quarantined: int
     reasons: dict[str, int]
+    as_of: datetime | None = None  # rows stamped later were quarantined as future_timestamp
 
     def __post_init__(self) -> None:
         if self.rows_in != self.accepted + self.quarantined:
@@ -99,55 +134,132 @@ def _require(path: Path, what: str) -> Path:
     return path
 
 
-def validate_table(table: str, raw_dir: Path, clean_dir: Path, quarantine_dir: Path,
-                   as_of: datetime | None = None) -> ValidationReport:
-    """Split raw_dir/<table>.parquet into clean_dir/<table>.parquet and quarantine_dir/<table>.parquet."""
+_FIX_FILE = "replace it with a Parquet export of the table (or rerun `feastkit generate`), then run again"
+
+
+def check_raw_file(con: duckdb.DuckDBPyConnection, table: str, path: Path) -> list[str]:
+    """The columns of a raw table's file, once it is known to be a Parquet file with rows and with
+    every column the rules read, each holding the right kind of value; else a FeastkitError naming
+    the file and the fix."""
+    if path.stat().st_size == 0:
+        raise FeastkitError(f"raw table '{table}' at {path} is an empty file (0 bytes)", _FIX_FILE)
+    try:
+        described = con.execute(f"DESCRIBE SELECT * FROM read_parquet('{path}')").fetchall()
+        rows = con.execute(f"SELECT count(*) FROM read_parquet('{path}')").fetchone()[0]
+    except duckdb.Error as exc:
+        raise FeastkitError(f"raw table '{table}' at {path} is not a readable Parquet file "
+                            f"({str(exc).splitlines()[0][:160]})", _FIX_FILE) from None
+    types = {name: str(dtype) for name, dtype, *_ in described}
+    wanted = _COLUMNS[table]
+    missing = [c for c in wanted if c not in types]
+    if missing:
+        raise FeastkitError(f"raw table '{table}' at {path} lacks column(s) {missing} (it has {sorted(types)})",
+                            f"provide a Parquet file with columns {list(wanted)}")
+    if rows == 0 and table not in _MAY_BE_EMPTY:
+        raise FeastkitError(f"raw table '{table}' at {path} has no rows",
+                            "check the export that wrote it (or rerun `feastkit generate`), then run again")
+    for column, kind in {**wanted, **_OPTIONAL_COLUMNS[table]}.items():
+        if column in types and types[column] != "NULL" and not types[column].startswith(_KINDS[kind]):
+            example = con.execute(f"""SELECT "{column}" FROM read_parquet('{path}') WHERE "{column}" IS NOT NULL
+                                      LIMIT 1""").fetchone()
+            shown = f", e.g. {example[0]!r}" if example else ""
+            raise FeastkitError(
+                f"raw table '{table}' at {path}: column '{column}' holds {types[column]}{shown}, "
+                f"not {_KIND_WORDS[kind]}",
+                f"write '{column}' as a column of {_KIND_WORDS[kind]} in the Parquet file, then run again")
+    return list(types)
+
+
+def validate_table(table: str, raw_dir: Path, clean_dir: Path, quarantine_dir: Path, *, as_of: datetime,
+                   lock_timeout: float = DEFAULT_LOCK_TIMEOUT_SECONDS) -> ValidationReport:
+    """Split raw_dir/<table>.parquet into clean_dir/<table>.parquet and quarantine_dir/<table>.parquet.
+
+    Rows stamped after `as_of` (a run's interval end) are quarantined as future_timestamp; the wall
+    clock plays no part, so a rerun gives the same tables. Both files are replaced by rename, under
+    the lock of the data folder holding clean_dir.
+    """
     if table not in _KEYS:
         raise FeastkitError(f"no validation rules for table '{table}'", f"use one of {list(_KEYS)}")
-    as_of = as_of or datetime.now(UTC)
+    as_of = require_aware(as_of, "validation as-of time")
     src = _require(raw_dir / f"{table}.parquet", f"raw table '{table}'")
-    clean_dir.mkdir(parents=True, exist_ok=True)
-    quarantine_dir.mkdir(parents=True, exist_ok=True)
-    con = connect()
+    with data_folder_lock(clean_dir.parent, "validation", lock_timeout):
+        clean_dir.mkdir(parents=True, exist_ok=True)
+        quarantine_dir.mkdir(parents=True, exist_ok=True)
+        con = connect()
+        try:
+            for ref in ("users", "merchants"):
+                path = _require(raw_dir / f"{ref}.parquet", f"raw table '{ref}'")
+                check_raw_file(con, ref, path)
+                con.execute(f"CREATE VIEW {ref} AS SELECT * FROM read_parquet('{path}')")
+            check_raw_file(con, table, src)
+            return _split(con, table, src, clean_dir, quarantine_dir, as_of)
+        finally:
+            con.close()
+
+
+def _split(con: duckdb.DuckDBPyConnection, table: str, src: Path, clean_dir: Path, quarantine_dir: Path,
+           as_of: datetime) -> ValidationReport:
+    rules = _rules(table)
+    case = "CASE " + " ".join(f"WHEN {cond} THEN '{code}'" for code, cond, _ in rules) + " END"
     try:
-        con.execute(f"CREATE VIEW users AS SELECT * FROM read_parquet('{_require(raw_dir / 'users.parquet', 'raw table users')}')")
-        con.execute(f"CREATE VIEW merchants AS SELECT * FROM read_parquet('{_require(raw_dir / 'merchants.parquet', 'raw table merchants')}')")
-        columns = [r[0] for r in con.execute(f"DESCRIBE SELECT * FROM read_parquet('{src}')").fetchall()]
-        missing = [k for k in _KEYS[table] if k not in columns]
-        if missing:
-            raise FeastkitError(f"raw table '{table}' lacks column(s) {missing}",
-                                f"provide a parquet file with columns {list(_KEYS[table])}")
-        rules = _rules(table)
-        case = "CASE " + " ".join(f"WHEN {cond} THEN '{code}'" for code, cond, _ in rules) + " END"
         con.execute(f"""
             CREATE TEMP TABLE checked AS
             SELECT *, {case} AS quarantine_reason FROM (
                 SELECT *, row_number() OVER (PARTITION BY {_DEDUP_KEY[table]} ORDER BY __row) AS __dup_rank
                 FROM (SELECT *, row_number() OVER () AS __row FROM read_parquet('{src}'))
             )""", {"as_of": as_of})
-        explain = "CASE quarantine_reason " + " ".join(
-            f"WHEN '{code}' THEN '{text.replace(chr(39), chr(39) * 2)}'" for code, _, text in rules) + " END"
+    except duckdb.Error as exc:
+        raise FeastkitError(f"raw table '{table}' at {src} cannot be checked ({str(exc).splitlines()[0][:200]})",
+                            _FIX_FILE) from None
+    explain = "CASE quarantine_reason " + " ".join(
+        f"WHEN '{code}' THEN '{text.replace(chr(39), chr(39) * 2)}'" for code, _, text in rules) + " END"
+    with replacing(clean_dir / f"{table}.parquet") as tmp:
         con.execute(f"""COPY (SELECT * EXCLUDE (__row, __dup_rank, quarantine_reason) FROM checked
-                     WHERE quarantine_reason IS NULL ORDER BY __row)
-                     TO '{clean_dir / f'{table}.parquet'}' (FORMAT parquet)""")
+                     WHERE quarantine_reason IS NULL ORDER BY __row) TO '{tmp}' (FORMAT parquet)""")
+    with replacing(quarantine_dir / f"{table}.parquet") as tmp:
         con.execute(f"""COPY (SELECT * EXCLUDE (__row, __dup_rank), {explain} AS quarantine_detail
-                     FROM checked WHERE quarantine_reason IS NOT NULL ORDER BY __row)
-                     TO '{quarantine_dir / f'{table}.parquet'}' (FORMAT parquet)""")
-        rows_in = con.execute("SELECT count(*) FROM checked").fetchone()[0]
-        by_reason = dict(con.execute(
-            "SELECT quarantine_reason, count(*) FROM checked WHERE quarantine_reason IS NOT NULL "
-            "GROUP BY 1").fetchall())
-        accepted = con.execute("SELECT count(*) FROM checked WHERE quarantine_reason IS NULL").fetchone()[0]
-    finally:
-        con.close()
-    return ValidationReport(table, rows_in, accepted, sum(by_reason.values()), by_reason)
+                     FROM checked WHERE quarantine_reason IS NOT NULL ORDER BY __row) TO '{tmp}' (FORMAT parquet)""")
+    rows_in = con.execute("SELECT count(*) FROM checked").fetchone()[0]
+    by_reason = dict(con.execute(
+        "SELECT quarantine_reason, count(*) FROM checked WHERE quarantine_reason IS NOT NULL GROUP BY 1").fetchall())
+    accepted = con.execute("SELECT count(*) FROM checked WHERE quarantine_reason IS NULL").fetchone()[0]
+    con.execute("DROP TABLE checked")
+    return ValidationReport(table, rows_in, accepted, sum(by_reason.values()), by_reason, as_of)
 
 
-def validate_all(raw_dir: Path, clean_dir: Path, quarantine_dir: Path,
-                 as_of: datetime | None = None) -> list[ValidationReport]:
-    """Validate every event table; users and merchants are copied as reference tables."""
-    reports = [validate_table(t, raw_dir, clean_dir, quarantine_dir, as_of) for t in _KEYS]
-    for ref in ("users", "merchants"):
-        src = _require(raw_dir / f"{ref}.parquet", f"raw table '{ref}'")
-        (clean_dir / f"{ref}.parquet").write_bytes(src.read_bytes())
+def validated_as_of(clean_dir: Path) -> datetime | None:
+    """The as-of time the clean tables were last judged at (None before any validation)."""
+    path = clean_dir / VALIDATED_FILE
+    try:
+        return utc(json.loads(path.read_text())["as_of"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def validate_all(raw_dir: Path, clean_dir: Path, quarantine_dir: Path, *, as_of: datetime,
+                 lock_timeout: float = DEFAULT_LOCK_TIMEOUT_SECONDS) -> list[ValidationReport]:
+    """Validate every event table as of `as_of`; users and merchants are copied as reference tables.
+
+    The clean tables never go back in time: when they were already judged as of a later time (a
+    backfill of older intervals after newer ones, which Airflow runs in any order), that later time
+    is kept. The rows an interval reads (stamped before its end) are the same either way, and a
+    compute of a later interval never finds them cut short. The whole set is written under the data
+    folder's lock; each file is replaced by rename.
+    """
+    as_of = require_aware(as_of, "validation as-of time")
+    with data_folder_lock(clean_dir.parent, "validation", lock_timeout):
+        recorded = validated_as_of(clean_dir)
+        if recorded is not None and recorded > as_of:
+            as_of = recorded
+        con = connect()
+        try:  # every input is checked before anything is written
+            for table in (*_KEYS, "users", "merchants"):
+                check_raw_file(con, table, _require(raw_dir / f"{table}.parquet", f"raw table '{table}'"))
+        finally:
+            con.close()
+        reports = [validate_table(t, raw_dir, clean_dir, quarantine_dir, as_of=as_of, lock_timeout=lock_timeout)
+                   for t in _KEYS]
+        for ref in ("users", "merchants"):
+            replace_bytes(clean_dir / f"{ref}.parquet", (raw_dir / f"{ref}.parquet").read_bytes())
+        replace_bytes(clean_dir / VALIDATED_FILE, json.dumps({"as_of": as_of.isoformat()}).encode())
     return reports

@@ -91,6 +91,13 @@ def repo_specs(repo_path: Path = REPO_ROOT / "feature_repo") -> list:
     return specs(repo_path)
 
 
+def validation_as_of(config: SyntheticConfig = SMALL) -> datetime:
+    """An as-of time after every generated row, late labels included (they come up to 60 days late)."""
+    from datetime import timedelta
+
+    return config.end + timedelta(days=90)
+
+
 def build_features(settings: Settings, config: SyntheticConfig = SMALL) -> tuple[datetime, datetime]:
     """Raw events -> clean tables -> every declared view, computed from the repo's definitions."""
     from feastkit.clean import data_range
@@ -98,7 +105,7 @@ def build_features(settings: Settings, config: SyntheticConfig = SMALL) -> tuple
     from pipelines.validation import validate_all
 
     write(generate(config), settings.raw_dir)
-    validate_all(settings.raw_dir, settings.clean_dir, settings.quarantine_dir)
+    validate_all(settings.raw_dir, settings.clean_dir, settings.quarantine_dir, as_of=validation_as_of(config))
     start, end = data_range(settings.clean_dir)
     compute_features(repo_specs(settings.repo_path), settings.clean_dir, settings.features_dir, start, end)
     return start, end

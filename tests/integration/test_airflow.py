@@ -30,6 +30,7 @@ from tests.conftest import (
     settings_env,
     start_server,
     stop_server,
+    validation_as_of,
 )
 
 pytestmark = pytest.mark.integration
@@ -162,7 +163,7 @@ def pipeline(deployment: Deployment, tmp_path_factory: pytest.TempPathFactory) -
     copy_repo_definitions(root / "repo")
     settings = make_settings(root)
     shutil.copytree(deployment.settings.raw_dir, settings.raw_dir)
-    validate_all(settings.raw_dir, settings.clean_dir, settings.quarantine_dir)
+    validate_all(settings.raw_dir, settings.clean_dir, settings.quarantine_dir, as_of=validation_as_of())
     start, end = data_range(settings.clean_dir)
     t0 = end - timedelta(hours=6)
     apply_repo(settings)

@@ -229,7 +229,7 @@ def test_report_rejects_counts_that_do_not_reconcile() -> None:
 
 def test_missing_raw_file_says_to_generate(tmp_path: Path) -> None:
     with pytest.raises(FeastkitError) as info:
-        validate_all(tmp_path / "raw", tmp_path / "clean", tmp_path / "quarantine")
+        validate_all(tmp_path / "raw", tmp_path / "clean", tmp_path / "quarantine", as_of=AS_OF)
     assert "feastkit generate" in str(info.value)
 
 
@@ -237,7 +237,7 @@ def test_missing_reference_table_says_to_generate(tmp_path: Path) -> None:
     write(generate(SyntheticConfig(n_users=10, n_merchants=5, days=7, seed=1)), tmp_path / "raw")
     (tmp_path / "raw" / "merchants.parquet").unlink()
     with pytest.raises(FeastkitError) as info:
-        validate_table("transactions", tmp_path / "raw", tmp_path / "clean", tmp_path / "q")
+        validate_table("transactions", tmp_path / "raw", tmp_path / "clean", tmp_path / "q", as_of=AS_OF)
     assert "feastkit generate" in str(info.value)
 
 
@@ -245,8 +245,8 @@ def test_unknown_table_and_missing_key_column_raise(tmp_path: Path) -> None:
     raw = tmp_path / "raw"
     write(generate(SyntheticConfig(n_users=10, n_merchants=5, days=7, seed=1)), raw)
     with pytest.raises(FeastkitError, match="no validation rules"):
-        validate_table("users", raw, tmp_path / "clean", tmp_path / "q")
+        validate_table("users", raw, tmp_path / "clean", tmp_path / "q", as_of=AS_OF)
     pd.read_parquet(raw / "activity.parquet").drop(columns=["event_type"]).to_parquet(
         raw / "activity.parquet")
     with pytest.raises(FeastkitError, match="event_type"):
-        validate_table("activity", raw, tmp_path / "clean", tmp_path / "q")
+        validate_table("activity", raw, tmp_path / "clean", tmp_path / "q", as_of=AS_OF)
