@@ -361,6 +361,32 @@ def test_no_keys_configured_means_open_routes(client: TestClient, deployment: De
     assert r.status_code == 200
 
 
+def test_monitoring_routes_name_no_filesystem_path(copy_settings: Settings, state: ServingState,
+                                                  tmp_path: Path, captured_logs: io.StringIO) -> None:
+    """Report files are named relative to the data folder; errors name no path (the log does)."""
+    data = tmp_path / "data"
+    settings = copy_settings.model_copy(update={"data_dir": data, "reports_dir": data / "reports"})
+
+    def failing_check(store: object, at: object) -> list:
+        raise FeastkitError(f"the registry at {tmp_path}/registry.db cannot be read", "run feastkit apply")
+
+    with TestClient(create_app(settings, state, freshness=failing_check)) as c:
+        missing = c.get("/v1/monitoring/drift/latest")
+        assert missing.status_code == 404 and "feastkit drift" in missing.text
+        (data / "reports").mkdir(parents=True)
+        (data / "reports" / "latest.json").write_text("{not json")
+        unreadable = c.get("/v1/monitoring/drift/latest")
+        assert unreadable.status_code == 500 and "feastkit drift" in unreadable.text
+        (data / "reports" / "latest.json").write_text(json.dumps({"schema_version": 1, "ok": True}))
+        latest = c.get("/v1/monitoring/drift/latest")
+        assert latest.status_code == 200 and latest.json()["report_html"] == "reports/latest.html"
+        freshness = c.get("/v1/monitoring/freshness")
+        assert freshness.status_code == 503
+        for response in (missing, unreadable, latest, freshness):
+            assert str(tmp_path) not in response.text and "/tmp" not in response.text, response.text
+    assert f"{tmp_path}/registry.db" in captured_logs.getvalue()  # the operator still sees it
+
+
 # Start-up refusals -----------------------------------------------------------------------------
 
 
