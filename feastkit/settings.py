@@ -56,6 +56,8 @@ class Settings(BaseSettings):
     push_to: str = "online"               # "online" or "online_and_offline"
     log_level: str = "INFO"
     access_log: bool = True
+    ready_probe_seconds: float = 1.0      # the background /ready probe pings the store this often
+    metrics_public: bool = False          # with API keys set, /metrics needs one unless this is true
 
     # Orchestration (dags/): cron schedules in UTC, first interval, catchup, promotion rule
     schedule_feature_pipeline: str = "0 * * * *"

@@ -14,20 +14,22 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, Request, Response
+from fastapi import Depends, FastAPI, Request, Response
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from feastkit import __version__
 from feastkit.settings import Settings, get_settings
-from serving.auth import Unauthorized
+from serving.auth import Unauthorized, require_api_key
 from serving.features import OnlineStoreUnavailable, describe_error
 from serving.logs import configure_logging, request_id_var
 from serving.metrics import ServingMetrics
-from serving.responses import MONITORING_ERRORS, error_response
+from serving.readiness import ReadinessProbe
+from serving.responses import ERRORS, MONITORING_ERRORS, error_response
 from serving.routers.monitoring import FreshnessCheck, monitoring_router
 from serving.routers.operations import operations_router
 from serving.routers.predict import predict_router
@@ -119,8 +121,11 @@ class RequestContext:
             else:
                 try:
                     await self.app(scope, replay, send_with_id)
-                except Exception as exc:  # never a stack trace to the caller
-                    log.error("unexpected error", extra={"error": describe_error(exc)})
+                except Exception as exc:  # never a stack trace to the caller; always one in the log
+                    route = getattr(scope.get("route"), "path", None) or "<unmatched>"
+                    self.metrics.unexpected.labels(route).inc()
+                    log.error("unexpected error", exc_info=exc,
+                              extra={"error": describe_error(exc), "route": route})
                     if response_started:
                         raise
                     await self._send(send_with_id, 500, {
@@ -167,6 +172,13 @@ def create_app(settings: Settings | None = None, state: ServingState | None = No
         state = ServingState.load(settings)  # the routes are generated from it
     metrics = ServingMetrics()
     scoring = Scoring(state, metrics)
+    # /ready answers from this probe's last ping (serving/readiness.py); every reader shares the
+    # store and its read guard
+    probe = ReadinessProbe(
+        next(iter(state.models.values())).reader.ping, settings.ready_probe_seconds,
+        settings.online_timeout_seconds,
+        on_failure=lambda _: metrics.online_errors.labels("ping", "read_failed").inc())
+    metrics.breaker_open.labels("read").set_function(lambda: float(state.guard.is_down))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -177,9 +189,13 @@ def create_app(settings: Settings | None = None, state: ServingState | None = No
         # This covers the event loop's thread; the scoring thread limits itself on first use
         # (serving.scoring.one_openmp_thread: OpenMP's limit is per thread).
         limits = threadpool_limits(limits=1, user_api="openmp")
+        probe.start()
+        # ready from the first request on when the store answers (bounded: a dead store starts not ready)
+        await run_in_threadpool(probe.wait_first, settings.online_timeout_seconds + 1.0)
         try:
             yield
         finally:
+            probe.stop()
             scoring.close()  # the scoring thread (started by the first prediction)
             limits.restore_original_limits()
 
@@ -190,14 +206,16 @@ def create_app(settings: Settings | None = None, state: ServingState | None = No
                     "(`/v1/predict/{service}`, typed from the registry) plus the fraud and churn "
                     "aliases. Features missing for an entity (unknown, or older than their view's "
                     "TTL) are replaced by the documented defaults in the model bundle and listed in "
-                    "`missing_features`. Predict and push routes need an API key when "
-                    "FEASTKIT_API_KEYS is set.",
+                    "`missing_features`. When FEASTKIT_API_KEYS is set, every route but `/health`, "
+                    "`/ready` and the schema needs an API key (`/metrics` too, unless "
+                    "FEASTKIT_METRICS_PUBLIC is set).",
         lifespan=lifespan,
     )
     app.state.serving = state
     app.state.metrics = metrics
     app.state.scoring = scoring
     app.state.api_keys = [k.encode() for k in settings.api_key_list]
+    app.state.readiness = probe
     app.add_middleware(RequestContext, metrics=metrics, max_bytes=settings.max_request_bytes,
                        access_log=settings.access_log)
 
@@ -224,8 +242,11 @@ def create_app(settings: Settings | None = None, state: ServingState | None = No
 
     @app.exception_handler(OnlineStoreUnavailable)
     async def store_down(_: Request, exc: OnlineStoreUnavailable) -> JSONResponse:
+        # the client's error text (host:port, paths) goes to the log only, under the request id
         log.error("online store unavailable", extra={"reason": str(exc)[:300]})
-        return error_response(503, "online feature store unavailable; retry later", [str(exc)[:300]],
+        return error_response(503, "online feature store unavailable; retry later",
+                              [f"the online store {exc.kind}; the request id locates the details in "
+                               "the server log"],
                               {"Retry-After": str(max(1, round(settings.online_retry_seconds)))})
 
     @app.exception_handler(Unauthorized)
@@ -234,8 +255,9 @@ def create_app(settings: Settings | None = None, state: ServingState | None = No
         log.warning("unauthorized", extra={"reason": exc.reason})
         return error_response(401, "unauthorized: " + exc.reason, [], {"WWW-Authenticate": "Bearer"})
 
-    app.include_router(operations_router(state, metrics))
+    app.include_router(operations_router(state, metrics, probe, settings))
     app.include_router(predict_router(state, scoring, settings))
     app.include_router(push_router(state, metrics, settings))
-    app.include_router(monitoring_router(settings, freshness), responses=MONITORING_ERRORS)
+    app.include_router(monitoring_router(settings, freshness), dependencies=[Depends(require_api_key)],
+                       responses={**MONITORING_ERRORS, 401: ERRORS[401]})
     return app

@@ -15,6 +15,9 @@ request. With feastkit's Redis store every view is read in one pipelined round t
 
 from __future__ import annotations
 
+import errno
+import socket
+import sqlite3
 import threading
 import time
 from dataclasses import dataclass, field
@@ -30,7 +33,58 @@ if TYPE_CHECKING:
 
 
 class OnlineStoreUnavailable(RuntimeError):
-    """The online store could not be read (down, unreachable, or timing out)."""
+    """The online store could not be reached (down, unreachable, or timing out).
+
+    `kind` is a fixed phrase safe to show any caller ("timed out", "refused the connection"...);
+    the message (`reason`) names the client's error and goes to the log only.
+    """
+
+    def __init__(self, reason: str, kind: str = "did not answer") -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.kind = kind
+
+
+# Socket errors that mean "the store cannot be reached", as opposed to a bug or bad data.
+_NETWORK_ERRNOS = {errno.ECONNREFUSED, errno.ECONNRESET, errno.ECONNABORTED, errno.EPIPE,
+                   errno.ETIMEDOUT, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ENETDOWN,
+                   errno.EHOSTDOWN, errno.ENOTCONN, errno.EADDRNOTAVAIL}
+# sqlite errors that mean the file cannot be opened or is held by another writer past the timeout
+_SQLITE_UNAVAILABLE = ("unable to open", "database is locked", "database is busy", "disk i/o error")
+
+
+def unavailable_kind(exc: BaseException) -> str | None:
+    """What made the store unreachable ("timed out", ...), or None when `exc` is not a connectivity
+    error or timeout (a bug, a corrupt value, a registry mismatch: those are not the store being down).
+
+    The exception and its explicit causes are looked at: redis-py's ConnectionError and
+    TimeoutError (and their subclasses: busy loading, no Sentinel master), socket timeouts and
+    the socket errnos of an unreachable peer, name resolution failures, and sqlite's "unable to
+    open" or "database is locked" (the busy timeout passed).
+    """
+    try:
+        from redis import exceptions as redis_errors
+    except ImportError:  # pragma: no cover - redis is a dependency of the redis profile
+        redis_errors = None
+    seen: BaseException | None = exc
+    for _ in range(5):
+        if seen is None:
+            return None
+        if isinstance(seen, TimeoutError | socket.timeout) or (
+                redis_errors is not None and isinstance(seen, redis_errors.TimeoutError)):
+            return "timed out"
+        if redis_errors is not None and isinstance(seen, redis_errors.ConnectionError | redis_errors.ClusterDownError):
+            return "could not be reached"
+        if isinstance(seen, socket.gaierror):
+            return "could not be resolved"
+        if isinstance(seen, ConnectionError) or (isinstance(seen, OSError) and seen.errno in _NETWORK_ERRNOS):
+            return "could not be reached"
+        if isinstance(seen, sqlite3.OperationalError):
+            text = str(seen).lower()
+            if any(marker in text for marker in _SQLITE_UNAVAILABLE):
+                return "is busy or cannot be opened"
+        seen = seen.__cause__
+    return None
 
 
 @dataclass
@@ -45,18 +99,31 @@ class StoreGuard:
     retry_seconds: float = 1.0
     down_until: float = 0.0
     last_error: str = ""
+    last_kind: str = ""
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def check(self) -> None:
         """Raise OnlineStoreUnavailable without touching the store while it is marked down."""
         if self.down_until and time.monotonic() < self.down_until:
             raise OnlineStoreUnavailable(
-                f"{self.last_error} (failing fast; next attempt within {self.retry_seconds:g}s)")
+                f"{self.last_error} (failing fast; next attempt within {self.retry_seconds:g}s)",
+                self.last_kind or "did not answer")
 
-    def failed(self, error: str) -> None:
+    def failed(self, error: str, kind: str = "") -> None:
         with self._lock:
             self.last_error = error
+            self.last_kind = kind
             self.down_until = time.monotonic() + self.retry_seconds
+
+    def unavailable(self, exc: BaseException) -> OnlineStoreUnavailable | None:
+        """Open the guard and return the typed error when `exc` is a connectivity error or timeout;
+        None (guard untouched) for anything else, which the caller re-raises as it is."""
+        kind = unavailable_kind(exc)
+        if kind is None:
+            return None
+        reason = describe_error(exc)
+        self.failed(reason, kind)
+        return OnlineStoreUnavailable(reason, kind)
 
     def succeeded(self) -> None:
         if self.down_until:
@@ -193,10 +260,11 @@ class ServiceReader:
         self.guard.check()
         try:
             raw = self._read_views(rows)
-        except Exception as exc:  # any store failure becomes one clear, typed error
-            reason = describe_error(exc)
-            self.guard.failed(reason)
-            raise OnlineStoreUnavailable(reason) from exc
+        except Exception as exc:  # only an unreachable store opens the guard; a bug stays a bug
+            down = self.guard.unavailable(exc)
+            if down is None:
+                raise
+            raise down from exc
         self.guard.succeeded()
         return raw
 
@@ -237,7 +305,8 @@ class ServiceReader:
         try:
             self._read_views([probe])
         except Exception as exc:
-            reason = describe_error(exc)
-            self.guard.failed(reason)
-            raise OnlineStoreUnavailable(reason) from exc
+            down = self.guard.unavailable(exc)
+            if down is None:
+                raise
+            raise down from exc
         self.guard.succeeded()

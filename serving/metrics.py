@@ -6,6 +6,7 @@ from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     generate_latest,
 )
@@ -25,6 +26,8 @@ SERIES = (
     "feastkit_predictions_total",
     "feastkit_push_rows_total",
     "feastkit_auth_failures_total",
+    "feastkit_unexpected_errors_total",
+    "feastkit_store_breaker_open",
 )
 
 
@@ -59,6 +62,14 @@ class ServingMetrics:
                               ["push_source"], registry=r)
         self.auth_failures = Counter("feastkit_auth_failures",
                                      "Requests refused for a missing or wrong API key.", registry=r)
+        self.unexpected = Counter(
+            "feastkit_unexpected_errors",
+            "Requests answered 500 for an error that is not the store being unreachable (a bug or "
+            "corrupt data; the traceback is in the log under the request id).", ["route"], registry=r)
+        self.breaker_open = Gauge(
+            "feastkit_store_breaker_open",
+            "1 while the fail-fast guard of reads or of pushes is open after a connectivity error.",
+            ["operation"], registry=r)
 
     def render(self) -> tuple[bytes, str]:
         """The exposition text of this process's series.

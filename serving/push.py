@@ -9,13 +9,12 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import AwareDatetime, TypeAdapter, ValidationError
 
-from serving.schemas import plausible_time
+from serving.schemas import INT64_MAX, INT64_MIN, plausible_time
 
 if TYPE_CHECKING:
     import pandas as pd
     from feast import FeatureStore
 
-INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 _TIMESTAMP = TypeAdapter(AwareDatetime)
 
 

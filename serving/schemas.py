@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, create_model, field_validator
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    create_model,
+    field_validator,
+)
 
 MAX_ID = 2**63 - 1
 EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
@@ -118,15 +127,35 @@ def batch_requests(max_batch_size: int) -> tuple[type[BaseModel], type[BaseModel
             create_model("ChurnBatchRequest", __config__=config, users=churn))
 
 
-def push_request(max_batch_size: int) -> type[BaseModel]:
-    """Push body: events whose fields are checked against the push source's schema."""
-    events: Any = (list[dict[str, Any]], Field(
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+_EVENT_FIELDS: dict[str, Any] = {
+    "int": Annotated[int, Field(strict=True, ge=INT64_MIN, le=INT64_MAX)],
+    "float": Annotated[float, Field(strict=True, ge=-1e15, le=1e15, allow_inf_nan=False)],
+    "bool": Annotated[bool, Field(strict=True)],
+    "timestamp": Annotated[AwareDatetime, AfterValidator(plausible_time),
+                           Field(description="ISO 8601 with a timezone.")],
+    "str": Annotated[str, Field(strict=True, max_length=256)],
+}
+
+
+def _model_name(push_source: str) -> str:
+    return "".join(part[:1].upper() + part[1:] for part in re.split(r"[^0-9A-Za-z]+", push_source) if part)
+
+
+def push_request(push_source: str, columns: dict[str, str], max_batch_size: int) -> type[BaseModel]:
+    """Push body of one push source: `events`, 1 to `max_batch_size` rows typed from its columns
+    (column -> int | float | bool | str | timestamp, as `PushTarget` reads them from the registry)."""
+    name = _model_name(push_source) or "Push"
+    event = create_model(f"{name}Event", __config__=ConfigDict(extra="forbid"),
+                         **{column: (_EVENT_FIELDS[kind], ...) for column, kind in columns.items()})
+    events: Any = (list[event], Field(  # type: ignore[valid-type]
         ..., min_length=1, max_length=max_batch_size,
-        description="Rows with the push source's columns: its feature views' entity keys, "
-                    "features and timestamp field (ISO 8601 with a timezone)."))
-    return create_model("PushRequest", __config__=ConfigDict(extra="forbid", json_schema_extra={
-        "examples": [{"events": [{"user_id": 1001, "txn_count_10m": 3, "amount_sum_10m": 412.5,
-                                  "event_timestamp": "2026-04-30T21:15:00Z"}]}]}), events=events)
+        description=f"1 to {max_batch_size} rows with the push source's columns: its feature views' "
+                    "entity keys, features and timestamp field."))
+    example = {column: {"int": 1001, "float": 412.5, "bool": True, "str": "a",
+                        "timestamp": "2026-04-30T21:15:00Z"}[kind] for column, kind in columns.items()}
+    return create_model(f"{name}PushRequest", __config__=ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"events": [example]}]}), events=events)
 
 
 class PushResponse(BaseModel):

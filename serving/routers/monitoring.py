@@ -10,15 +10,19 @@ callable handed in by whoever assembles the app: `feastkit serve` passes
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Protocol
 
 from fastapi import APIRouter, HTTPException, Query
 
 from feastkit.errors import FeastkitError
 from feastkit.settings import Settings
+
+log = logging.getLogger("feastkit.serving")
 
 # The files `feastkit drift` (monitoring.report.write_reports) replaces atomically after every run.
 LATEST_REPORT_JSON = "latest.json"
@@ -36,6 +40,14 @@ class ViewFreshness(Protocol):
 
 # (feature store, as_of) -> one result per online feature view; FeastkitError when it cannot tell
 FreshnessCheck = Callable[[Any, datetime], Sequence[ViewFreshness]]
+
+
+def _relative(path: Path, root: Path) -> str | None:
+    """`path` relative to the data folder (never an absolute path in a response), None outside it."""
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return None
 
 
 def monitoring_router(settings: Settings, freshness: FreshnessCheck | None = None) -> APIRouter:
@@ -57,14 +69,15 @@ def monitoring_router(settings: Settings, freshness: FreshnessCheck | None = Non
     def drift_latest() -> dict[str, Any]:
         path = settings.reports_dir / LATEST_REPORT_JSON
         if not path.is_file():
-            raise HTTPException(404, detail=f"no monitoring report in {settings.reports_dir} yet — "
-                                            "run `feastkit drift` (or the drift_check DAG) first")
+            raise HTTPException(404, detail="no monitoring report yet — run `feastkit drift` (or the "
+                                            "drift_check DAG) first")
         try:
             document = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as exc:
-            raise HTTPException(500, detail=f"report {path} cannot be read ({type(exc).__name__}) — "
-                                            "run `feastkit drift` again") from None
-        document["report_html"] = str(path.with_name(LATEST_REPORT_HTML))
+            log.error("monitoring report cannot be read", extra={"path": str(path), "error": type(exc).__name__})
+            raise HTTPException(500, detail="the latest monitoring report cannot be read — run "
+                                            "`feastkit drift` again") from None
+        document["report_html"] = _relative(path.with_name(LATEST_REPORT_HTML), settings.data_dir)
         return document
 
     @router.get("/freshness", summary="Age of each feature view's materialized data vs its SLA")
@@ -78,8 +91,10 @@ def monitoring_router(settings: Settings, freshness: FreshnessCheck | None = Non
             moment = moment.replace(tzinfo=UTC)
         try:
             results = check(store(), moment)
-        except FeastkitError as exc:
-            raise HTTPException(503, detail=exc.message) from None
+        except FeastkitError as exc:  # its text may name paths or hosts: the log has it, not the body
+            log.error("freshness cannot be judged", extra={"reason": exc.message[:300]})
+            raise HTTPException(503, detail="freshness cannot be judged now; the request id locates "
+                                            "the reason in the server log") from None
         views = [r.to_dict() for r in results]
         return {"as_of": moment.isoformat(), "ok": not any(r.stale for r in results),
                 "stale": [r.view for r in results if r.stale], "views": views}

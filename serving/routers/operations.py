@@ -2,24 +2,28 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Depends, Response
 from fastapi.responses import JSONResponse
-from starlette.concurrency import run_in_threadpool
 
 from feastkit import __version__
-from serving.features import OnlineStoreUnavailable
+from feastkit.settings import Settings
+from serving.auth import require_api_key
 from serving.metrics import ServingMetrics
+from serving.readiness import ReadinessProbe
+from serving.responses import ERRORS
 from serving.schemas import HealthResponse, ReadyResponse
 from serving.scoring import ServingState, alias_services
 
 
-def operations_router(state: ServingState, metrics: ServingMetrics) -> APIRouter:
+def operations_router(state: ServingState, metrics: ServingMetrics, probe: ReadinessProbe,
+                      settings: Settings) -> APIRouter:
+    """`/health` and `/ready` (always open), and `/metrics` (behind the API key unless
+    FEASTKIT_METRICS_PUBLIC is set)."""
     router = APIRouter(tags=["operations"])
     # what /ready reports besides the store: the alias routes' models (fraud_model, churn_model)
     # and every loaded model as model:<feature service> -> version
     models = {f"{role}_model": m.bundle.version for role, m in alias_services(state.settings, state.models).items()}
     models.update({f"model:{service}": m.bundle.version for service, m in state.models.items()})
-    probe = next(iter(state.models.values())).reader  # every reader shares the store and its guard
 
     @router.get("/health", response_model=HealthResponse)
     async def health() -> HealthResponse:
@@ -28,23 +32,19 @@ def operations_router(state: ServingState, metrics: ServingMetrics) -> APIRouter
 
     @router.get("/ready", response_model=ReadyResponse, responses={503: {"model": ReadyResponse}})
     async def ready() -> JSONResponse:
-        """Readiness: bundles loaded (each listed with its version) and the online store answers
-        (within the online timeout)."""
-        checks = dict(models)
-        try:
-            await run_in_threadpool(probe.ping)
-            checks["online_store"] = "ok"
-            ok = True
-        except OnlineStoreUnavailable as exc:
-            metrics.online_errors.labels("ping", "read_failed").inc()
-            checks["online_store"] = f"unavailable: {str(exc)[:200]}"
-            ok = False
-        body = ReadyResponse(ready=ok, checks=checks)
-        return JSONResponse(status_code=200 if ok else 503, content=body.model_dump())
+        """Readiness: bundles loaded (each listed with its version) and the online store answered
+        the background probe (every FEASTKIT_READY_PROBE_SECONDS, within the online timeout).
+        Answers from the probe's last result: never waits for the store."""
+        result = probe.result()
+        body = ReadyResponse(ready=result.ok, checks={**models, "online_store": result.check})
+        return JSONResponse(status_code=200 if result.ok else 503, content=body.model_dump())
 
-    @router.get("/metrics", response_class=Response,
+    metrics_auth = [] if settings.metrics_public else [Depends(require_api_key)]
+
+    @router.get("/metrics", response_class=Response, dependencies=metrics_auth,
                 responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}},
-                                 "description": "Prometheus text exposition."}})
+                                 "description": "Prometheus text exposition."},
+                           **({} if settings.metrics_public else {401: ERRORS[401]})})
     async def prometheus_metrics() -> Response:
         """Prometheus metrics: request latency per route, online-store latency and errors,
         missing-feature counts, prediction score histograms per model."""

@@ -91,8 +91,8 @@ def captured_logs() -> Iterator[io.StringIO]:
     logger.removeHandler(handler)
 
 
-def _samples(client: TestClient) -> dict[tuple[str, tuple], float]:
-    text = client.get("/metrics").text
+def _samples(client: TestClient, headers: dict[str, str] | None = None) -> dict[tuple[str, tuple], float]:
+    text = client.get("/metrics", headers=headers).text
     out = {}
     for family in text_string_to_metric_families(text):
         for s in family.samples:
@@ -294,6 +294,8 @@ def test_request_id_in_and_out_and_json_access_log(client: TestClient, deploymen
 
 PROTECTED = ["/v1/predict/fraud", "/v1/predict/fraud:batch", "/v1/predict/churn",
              "/v1/predict/churn:batch", "/v1/push/user_realtime_push"]
+# read-only routes that need a key too when keys are configured (/metrics unless FEASTKIT_METRICS_PUBLIC)
+PROTECTED_GET = ["/v1/monitoring/drift/latest", "/v1/monitoring/freshness", "/metrics"]
 
 
 def _valid_bodies(deployment: Deployment) -> dict[str, dict]:
@@ -328,21 +330,61 @@ def test_api_keys_protect_predict_and_push_and_are_never_logged(
             assert ok.status_code == 200, (path, ok.text)
             ok = c.post(path, json=bodies[path], headers={"Authorization": f"Bearer {OTHER_KEY}"})
             assert ok.status_code == 200, (path, ok.text)
-        for open_path in ("/health", "/ready", "/metrics", "/openapi.json"):
+        for path in PROTECTED_GET:
+            assert c.get(path).status_code == 401, path
+            assert c.get(path, headers={"X-API-Key": OTHER_KEY + "x"}).status_code == 401, path
+            # with a key the route runs (the monitoring routes answer 404/503 here: no report, no check)
+            assert c.get(path, headers={"X-API-Key": API_KEY}).status_code != 401, path
+        for open_path in ("/health", "/ready", "/openapi.json"):
             assert c.get(open_path).status_code == 200, open_path
         schema = c.get("/openapi.json").json()
         assert {"APIKeyHeader", "HTTPBearer"} <= set(schema["components"]["securitySchemes"])
-        failures = _value(_samples(c), "feastkit_auth_failures_total")
-        assert failures == 3 * len(PROTECTED)
+        failures = _value(_samples(c, headers={"X-API-Key": API_KEY}), "feastkit_auth_failures_total")
+        assert failures == 3 * len(PROTECTED) + 2 * len(PROTECTED_GET)
     logged = captured_logs.getvalue()
     assert "unauthorized" in logged and "/v1/push/user_realtime_push" in logged
+    assert "/v1/monitoring/freshness" in logged
     for key in (API_KEY, OTHER_KEY, API_KEY + "x", API_KEY[:-1]):
         assert key not in logged
+
+
+def test_metrics_can_be_left_public_with_keys_configured(copy_settings: Settings,
+                                                        state: ServingState) -> None:
+    settings = copy_settings.model_copy(update={"api_keys": API_KEY, "metrics_public": True})
+    with TestClient(create_app(settings, state)) as c:
+        assert c.get("/metrics").status_code == 200
+        assert c.get("/v1/monitoring/drift/latest").status_code == 401
 
 
 def test_no_keys_configured_means_open_routes(client: TestClient, deployment: Deployment) -> None:
     r = client.post("/v1/predict/fraud", json=fraud_body(deployment), headers={"X-API-Key": "any"})
     assert r.status_code == 200
+
+
+def test_monitoring_routes_name_no_filesystem_path(copy_settings: Settings, state: ServingState,
+                                                  tmp_path: Path, captured_logs: io.StringIO) -> None:
+    """Report files are named relative to the data folder; errors name no path (the log does)."""
+    data = tmp_path / "data"
+    settings = copy_settings.model_copy(update={"data_dir": data, "reports_dir": data / "reports"})
+
+    def failing_check(store: object, at: object) -> list:
+        raise FeastkitError(f"the registry at {tmp_path}/registry.db cannot be read", "run feastkit apply")
+
+    with TestClient(create_app(settings, state, freshness=failing_check)) as c:
+        missing = c.get("/v1/monitoring/drift/latest")
+        assert missing.status_code == 404 and "feastkit drift" in missing.text
+        (data / "reports").mkdir(parents=True)
+        (data / "reports" / "latest.json").write_text("{not json")
+        unreadable = c.get("/v1/monitoring/drift/latest")
+        assert unreadable.status_code == 500 and "feastkit drift" in unreadable.text
+        (data / "reports" / "latest.json").write_text(json.dumps({"schema_version": 1, "ok": True}))
+        latest = c.get("/v1/monitoring/drift/latest")
+        assert latest.status_code == 200 and latest.json()["report_html"] == "reports/latest.html"
+        freshness = c.get("/v1/monitoring/freshness")
+        assert freshness.status_code == 503
+        for response in (missing, unreadable, latest, freshness):
+            assert str(tmp_path) not in response.text and "/tmp" not in response.text, response.text
+    assert f"{tmp_path}/registry.db" in captured_logs.getvalue()  # the operator still sees it
 
 
 # Start-up refusals -----------------------------------------------------------------------------
@@ -417,15 +459,12 @@ def _wait_for(predicate, what: str, within: float = 30.0) -> None:
     raise AssertionError(f"not {what} after {within}s")
 
 
-def test_redis_down_or_slow_gives_fast_503_and_recovers_without_restart(
-        deployment: Deployment, private_redis: PrivateRedis, tmp_path: Path,
-        monkeypatch: pytest.MonkeyPatch) -> None:
+def _served_from(private_redis: PrivateRedis, deployment: Deployment, tmp_path: Path) -> Settings:
+    """The deployment's feature tables, applied with the redis profile and materialized into a
+    redis-server of the test's own (the shared one on 6379 is never stopped or frozen)."""
     from feastkit.store import apply_repo, materialize_servable, open_store
     from tests.conftest import copy_repo_definitions
 
-    timeout = 0.5
-    # the deployment's feature tables, applied with the redis profile and materialized into a
-    # redis-server of this test's own (the shared one on 6379 is never stopped)
     copy_repo_definitions(tmp_path / "copy" / "repo")
     settings = make_settings(tmp_path / "copy", data_dir=deployment.settings.data_dir,
                              profile="redis",
@@ -433,9 +472,46 @@ def test_redis_down_or_slow_gives_fast_503_and_recovers_without_restart(
     apply_repo(settings)
     materialize_servable(settings, deployment.data_end, store=open_store(settings))
     private_redis.snapshot()
+    return settings
+
+
+def _corrupt_user(settings: Settings, private_redis: PrivateRedis, like: int, user: int) -> None:
+    """Give `user` the stored hash of user `like`, with every feature value replaced by bytes
+    that are no Feast value (a corrupt write): reading it fails, but not for want of a store."""
+    from feast.infra.online_stores.helpers import _redis_key
+    from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+    from feast.protos.feast.types.Value_pb2 import Value
+
+    from feastkit.store import open_store
+
+    store = open_store(settings)
+    version = store.config.entity_key_serialization_version
+
+    def key(user_id: int) -> bytes:
+        return _redis_key(store.project, EntityKey(join_keys=["user_id"],
+                                                   entity_values=[Value(int64_val=user_id)]), version)
+
+    client = private_redis.client()
+    stored = client.hgetall(key(like))
+    assert stored, "the known user has no stored features"
+    client.hset(key(user), mapping={field: value if field.startswith(b"_ts:") else b"\xff\xff\xff\xff"
+                                    for field, value in stored.items()})
+
+
+def _log_lines(server_log: str) -> list[dict]:
+    return [json.loads(line) for line in server_log.splitlines() if line.startswith("{")]
+
+
+def test_redis_down_or_slow_gives_fast_503_and_recovers_without_restart(
+        deployment: Deployment, private_redis: PrivateRedis, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    timeout = 0.5
+    settings = _served_from(private_redis, deployment, tmp_path)
     monkeypatch.setenv("FEASTKIT_ONLINE_TIMEOUT_SECONDS", str(timeout))
     monkeypatch.setenv("FEASTKIT_ONLINE_RETRY_SECONDS", "0.5")
+    monkeypatch.setenv("FEASTKIT_READY_PROBE_SECONDS", "0.2")
     server = start_server(settings, tmp_path / "server.log")
+    address = private_redis.connection_string()
     try:
         url = f"{server.url}/v1/predict/fraud"
         body = fraud_body(deployment)
@@ -443,6 +519,16 @@ def test_redis_down_or_slow_gives_fast_503_and_recovers_without_restart(
         bound = timeout + 2.0
         ok, _ = _timed_post(url, body)
         assert ok.status_code == 200 and ok.json()["missing_features"] == [], ok.text
+
+        # corrupt data is not an outage: 500 with the request id, traceback logged, still ready
+        _corrupt_user(settings, private_redis, like=body["user_id"], user=7_000_000_001)
+        broken = httpx.post(url, json={**body, "user_id": 7_000_000_001}, timeout=30,
+                            headers={"X-Request-ID": "corrupt-value-1"})
+        assert broken.status_code == 500, broken.text
+        assert broken.json()["request_id"] == "corrupt-value-1"
+        assert "Traceback" not in broken.text and "DecodeError" not in broken.text
+        assert httpx.get(f"{server.url}/ready", timeout=30).status_code == 200
+        assert httpx.post(url, json=body, timeout=30).status_code == 200  # no breaker opened
 
         # slow: the server is frozen, sockets stay open, nothing answers
         private_redis.pause()
@@ -452,9 +538,13 @@ def test_redis_down_or_slow_gives_fast_503_and_recovers_without_restart(
             assert elapsed < bound, elapsed
             assert "online feature store unavailable" in r.json()["error"]
             assert r.json()["detail"] and r.headers["retry-after"]
+            assert address not in r.text and "Timeout" not in r.text  # no client error text
+        _wait_for(lambda: httpx.get(f"{server.url}/ready", timeout=30).status_code == 503,
+                  "not ready while Redis is frozen")
         ready = httpx.get(f"{server.url}/ready", timeout=30)
-        assert ready.status_code == 503 and ready.json()["ready"] is False
+        assert ready.json()["ready"] is False
         assert ready.json()["checks"]["online_store"].startswith("unavailable")
+        assert address not in ready.text and str(private_redis.port) not in ready.text
         assert httpx.get(f"{server.url}/health", timeout=30).status_code == 200
         private_redis.resume()
         _wait_for(lambda: httpx.post(url, json=body, timeout=30).status_code == 200,
@@ -465,7 +555,11 @@ def test_redis_down_or_slow_gives_fast_503_and_recovers_without_restart(
         for _ in range(3):
             r, elapsed = _timed_post(url, body)
             assert r.status_code == 503 and elapsed < bound, (r.text, elapsed)
-        assert httpx.get(f"{server.url}/ready", timeout=30).json()["ready"] is False
+            assert address not in r.text and "Connection" not in r.text
+        _wait_for(lambda: httpx.get(f"{server.url}/ready", timeout=30).status_code == 503,
+                  "not ready while Redis is down")
+        down = httpx.get(f"{server.url}/ready", timeout=30)
+        assert down.json()["ready"] is False and address not in down.text
         batch = httpx.post(f"{url}:batch", json={"transactions": [body, body]}, timeout=30)
         assert batch.status_code == 503
 
@@ -480,11 +574,108 @@ def test_redis_down_or_slow_gives_fast_503_and_recovers_without_restart(
         errors = [line for line in metrics.splitlines()
                   if line.startswith("feastkit_online_store_errors_total{")]
         assert errors and any(float(line.rsplit(" ", 1)[1]) > 0 for line in errors)
+        assert 'feastkit_unexpected_errors_total{route="/v1/predict/fraud"} 1.0' in metrics
     finally:
         stop_server(server)
-    log = server.log()
-    assert "Traceback" not in log
-    assert '"message": "online store unavailable"' in log
+    lines = _log_lines(server.log())
+    # the unexpected error is logged once, with its traceback, under the caller's request id...
+    unexpected = [e for e in lines if e["message"] == "unexpected error"]
+    assert [e["request_id"] for e in unexpected] == ["corrupt-value-1"]
+    assert unexpected[0]["traceback"].startswith("Traceback (most recent call last)")
+    assert "DecodeError" in unexpected[0]["traceback"]
+    # ...and the outages are logged as what they are, without a traceback
+    assert any(e["message"] == "online store unavailable" for e in lines)
+    assert [e for e in lines if "traceback" in e] == unexpected
+
+
+def test_ready_answers_from_the_probe_and_never_waits_for_a_frozen_store(
+        deployment: Deployment, private_redis: PrivateRedis, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A frozen Redis holds every read for the whole online timeout; /ready (and /health) keep
+    answering from the probe's state, far inside that timeout, however many arrive at once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    timeout = 6.0  # the freeze each read waits out; /ready must answer well inside it
+    settings = _served_from(private_redis, deployment, tmp_path)
+    monkeypatch.setenv("FEASTKIT_ONLINE_TIMEOUT_SECONDS", str(timeout))
+    monkeypatch.setenv("FEASTKIT_READY_PROBE_SECONDS", "0.2")
+    server = start_server(settings, tmp_path / "server.log")
+
+    # one pooled client, warmed up: the crowd below measures the server, not client set-up
+    client = httpx.Client(timeout=60, limits=httpx.Limits(max_connections=64, max_keepalive_connections=64))
+
+    def timed_get(path: str) -> tuple[int, float, float]:
+        started = time.monotonic()
+        r = client.get(f"{server.url}{path}")
+        finished = time.monotonic()
+        return r.status_code, finished - started, finished
+
+    def stuck_read() -> tuple[int, float, float]:
+        started = time.monotonic()
+        r = client.post(f"{server.url}/v1/predict/fraud", json=fraud_body(deployment))
+        finished = time.monotonic()
+        return r.status_code, finished - started, finished
+
+    try:
+        with ThreadPoolExecutor(max_workers=24) as pool:
+            list(pool.map(timed_get, ["/health"] * 24))  # 24 open connections before the freeze
+            private_redis.pause()
+            # a read stuck behind the freeze, then a crowd of readiness and liveness checks
+            stuck = pool.submit(stuck_read)
+            checks = [pool.submit(timed_get, path) for path in ["/ready"] * 30 + ["/health"] * 10]
+            answers = [c.result() for c in checks]
+            stuck_status, stuck_seconds, stuck_finished = stuck.result()
+        assert stuck_status == 503 and stuck_seconds >= timeout * 0.9  # the freeze held the read
+        # every check was answered while that read was still waiting, each far inside the timeout
+        assert max(finished for _, _, finished in answers) < stuck_finished, answers
+        assert max(seconds for _, seconds, _ in answers) < timeout / 3, answers
+        assert all(status == 200 for status, _, _ in answers[30:])
+        # while frozen, once the probe has waited past the timeout, /ready says so (again at once)
+        _wait_for(lambda: timed_get("/ready")[0] == 503, "not ready while frozen", within=3 * timeout)
+        status, seconds, _ = timed_get("/ready")
+        assert status == 503 and seconds < timeout / 3
+        private_redis.resume()
+        _wait_for(lambda: timed_get("/ready")[0] == 200, "ready after the freeze", within=3 * timeout)
+    finally:
+        private_redis.resume()
+        client.close()
+        stop_server(server)
+
+
+def test_a_push_that_cannot_write_opens_only_the_push_breaker(
+        copy_settings: Settings, state: ServingState, deployment: Deployment,
+        captured_logs: io.StringIO) -> None:
+    """Another writer holds the sqlite online store's write lock: pushes fail (503, their own
+    breaker), while predictions and readiness, which only read, carry on."""
+    import sqlite3
+
+    from feastkit.store import open_store
+
+    configured = Path(open_store(copy_settings).config.online_store.path)
+    db_path = str(configured if configured.is_absolute() else copy_settings.repo_path / configured)
+    event = {"user_id": 515151, "txn_count_10m": 2, "amount_sum_10m": 8.0,
+             "event_timestamp": _at(deployment, 0)}
+    with TestClient(create_app(copy_settings, state)) as c:
+        locker = sqlite3.connect(db_path, timeout=0)
+        try:
+            locker.execute("BEGIN IMMEDIATE")  # holds the write lock; readers still read
+            pushed = c.post("/v1/push/user_realtime_push", json={"events": [event]})
+            assert pushed.status_code == 503, pushed.text
+            assert db_path not in pushed.text and "locked" not in pushed.text
+            again = c.post("/v1/push/user_realtime_push", json={"events": [event]})
+            assert again.status_code == 503  # failing fast on the push breaker
+            prediction = c.post("/v1/predict/fraud", json=fraud_body(deployment))
+            assert prediction.status_code == 200, prediction.text
+            assert c.get("/ready").status_code == 200
+            samples = _samples(c)
+            assert _value(samples, "feastkit_store_breaker_open", operation="push") == 1
+            assert _value(samples, "feastkit_store_breaker_open", operation="read") == 0
+            assert _value(samples, "feastkit_online_store_errors_total", operation="push",
+                          reason="write_failed") == 1
+        finally:
+            locker.rollback()
+            locker.close()
+    assert "database is locked" in captured_logs.getvalue()  # the reason is logged, not returned
 
 
 def test_numpy_scorer_matches_the_bundle_on_the_same_features(state: ServingState,
