@@ -44,7 +44,7 @@ def grow(settings: Settings, runs: int, merged: bool, report: list[int]) -> dict
         a = START + k * timedelta(hours=1)
         for fv in views:  # Feast's inclusive bounds for a window-end view's hour: (a, a + 1h]
             # as Feast's materialize does, one commit per view and run; the unmerged registry is
-            # only written when its size is reported (the size is what is measured, not the time)
+            # only written when its size is reported (its size is what is measured, not its time)
             store.registry.apply_materialization(fv, store.project, a + ONE, a + timedelta(hours=1),
                                                  commit=merged)
         if merged:
