@@ -205,6 +205,42 @@ def sqlite_quote(identifier: str) -> str:
     return _quote_id(identifier)
 
 
+# Feast's registries ------------------------------------------------------------------------------
+
+
+@_relies_on(("feast.infra.registry.registry", "Registry.refresh", "(self, project=None)"),
+            ("feast.infra.registry.registry", "Registry.commit", "(self)"),
+            ("feast.infra.registry.sql", "SqlRegistry.apply_feature_view",
+             "(self, feature_view, project, commit=True, no_promote=False)"))
+def replace_materialization_intervals(store: FeatureStore, intervals: dict[str, list[tuple[Any, Any]]]) -> None:
+    """Replace the materialization intervals Feast's registry records for the named views.
+
+    Feast only appends to that list (one entry per `materialize` call, Feast #5800). The SQL
+    registry persists a view whose intervals changed through `apply_feature_view`; the file
+    registry's `apply_feature_view` keeps the stored intervals of an unchanged view, so there the
+    intervals are replaced in its cached registry proto, written back with one `commit()`.
+    """
+    from feast import FeatureView
+    from feast.infra.registry.registry import Registry
+
+    registry, project = store.registry, store.project
+    if isinstance(registry, Registry):
+        registry.refresh(project)
+        protos = registry.cached_registry_proto.feature_views
+        for proto in protos:
+            if proto.spec.project == project and proto.spec.name in intervals:
+                view = FeatureView.from_proto(proto)
+                view.materialization_intervals = list(intervals[proto.spec.name])
+                proto.meta.ClearField("materialization_intervals")
+                proto.meta.materialization_intervals.extend(view.to_proto().meta.materialization_intervals)
+        registry.commit()
+        return
+    for name, items in intervals.items():
+        view = registry.get_feature_view(name, project, allow_cache=False)
+        view.materialization_intervals = list(items)
+        registry.apply_feature_view(view, project, commit=True)
+
+
 # Repo definitions -------------------------------------------------------------------------------
 
 

@@ -114,17 +114,44 @@ DAG_INTERVAL_FIX = ("schedule the DAG with an interval timetable (CronDataInterv
                     "start < end in the run's conf")
 
 
-def check_interval(start: datetime | str, end: datetime | str) -> tuple[datetime, datetime]:
+CONF_EXAMPLE = ('airflow dags trigger materialize --conf '
+                '\'{"start": "2026-04-30T05:00:00+00:00", "end": "2026-04-30T06:00:00+00:00"}\'')
+CONF_FIX = f"pass both in the run's conf, e.g. {CONF_EXAMPLE}, or no conf to load every computed interval not yet loaded"
+
+
+def check_interval(start: datetime | str | None, end: datetime | str | None) -> tuple[datetime, datetime]:
     """Validated UTC [start, end); a run without a data interval is refused with the fix."""
+    if start is None or end is None:
+        # manual and asset-triggered runs have no data interval in Airflow 3
+        raise FeastkitError("the run has no data interval (start and end are not both set)", DAG_INTERVAL_FIX)
     return times.check_interval(start, end, fix=DAG_INTERVAL_FIX)
 
 
+def requested_interval(conf: dict[str, Any] | None) -> tuple[datetime, datetime] | None:
+    """The interval a run's conf asks to replay, or None when it names none (load what is pending)."""
+    conf = conf or {}
+    start, end = conf.get("start"), conf.get("end")
+    if start is None and end is None:
+        return None
+    if start is None or end is None:
+        raise FeastkitError(f"the run's conf sets {'start' if end is None else 'end'} only", CONF_FIX)
+    return times.check_interval(start, end, fix=CONF_FIX)
+
+
 def intervals_from_asset_events(extras: list[dict[str, Any]]) -> list[tuple[datetime, datetime]]:
-    """The distinct [start, end) intervals announced by feature_pipeline asset events, in time order."""
+    """The distinct [start, end) intervals announced by feature_pipeline asset events, in time order.
+
+    A `materialize` run reports them, but loads what the interval ledger says is pending: Airflow
+    hands a run only the events up to its asset queue entry, so an event that found the queue
+    entry taken would otherwise be left unloaded until the next feature run.
+    """
     found = set()
     for extra in extras:
-        if extra and "start" in extra and "end" in extra:
-            found.add(check_interval(extra["start"], extra["end"]))
+        if extra and extra.get("start") and extra.get("end"):
+            try:
+                found.add(times.check_interval(extra["start"], extra["end"]))
+            except FeastkitError:
+                log.warning("asset event with an unreadable interval: %s", extra)
     return sorted(found)
 
 
@@ -196,12 +223,80 @@ def run_compute(settings: Settings, start: datetime | str, end: datetime | str) 
     from pipelines.aggregates import compute_features
 
     a, b = check_interval(start, end)
-    computed = compute_features(applied_specs(open_store(settings)), settings.clean_dir, settings.features_dir, a, b,
+    specs = applied_specs(open_store(settings))
+    before = _definitions(settings, specs)
+    computed = compute_features(specs, settings.clean_dir, settings.features_dir, a, b,
                                 lock_timeout=settings.lock_timeout_seconds)
     for line in computed.lines():
         log.info("features [%s, %s) %s", a.isoformat(), b.isoformat(), line)
+    recorded = record_computed(settings, specs, (a, b), dict(computed.rows), before)
     return {"start": a.isoformat(), "end": b.isoformat(), "rows": dict(computed.rows),
-            "files": dict(computed.files)}
+            "files": dict(computed.files), "recorded": recorded}
+
+
+def _definitions(settings: Settings, specs: list[Any]) -> dict[str, str | None]:
+    """The definition digest each view's table records (None when it records none)."""
+    from pipelines.aggregates import DEFINITION_FILE
+
+    out: dict[str, str | None] = {}
+    for spec in specs:
+        try:
+            out[spec.name] = json.loads((settings.features_dir / spec.name / DEFINITION_FILE).read_text())["digest"]
+        except (OSError, ValueError, KeyError, TypeError):
+            out[spec.name] = None
+    return out
+
+
+def record_computed(settings: Settings, specs: list[Any], interval: tuple[datetime, datetime],
+                    rows: dict[str, int], before: dict[str, str | None]) -> dict[str, list[str]]:
+    """Enter a compute run's interval in the ledger, per view it computed.
+
+    A table recomputed whole under a changed definition counts as computed over the whole data
+    and as loaded nowhere. What lies past the end of the data is recorded too, but not loaded
+    before the data reaches it (`pending_intervals`).
+    """
+    from feastkit.ledger import Ledger
+    from pipelines.aggregates import default_range
+
+    ledger = Ledger(settings.features_dir)
+    a, b = interval
+    rebuilt = [s.name for s in specs if before.get(s.name) is not None
+               and _definitions(settings, [s])[s.name] != before[s.name]]
+    lo, hi = default_range(specs, settings.clean_dir) if rebuilt else (a, b)
+    if rebuilt:
+        ledger.forget_loaded(rebuilt)
+    recorded: dict[str, list[str]] = {}
+    for spec in specs:
+        if spec.name not in rows:
+            continue
+        start, end = (min(a, lo), max(b, hi)) if spec.name in rebuilt else (a, b)
+        ledger.record_computed([spec.name], (start, end))
+        recorded[spec.name] = [start.isoformat(), end.isoformat()]
+    return recorded
+
+
+def data_end(settings: Settings, store: Any) -> datetime:
+    """The end of the clean event data: nothing after it is loaded into the online store.
+
+    Rows computed for an interval past the data (the wall-clock hour a freshly unpaused DAG runs)
+    only extrapolate the last events; loading them would move each view's materialized watermark
+    to a time no event has reached, and freshness and skew checks would compare against it.
+    """
+    from feastkit.declarations import specs_of
+    from pipelines.aggregates import default_range
+
+    return default_range(specs_of(store.list_feature_views()), settings.clean_dir)[1]
+
+
+def pending_intervals(settings: Settings, store: Any, views: list[str] | None = None) -> dict[str, list]:
+    """Per online view: the intervals computed and not yet loaded into this store, up to the data's end."""
+    from feastkit.ledger import Ledger, clip
+    from feastkit.store import online_store_key
+
+    online = [fv.name for fv in store.list_feature_views() if fv.online and (not views or fv.name in views)]
+    pending = Ledger(settings.features_dir).pending(online_store_key(store), online)
+    end = data_end(settings, store)
+    return {view: kept for view, items in pending.items() if (kept := clip(items, end))}
 
 
 def run_feature_pipeline(settings: Settings, start: datetime | str, end: datetime | str) -> dict[str, Any]:
@@ -212,41 +307,69 @@ def run_feature_pipeline(settings: Settings, start: datetime | str, end: datetim
 
 @dataclass
 class MaterializeRunReport:
-    """Which intervals one materialize run loaded into the online store."""
+    """Which intervals one materialize run loaded into the online store (`pending`: chosen by the ledger)."""
 
     intervals: list[list[str]]
     views: list[str]
     chunks: int
+    pending: bool = False
     lines: list[str] = field(default_factory=list)
+    skipped: list[list[str]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def run_materialize(settings: Settings, intervals: list[tuple[datetime | str, datetime | str]],
+def run_materialize(settings: Settings, intervals: list[tuple[datetime | str, datetime | str]] | None = None,
                     views: list[str] | None = None) -> MaterializeRunReport:
-    """Materialize each explicit interval (chunked, never `materialize-incremental`).
+    """Materialize explicit intervals, or (`intervals=None`) every computed interval not yet loaded.
 
-    Feature files are checked before anything is written, so a corrupt file fails the run with
-    the online store untouched. Replaying an older interval never regresses a newer online
-    value: the sqlite store is feastkit's monotonic one and Redis skips older writes.
+    Without intervals, the interval ledger decides: per view, what the feature tables hold minus
+    what this online store has loaded, whichever asset events triggered the run. Explicit
+    intervals (a replay) are cut at the end of the data. Feature files are checked before anything
+    is written, so a corrupt file fails the run with the online store untouched. Chunked, never
+    `materialize-incremental`; replaying an older interval never regresses a newer online value.
     """
-    from feastkit.store import materialize_interval, open_store
+    from feastkit.ledger import Ledger, group_by_intervals
+    from feastkit.store import materialize_interval, open_store, require_applied
 
-    checked = sorted({check_interval(a, b) for a, b in intervals})
-    if not checked:
-        raise FeastkitError("no interval to materialize",
-                            "trigger the run from feature_pipeline's assets, or pass start/end in its conf")
-    check_feature_files(settings, views)
     store = open_store(settings)
-    lines, chunks, chosen = [], 0, []
-    for a, b in checked:
-        report = materialize_interval(settings, a, b, views=views, store=store)
+    require_applied(store)
+    ledger = Ledger(settings.features_dir)
+    online = sorted(fv.name for fv in store.list_feature_views() if fv.online)
+    skipped: list[list[str]] = []
+    if intervals is None:
+        if not ledger.exists():
+            raise FeastkitError(f"no computed interval is recorded ({ledger.path} does not exist)",
+                                "run the feature_pipeline DAG (or `feastkit run-interval`) first, or replay "
+                                f"an interval: {CONF_EXAMPLE}")
+        work = group_by_intervals(pending_intervals(settings, store, views))
+    else:
+        checked = sorted({check_interval(a, b) for a, b in intervals})
+        if not checked:
+            raise FeastkitError("no interval to materialize", CONF_FIX)
+        cap = data_end(settings, store)
+        work = []
+        for a, b in checked:
+            if a >= cap:
+                skipped.append([a.isoformat(), b.isoformat()])
+                log.info("[%s, %s) is past the end of the data (%s): nothing to load", a.isoformat(),
+                         b.isoformat(), cap.isoformat())
+                continue
+            work.append(((a, min(b, cap)), list(views) if views else None))
+    if not work:
+        log.info("materialize: nothing to load (every computed interval is loaded)")
+        return MaterializeRunReport([], [], 0, intervals is None, ["nothing to load"], skipped)
+    check_feature_files(settings, sorted({v for _, vs in work for v in (vs or online)}))
+    lines, chunks, done, chosen = [], 0, [], set()
+    for (a, b), names in work:
+        report = materialize_interval(settings, a, b, views=names, store=store)
         log.info(report.line())
         lines.append(report.line())
         chunks += report.chunks
-        chosen = report.views
-    return MaterializeRunReport([[a.isoformat(), b.isoformat()] for a, b in checked], chosen, chunks, lines)
+        chosen |= set(report.views)
+        done.append([a.isoformat(), b.isoformat()])
+    return MaterializeRunReport(done, sorted(chosen), chunks, intervals is None, lines, skipped)
 
 
 def run_training(settings: Settings, promote_metric: str | None = None,

@@ -173,6 +173,9 @@ def materialize_interval(settings: Settings, start: datetime, end: datetime,
     at_event = [v for v in chosen if v not in window_end]
     one = ONE_MICROSECOND
     n = 0
+    from feastkit.ledger import Ledger
+
+    since = Ledger(settings.features_dir).seq()  # before any feature row is read
     for a, b in chunks(start, end, size):
         # Feast's bounds are inclusive at both ends. Rows stamped at a window's end belong to
         # (a, b]; rows stamped at their event time belong to [a, b). Either way a row belongs to
@@ -182,7 +185,61 @@ def materialize_interval(settings: Settings, start: datetime, end: datetime,
         if at_event:
             store.materialize(start_date=a, end_date=b - one, feature_views=at_event)
         n += 1
+    record_loaded(settings, store, chosen, (start, end), since)
     return MaterializeReport(start, end, chosen, n)
+
+
+# What has been loaded: feastkit's ledger, and Feast's registry kept bounded ------------------------
+
+
+def online_store_key(store: FeatureStore) -> str:
+    """Which online store a FeatureStore writes to, as the interval ledger names it."""
+    config = store.config.online_store
+    kind = getattr(config, "type", type(config).__name__)
+    where = getattr(config, "connection_string", None)
+    if where is None and getattr(config, "path", None) is not None:
+        path = Path(config.path)
+        where = str(path if path.is_absolute() else (Path(store.repo_path) / path).resolve())
+    return f"{store.project}|{kind}|{where or ''}"
+
+
+def record_loaded(settings: Settings, store: FeatureStore, views: list[str],
+                  interval: tuple[datetime, datetime], since: int | None = None) -> None:
+    """Record in the ledger that `views` are loaded for `interval` (as read after compute record
+    `since`), and keep Feast's registry bounded."""
+    from feastkit.ledger import Ledger
+
+    Ledger(settings.features_dir).record_loaded(online_store_key(store), views, interval, since)
+    compact_materialization_intervals(store, views)
+
+
+def compact_materialization_intervals(store: FeatureStore, views: list[str] | None = None) -> dict[str, int]:
+    """Merge touching and overlapping materialization intervals in Feast's registry (Feast #5800).
+
+    Feast appends one interval per `materialize` call, so hourly runs grow the registry by 8,760
+    entries per view a year, until it passes a database blob limit. Merged, a contiguous history
+    is one interval per view and the registry's size stays flat; what Feast derives from the list
+    (`most_recent_end_time`, freshness) is unchanged. Intervals one microsecond apart touch (the
+    inclusive bounds of consecutive chunks). Returns the interval count per rewritten view.
+    """
+    from feastkit.feast_compat import replace_materialization_intervals
+
+    merged: dict[str, list[tuple[datetime, datetime]]] = {}
+    for fv in store.list_feature_views():
+        if views is not None and fv.name not in views:
+            continue
+        current = list(fv.materialization_intervals)
+        out: list[tuple[datetime, datetime]] = []
+        for a, b in sorted((utc(a), utc(b)) for a, b in current):
+            if out and a <= out[-1][1] + ONE_MICROSECOND:
+                out[-1] = (out[-1][0], max(out[-1][1], b))
+            else:
+                out.append((a, b))
+        if len(out) < len(current):
+            merged[fv.name] = out
+    if merged:
+        replace_materialization_intervals(store, merged)
+    return {name: len(items) for name, items in merged.items()}
 
 
 def last_materialized_end(store: FeatureStore, views: list[str] | None = None) -> datetime | None:
@@ -213,9 +270,16 @@ def materialize_servable(settings: Settings, end: datetime, views: list[str] | N
         ttl = fv.ttl or timedelta(0)
         start = EARLIEST if ttl <= timedelta(0) else end - ttl - timedelta(hours=1)
         by_start.setdefault(start, []).append(fv.name)
+    from feastkit.ledger import Ledger
+
+    since = Ledger(settings.features_dir).seq()
     reports = []
     for start, names in sorted(by_start.items()):
         # dimension views without TTL are small: one chunk; windowed views are chunked
         chunk = end - start if start == EARLIEST else None
         reports.append(materialize_interval(settings, start, end, sorted(names), chunk, store))
+    # what is older than a view's TTL cannot be served: as far as pending work goes, everything
+    # up to `end` is loaded
+    loaded = [name for names in by_start.values() for name in names]
+    Ledger(settings.features_dir).record_loaded(online_store_key(store), loaded, (EARLIEST, utc(end)), since)
     return reports

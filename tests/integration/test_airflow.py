@@ -37,7 +37,6 @@ pytestmark = pytest.mark.integration
 
 AIRFLOW_BIN = str(Path(sys.executable).with_name("airflow"))
 SERVING_REDIS_DB = 12  # this module's own Redis database (flushed), apart from conftest's db 7
-SERVING_PG_DB = "feastkit_airflow_test"
 HEAVY = ("feast", "pandas", "sklearn", "duckdb", "pyarrow", "numpy")
 
 
@@ -211,16 +210,19 @@ def test_hourly_runs_then_backfill_give_the_latest_values(pipeline: Pipeline, ai
 
     t0, settings = pipeline.t0, pipeline.settings
     hour = timedelta(hours=1)
-    plan = [feature_run(t0 + hour), {"dag_id": "materialize", "from_assets_of_previous_run": True},
-            feature_run(t0 + 2 * hour), {"dag_id": "materialize", "from_assets_of_previous_run": True},
-            # backfill an earlier interval: recompute and re-materialize [t0 - 1h, t0)
-            feature_run(t0), {"dag_id": "materialize", "from_assets_of_previous_run": True}]
+    # materialize runs without conf load what the ledger says is pending (what the asset events
+    # announced, and anything computed whose event found the asset queue taken)
+    plan = [feature_run(t0 + hour), {"dag_id": "materialize"},
+            feature_run(t0 + 2 * hour), {"dag_id": "materialize"},
+            # backfill an earlier interval: recomputed, so pending again, and re-materialized
+            feature_run(t0), {"dag_id": "materialize"}]
     result, log = run_dags(airflow_home, settings, plan)
     runs = result["runs"]
     assert [r["state"] for r in runs] == ["success"] * 6, log[-5000:]
-    announced = [r["returns"]["intervals"] for r in runs[1::2]]
-    assert announced == [[[(t0 + a * hour).isoformat(), (t0 + (a + 1) * hour).isoformat()]]
-                         for a in (0, 1, -1)]
+    loaded = [r["returns"]["load"]["intervals"] for r in runs[1::2]]
+    assert loaded == [[[(t0 + a * hour).isoformat(), (t0 + (a + 1) * hour).isoformat()]]
+                      for a in (0, 1, -1)]
+    assert all(r["returns"]["load"]["pending"] for r in runs[1::2])
     for fp, mat in zip(runs[0::2], runs[1::2], strict=True):
         assert fp["returns"]["compute_features"]["start"] == mat["returns"]["load"]["intervals"][0][0]
         validation = fp["returns"]["validate"]["transactions"]
@@ -296,39 +298,99 @@ def test_a_corrupt_file_fails_the_task_and_leaves_the_online_store_untouched(
     assert online_dump(settings) == before
 
 
+def test_a_manual_run_loads_what_is_pending_and_an_hour_past_the_data_advances_nothing(
+        pipeline: Pipeline, airflow_home: Path) -> None:
+    from feastkit.clean import data_range
+    from feastkit.store import open_store
+
+    settings, t0, hour = pipeline.settings, pipeline.t0, timedelta(hours=1)
+    _, data_end = data_range(settings.clean_dir)
+    # two feature runs, then one manual materialize run without conf and without asset events
+    # (Airflow 3.3 gives it no data interval): it loads both intervals, as one
+    result, log = run_dags(airflow_home, settings, [feature_run(t0 + 3 * hour), feature_run(t0 + 4 * hour),
+                                                    {"dag_id": "materialize"}])
+    assert [r["state"] for r in result["runs"]] == ["success"] * 3, log[-5000:]
+    load = result["runs"][2]["returns"]["load"]
+    assert load["pending"] and load["intervals"] == [[(t0 + 2 * hour).isoformat(), (t0 + 4 * hour).isoformat()]]
+    watermark = {fv.name: fv.most_recent_end_time for fv in open_store(settings).list_feature_views()}
+
+    # what unpausing the DAG runs: the wall-clock hour, past the data (a 180-day window still
+    # changes there, so some views get rows)
+    late = data_end + timedelta(days=40)
+    result, log = run_dags(airflow_home, settings, [feature_run(late), {"dag_id": "materialize"}])
+    assert [r["state"] for r in result["runs"]] == ["success"] * 2, log[-5000:]
+    # computed (the ledger says so), but past the data: nothing is loaded for it
+    assert result["runs"][0]["returns"]["compute_features"]["recorded"]
+    assert result["runs"][1]["returns"]["load"]["intervals"] == []
+    assert {fv.name: fv.most_recent_end_time for fv in open_store(settings).list_feature_views()} == watermark
+
+
+def test_the_registry_stays_flat_over_many_hourly_materializations(pipeline: Pipeline) -> None:
+    from feastkit.store import materialize_interval, open_store
+
+    settings, hour = pipeline.settings, timedelta(hours=1)
+    registry = settings.repo_path / "data" / "registry.db"
+    store = open_store(settings)
+    views = sorted(fv.name for fv in store.list_feature_views() if fv.online)
+    sizes = []
+    for k in range(1, 25):  # replay 24 hours before t0, one hourly materialization each, every view
+        end = pipeline.t0 - (k - 1) * hour
+        materialize_interval(settings, end - hour, end, views=views, store=store)
+        sizes.append(registry.stat().st_size)
+    # Feast appends an interval per view and run (~60 bytes each): 16 more runs would add ~5 kB
+    assert sizes[-1] - sizes[7] < 200, sizes
+    for fv in open_store(settings).list_feature_views():
+        if fv.name in views:
+            assert len(fv.materialization_intervals) <= 2, (fv.name, fv.materialization_intervals)
+
+
 # Serving while a long materialization runs ------------------------------------------------------
 
 
-def _fresh_pg_database(name: str) -> str:
-    import psycopg
+def shared_file_registry_profile(repo: Path) -> str:
+    """The shared-registry profile with its registry in a file, every other line as shipped.
 
-    with psycopg.connect("postgresql://postgres@127.0.0.1:5432/test", autocommit=True) as con:
-        con.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        con.execute(f'CREATE DATABASE "{name}"')
-    return f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    Feast 0.67's SQL registry never persists MATERIALIZING (it skips writing a view that compares
+    equal, and `FeatureView.__eq__` ignores the state), so on it a reader cannot meet the hazard at
+    all. The file registry persists it: readers going through Feast's state check then see a view
+    MATERIALIZING, and only `serve_features_while_materializing` (as the shipped profile sets it)
+    keeps them served.
+    """
+    text = (repo / "profiles" / "postgres-registry.yaml").read_text()
+    assert "registry_type: sql" in text and "path: ${FEASTKIT_REGISTRY_URL}" in text
+    text = text.replace("registry_type: sql", "registry_type: file").replace(
+        "path: ${FEASTKIT_REGISTRY_URL}", "path: data/registry.db")
+    (repo / "profiles" / "shared-file-registry.yaml").write_text(text)
+    return "shared-file-registry"
 
 
 def test_predictions_keep_flowing_while_materialize_runs(deployment: Deployment, airflow_home: Path,
                                                          tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import redis
+    from feast.feature_view import FeatureViewState
 
-    from feastkit.store import apply_repo, materialize_servable
+    from feastkit.store import apply_repo, materialize_servable, open_store
     from serving.examples import example_requests
 
     require_redis()
     redis.Redis(host="127.0.0.1", port=6379, db=SERVING_REDIS_DB).flushdb()
     copy_repo_definitions(tmp_path / "repo")
-    settings = make_settings(tmp_path, data_dir=deployment.settings.data_dir, profile="postgres-registry",
-                             redis_connection_string=redis_url(SERVING_REDIS_DB),
-                             registry_url=_fresh_pg_database(SERVING_PG_DB))
+    profile = shared_file_registry_profile(tmp_path / "repo")
+    settings = make_settings(tmp_path, data_dir=deployment.settings.data_dir, profile=profile,
+                             redis_connection_string=redis_url(SERVING_REDIS_DB))
     for key, value in settings_env(settings).items():
         if key.startswith("FEASTKIT_"):
             monkeypatch.setenv(key, value)
-    monkeypatch.setenv("FEASTKIT_REGISTRY_URL", settings.registry_url)
     apply_repo(settings)
     end = deployment.data_end
     materialize_servable(settings, end)
     requests = [(path, body) for _, path, body in example_requests(settings)]
+    # a second reader through Feast's own get_online_features, the path that checks view states
+    sdk = open_store(settings)
+    sdk_features = ["user_transaction_stats:txn_count_1d", "merchant_risk_stats:merchant_txn_count_1d"]
+    sdk_rows = [{"user_id": int(u), "merchant_id": int(m)} for u, m in pd.read_parquet(
+        settings.clean_dir / "transactions.parquet", columns=["user_id", "merchant_id"]).head(5).itertuples(index=False)]
+    watched = ["user_transaction_stats", "merchant_risk_stats"]
     server = start_server(settings, tmp_path / "server.log")
     try:
         with httpx.Client(base_url=server.url, timeout=30) as client:
@@ -342,19 +404,34 @@ def test_predictions_keep_flowing_while_materialize_runs(deployment: Deployment,
                                 if r.status_code == 200 else body_json))
                 return out
 
+            def sdk_read() -> str | None:
+                sdk.refresh_registry()
+                states.update(sdk.registry.get_feature_view(name, sdk.project, allow_cache=False).state
+                              for name in watched)
+                try:
+                    sdk.get_online_features(features=sdk_features, entity_rows=sdk_rows).to_dict()
+                except ValueError as exc:
+                    return str(exc).splitlines()[0]
+                return None
+
+            states: set[Any] = set()
             baseline = answers()
             assert all(status == 200 for status, _ in baseline), baseline
+            assert sdk_read() is None
             # re-materialize the last 7 days in 12-hour chunks (Feast sets each view to
             # MATERIALIZING for every chunk) while the server keeps answering
             proc = start_dags(airflow_home, settings, [{"dag_id": "materialize", "conf": {
                 "start": (end - timedelta(days=7)).isoformat(), "end": end.isoformat()}}],
                 extra_env={"FEASTKIT_MATERIALIZE_CHUNK": "12h"})
-            rounds, differences = 0, []
+            rounds, differences, refusals = 0, [], []
             while proc.poll() is None:
                 got = answers()
+                refused = sdk_read()
+                if refused:
+                    refusals.append(refused)
                 rounds += 1
                 differences += [(req, g) for req, g, b in zip(requests, got, baseline, strict=True) if g != b]
-                time.sleep(0.05)
+                time.sleep(0.02)
             out = proc.stdout.read()
             proc.wait()
             result, log = parse_result(proc, out)
@@ -364,6 +441,9 @@ def test_predictions_keep_flowing_while_materialize_runs(deployment: Deployment,
     assert result["runs"][0]["state"] == "success", log[-4000:]
     assert result["runs"][0]["returns"]["load"]["chunks"] == 14
     assert rounds >= 3
+    # the readers met the hazard: the registry held a view MATERIALIZING while they read
+    assert FeatureViewState.MATERIALIZING in states, states
+    assert refusals == [], refusals[:3]
     assert differences == [], differences[:3]
     assert after == baseline
     assert "cannot serve features" not in server.log()

@@ -72,3 +72,21 @@ def test_the_jobs_module_imports_nothing_heavy() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=REPO_ROOT).stdout
     assert out.strip() == "[]"
+
+
+def test_a_run_without_a_data_interval_is_one_line_not_an_attribute_error() -> None:
+    # manual and asset-triggered runs have no data interval in Airflow 3.3: (None, None)
+    with pytest.raises(FeastkitError, match="no data interval"):
+        jobs.check_interval(None, None)
+
+
+def test_the_conf_names_a_replay_or_nothing() -> None:
+    assert jobs.requested_interval(None) is None
+    assert jobs.requested_interval({"start": None, "end": None}) is None
+    assert jobs.requested_interval({"start": "2026-04-30T05:00Z", "end": "2026-04-30T06:00Z"}) == (
+        datetime(2026, 4, 30, 5, tzinfo=UTC), datetime(2026, 4, 30, 6, tzinfo=UTC))
+    with pytest.raises(FeastkitError, match="sets start only") as caught:
+        jobs.requested_interval({"start": "2026-04-30T05:00Z"})
+    assert "airflow dags trigger materialize --conf" in caught.value.fix
+    with pytest.raises(FeastkitError, match="is empty"):
+        jobs.requested_interval({"start": "2026-04-30T06:00Z", "end": "2026-04-30T05:00Z"})
