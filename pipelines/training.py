@@ -221,11 +221,15 @@ def leaky_features(store: FeatureStore, service: str, entities: pd.DataFrame, fe
 
 
 def leaky_vs_pit(store: FeatureStore, clean_dir: Path, features_dir: Path,
-                 service: str = "churn_prediction_v1", seed: int = 0) -> dict[str, float]:
+                 service: str = "churn_prediction_v1", seed: int = 0,
+                 entities: pd.DataFrame | None = None) -> dict[str, float]:
     """Evaluation ROC AUC of the same model on PIT features vs on a naive latest-value join of
-    every view the service reads (and its on-demand features computed from those)."""
+    every view the service reads (and its on-demand features computed from those).
+
+    `entities`: the labelled rows to use (default: the service's label recipe on the clean data).
+    """
     spec = describe_service(store, service)
-    entities = labelled_entities(store, service, clean_dir)
+    entities = entities if entities is not None else labelled_entities(store, service, clean_dir)
     pit = build_training_set(store, service, entities)
     leaky = leaky_features(store, service, entities, features_dir)
     defaults = registry_defaults(store, spec.feature_refs)
