@@ -3,27 +3,34 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
-from datetime import UTC
-from datetime import datetime as dt
+import traceback
+from datetime import UTC, datetime
 from pathlib import Path
 
 import click
 import pandas as pd
 
-from feastkit.errors import FeastkitError
+from feastkit.errors import FeastkitError, explain, one_line
 from feastkit.scaffold import DEMO_SIZE
 from feastkit.settings import Settings, get_settings
 from feastkit.times import parse_interval, parse_time
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, envvar="FEASTKIT_DEBUG",
+              help="On an error, write the full traceback to a log file and print its path (env FEASTKIT_DEBUG=1).")
 @click.pass_context
-def cli(ctx: click.Context) -> None:
+def cli(ctx: click.Context, debug: bool) -> None:
     """feastkit: real-time fraud and churn prediction on Feast.
 
     Configuration comes from FEASTKIT_* environment variables (see README): FEASTKIT_DATA_DIR,
     FEASTKIT_PROFILE (local | redis | postgres-registry), FEASTKIT_MODELS_DIR, ...
+
+    Exit codes: 0 done; 1 a check found something (drift, staleness, skew, a failed doctor check);
+    2 the command could not do its job: bad input, an unknown name, a service that does not
+    answer, or nothing to do. Errors are one line on stderr.
     """
     ctx.obj = get_settings()
 
@@ -57,12 +64,12 @@ def generate(settings: Settings, users: int, merchants: int, days: int, start: s
         click.echo(f"drift {','.join(config.drift)} injected in [{a:%Y-%m-%d}, {b:%Y-%m-%d})")
 
 
-def _validate(settings: Settings, as_of: dt | None) -> None:
+def _validate(settings: Settings, as_of: datetime | None) -> None:
     from pipelines.validation import validate_all
 
     # a run at the terminal without --as-of (or compute's --end) judges "future" by the time it starts
     reports = validate_all(settings.raw_dir, settings.clean_dir, settings.quarantine_dir,
-                           as_of=as_of or dt.now(UTC), lock_timeout=settings.lock_timeout_seconds)
+                           as_of=as_of or datetime.now(UTC), lock_timeout=settings.lock_timeout_seconds)
     click.echo(f"validation as of {reports[0].as_of:%Y-%m-%d %H:%M:%S} UTC (rows in = accepted + quarantined):")
     for report in reports:
         click.echo("  " + report.line())
@@ -109,8 +116,14 @@ def compute(settings: Settings, start: str | None, end: str | None, views: str, 
 @click.pass_obj
 def apply(settings: Settings) -> None:
     """Register the feature repo with Feast (`feast apply` for the selected profile)."""
+    from feastkit.errors import is_unreachable
     from feastkit.store import apply_repo, open_store
 
+    try:  # a registry database that does not answer: say so, before `feast apply` prints a traceback
+        open_store(settings).list_feature_views()
+    except Exception as exc:  # noqa: BLE001 (anything else, e.g. no registry yet, is `feast apply`'s business)
+        if is_unreachable(exc):
+            raise
     apply_repo(settings)
     store = open_store(settings)
     click.echo(f"applied {settings.repo_path} with {settings.feature_store_yaml.name}: "
@@ -157,6 +170,10 @@ def materialize(settings: Settings, start: str | None, end: str | None, incremen
             click.echo(report.line())
         return
     if b <= a:
+        if not incremental:  # an explicit --start at or after the end of the data: nothing is there
+            raise FeastkitError(f"--start {a:%Y-%m-%d %H:%M} UTC is not before the end of the data "
+                                f"({b:%Y-%m-%d %H:%M} UTC), so there is nothing to materialize",
+                                "pass an earlier --start (or an --end after it)")
         click.echo(f"online store already up to date (materialized up to {a:%Y-%m-%d %H:%M} UTC)")
         return
     report = materialize_interval(settings, a, b, chosen, parse_duration(chunk) if chunk else None, store)
@@ -203,7 +220,12 @@ def train(settings: Settings, services: tuple[str, ...], no_promote: bool, seed:
 
     store = open_store(settings)
     require_applied(store)
-    for service in services or trainable_services(store):
+    chosen = list(services) or trainable_services(store)
+    if not chosen:
+        raise FeastkitError("no feature service in the registry names a label recipe, so there is nothing to train",
+                            "pass --service, or tag a service with model=fraud|churn in feature_repo/ and run "
+                            "`feastkit apply`")
+    for service in chosen:
         result = train_service(store, service, settings.clean_dir, settings.models_dir, seed=seed,
                                promote_bundle=not no_promote)
         click.echo(result.line())
@@ -335,15 +357,17 @@ def drift(settings: Settings, service: str | None, end: str | None, current_days
 def freshness(settings: Settings, as_of: str | None, fail_on_stale: bool) -> None:
     """Age of each feature view's materialized data against its SLA (tag freshness_sla, else TTL)."""
     from datetime import UTC
-    from datetime import datetime as dt
 
     from feastkit.store import open_store, require_applied
     from monitoring.freshness import check_freshness
 
     store = open_store(settings)
     require_applied(store)
-    moment = parse_time(as_of, "as-of") or dt.now(UTC)
+    moment = parse_time(as_of, "as-of") or datetime.now(UTC)
     results = check_freshness(store, moment)
+    if not results:
+        raise FeastkitError("the registry has no online feature view, so freshness has nothing to check",
+                            "declare a view with online=True in feature_repo/ and run `feastkit apply`")
     click.echo(f"freshness at {moment:%Y-%m-%d %H:%M} UTC:")
     for r in results:
         click.echo(f"  {'STALE' if r.stale else 'ok   '} {r.view}: {r.reason}")
@@ -417,21 +441,74 @@ def init(directory: Path, example: str | None, minimal: bool, force: bool, kit_s
         click.echo(line)
 
 
-def main() -> None:
-    """Entry point: errors meant for people are printed as one line, without a traceback."""
+def _debug_requested(args: list[str]) -> bool:
+    """--debug before the command, or FEASTKIT_DEBUG set to a true value."""
+    command_at = next((i for i, a in enumerate(args) if not a.startswith("-")), len(args))
+    env = os.environ.get("FEASTKIT_DEBUG", "").strip().lower()
+    return "--debug" in args[:command_at] or env in ("1", "true", "yes", "on")
+
+
+def _debug_log(exc: BaseException, args: list[str]) -> Path:
+    """Write the traceback of `exc` to a new log file (the data folder's logs/, else the temp folder)."""
+    import tempfile
+
     try:
-        cli.main(standalone_mode=False)
-    except FeastkitError as exc:
-        click.echo(f"feastkit: error: {exc.message}", err=True)
-        sys.exit(2)
+        data_dir = get_settings().data_dir
+        folder = data_dir / "logs" if data_dir.is_dir() else Path(tempfile.gettempdir()) / "feastkit-logs"
+    except Exception:  # noqa: BLE001 (the settings themselves may be what failed)
+        folder = Path(tempfile.gettempdir()) / "feastkit-logs"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"feastkit-{datetime.now(UTC):%Y%m%dT%H%M%S%fZ}-{os.getpid()}.log"
+    path.write_text(f"feastkit {' '.join(args)}\n\n" + "".join(traceback.format_exception(exc)),
+                    encoding="utf-8")
+    return path
+
+
+def error_line(exc: BaseException, debug: bool = False, args: list[str] | None = None) -> str:
+    """The one line a failed command prints: what is wrong and what to do (never a traceback)."""
+    found = explain(exc)
+    if found is not None:
+        problem, fix = found
+        line = f"{problem} — {fix}" if fix else problem
+    else:  # not an error we know how to explain: a bug, or an input nothing checks yet
+        line = (f"unexpected {type(exc).__name__}: {one_line(str(exc), 200) or '(no message)'} — this is a bug or an "
+                "unchecked input" + ("" if debug else "; run again with --debug to write the traceback to a log file"))
+    line = one_line(line)
+    if debug:
+        line += f" (traceback in {_debug_log(exc, args or [])})"
+    return f"feastkit: error: {line}"
+
+
+def _usage_line(exc: click.ClickException) -> str:
+    ctx = getattr(exc, "ctx", None)
+    where = f" — see `{ctx.command_path} --help`" if ctx is not None else ""
+    return f"feastkit: error: {one_line(exc.format_message())}{where}"
+
+
+def main(args: list[str] | None = None) -> None:
+    """Entry point: every failure is one line on stderr with exit code 2, never a traceback
+    (with --debug or FEASTKIT_DEBUG=1 the traceback goes to a log file named in that line)."""
+    argv = sys.argv[1:] if args is None else list(args)
+    debug = _debug_requested(argv)
+    try:
+        code = cli.main(args=argv, prog_name="feastkit", standalone_mode=False)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         sys.exit(130)
+    except click.exceptions.NoArgsIsHelpError as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:  # bad arguments: click's own message, on one line
+        click.echo(_usage_line(exc), err=True)
+        sys.exit(2)
+    except SystemExit:
+        raise
+    except Exception as exc:  # noqa: BLE001 (the one place errors become a line and an exit code)
+        click.echo(error_line(exc, debug, argv), err=True)
+        sys.exit(2)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

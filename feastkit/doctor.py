@@ -2,8 +2,17 @@
 
 from __future__ import annotations
 
-from feastkit.errors import FeastkitError
+from feastkit.errors import FeastkitError, explain, one_line
 from feastkit.settings import Settings
+
+
+def _reason(exc: BaseException) -> str:
+    """One line for a failed check: the explained problem and fix, else the exception's type and text."""
+    found = explain(exc)
+    if found is not None:
+        problem, fix = found
+        return one_line(f"{problem} — {fix}" if fix else problem)
+    return one_line(f"{type(exc).__name__}: {exc}", 300)
 
 
 def run_checks(settings: Settings) -> list[tuple[str, bool, str]]:
@@ -12,7 +21,7 @@ def run_checks(settings: Settings) -> list[tuple[str, bool, str]]:
     try:
         results.append(("profile", True, f"{settings.profile} -> {settings.feature_store_yaml}"))
     except FeastkitError as exc:
-        return [("profile", False, exc.message)]
+        return [("profile", False, _reason(exc))]
     results.append(("data", settings.features_dir.is_dir(),
                      str(settings.features_dir) if settings.features_dir.is_dir()
                      else f"no feature tables in {settings.features_dir}: run `feastkit compute`"))
@@ -23,8 +32,8 @@ def run_checks(settings: Settings) -> list[tuple[str, bool, str]]:
         require_applied(store)
         results.append(("registry", True, f"{len(store.list_feature_views())} feature views, "
                                            f"{len(store.list_feature_services())} feature services"))
-    except FeastkitError as exc:
-        return [*results, ("registry", False, exc.message)]
+    except Exception as exc:  # noqa: BLE001 (a down registry database is a failed check, not a crash)
+        return [*results, ("registry", False, _reason(exc))]
     from feastkit.bundle import current_bundle
     from feastkit.recipes import trainable_services
     from serving.features import OnlineStoreUnavailable, ServiceReader
@@ -36,12 +45,12 @@ def run_checks(settings: Settings) -> list[tuple[str, bool, str]]:
             bundle.check_against(store)
             results.append((f"model {service}", True, f"version {bundle.version}, fingerprint matches"))
         except FeastkitError as exc:
-            results.append((f"model {service}", False, exc.message))
+            results.append((f"model {service}", False, _reason(exc)))
     try:
         if not services:
             raise FeastkitError("no feature service names a label recipe", "tag one with model=fraud|churn")
         ServiceReader.build(store, services[0]).ping()
         results.append(("online store", True, type(store.config.online_store).__name__))
     except (OnlineStoreUnavailable, Exception) as exc:
-        results.append(("online store", False, f"{type(exc).__name__}: {str(exc)[:200]}"))
+        results.append(("online store", False, _reason(exc)))
     return results

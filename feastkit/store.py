@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from feastkit.errors import FeastkitError
+from feastkit.errors import FeastkitError, ServiceUnavailable
 from feastkit.settings import Settings
 from feastkit.times import ONE_MICROSECOND, check_interval, require_aware, utc
 
@@ -144,6 +144,135 @@ class MaterializeReport:
                 f"{self.end:%Y-%m-%d %H:%M}) UTC in {self.chunks} chunk(s): {', '.join(self.views)}")
 
 
+def check_views(store: FeatureStore, views: list[str] | None) -> list[str]:
+    """The online feature views to materialize (all when `views` is empty), or a clear error for
+    an unknown name or a registry with nothing to materialize."""
+    require_applied(store)
+    known = {fv.name for fv in store.list_feature_views() if fv.online}
+    if not known:
+        raise FeastkitError("the registry has no online feature view, so there is nothing to materialize",
+                            "declare a view with online=True in feature_repo/ and run `feastkit apply`")
+    chosen = sorted(known) if not views else list(views)
+    unknown = sorted(set(chosen) - known)
+    if unknown:
+        raise FeastkitError(f"unknown feature view(s) {unknown}", f"choose from {sorted(known)}")
+    return chosen
+
+
+def check_online_store(store: FeatureStore) -> None:
+    """Fail before anything is read or written when the online store does not answer (Redis: PING).
+
+    Raises ServiceUnavailable (retryable, so a scheduler retries it) naming the hosts, never the
+    password of the connection string.
+    """
+    try:
+        from feast.infra.online_stores.redis import RedisOnlineStore
+    except ImportError:  # no redis extra: no Redis store can be configured
+        return
+    from feastkit import feast_compat
+
+    online = feast_compat.online_store(store)
+    if not isinstance(online, RedisOnlineStore):
+        return
+    config = store.config.online_store
+    try:
+        feast_compat.redis_client(online, config).ping()
+    except Exception as exc:
+        import redis
+
+        if not isinstance(exc, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError):
+            raise
+        hosts = ",".join(p.strip() for p in str(config.connection_string).split(",") if "=" not in p)
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise ServiceUnavailable(f"the Redis online store at {hosts} does not answer ({reason})",
+                                 "start Redis, or set FEASTKIT_REDIS_CONNECTION_STRING to where it runs") from exc
+
+
+ONE_BATCH_ROWS = 10_000  # a view with at most this many rows (or one write batch) is loaded in one call
+
+Span = tuple[datetime, datetime, int]  # first row time, last row time, rows of one parquet row group
+
+
+def row_spans(store: FeatureStore, views: list[str]) -> dict[str, list[Span] | None]:
+    """Per view, the (first, last, rows) of every parquet row group of its batch source, from the
+    files' statistics (no row is read); None for a view where that cannot be known (another kind
+    of source, a file without statistics)."""
+    import glob
+
+    import pyarrow.parquet as pq
+    from feast import FileSource
+
+    out: dict[str, list[Span] | None] = {}
+    for fv in store.list_feature_views():
+        if fv.name not in views:
+            continue
+        out[fv.name] = None
+        source = fv.batch_source
+        if not isinstance(source, FileSource) or not source.timestamp_field:
+            continue
+        path = source.path if os.path.isabs(source.path) else os.path.join(str(store.repo_path), source.path)
+        files = sorted(glob.glob(path)) if glob.has_magic(path) else [path] if os.path.isfile(path) else []
+        spans: list[Span] | None = []
+        for file in files:
+            try:
+                meta = pq.read_metadata(file)
+            except Exception as exc:
+                text = str(exc).splitlines()[0][:160] if str(exc) else ""
+                raise FeastkitError(f"feature file {file} of view '{fv.name}' is not a readable parquet file "
+                                    f"({type(exc).__name__}: {text})",
+                                    "recompute it (`feastkit compute --start ... --end ...`) or restore it") from None
+            if source.timestamp_field not in meta.schema.names:
+                spans = None
+                break
+            column = meta.schema.names.index(source.timestamp_field)
+            for i in range(meta.num_row_groups):
+                group = meta.row_group(i)
+                stats = group.column(column).statistics
+                if group.num_rows == 0:
+                    continue
+                if stats is None or not stats.has_min_max or not isinstance(stats.min, datetime):
+                    spans = None
+                    break
+                spans.append((utc(stats.min), utc(stats.max), group.num_rows))
+            if spans is None:
+                break
+        out[fv.name] = spans
+    return out
+
+
+def one_batch_views(store: FeatureStore, spans: dict[str, list[Span] | None]) -> list[str]:
+    """The views whose whole table fits in one online write batch: chunking them saves no memory."""
+    limit = max(store.config.materialization_config.online_write_batch_size or 0, ONE_BATCH_ROWS)
+    return sorted(v for v, s in spans.items() if s is not None and sum(n for _, _, n in s) <= limit)
+
+
+def plan_chunks(spans: list[Span] | None, start: datetime, end: datetime,
+                size: timedelta) -> list[tuple[datetime, datetime]]:
+    """The [a, b) chunks materializing [start, end) takes: pieces of `size` on start's grid from
+    the last boundary before the first row (a start long before the data costs no Feast call),
+    and each run of pieces no row group touches merged into one. Without statistics (None):
+    every piece of [start, end). Always at least one chunk, the last ending at `end`."""
+    if spans is None:
+        return list(chunks(start, end, size))
+    last_piece = start + ((end - start - ONE_MICROSECOND) // size) * size
+    a = start
+    first = min((lo for lo, _, _ in spans), default=None)
+    if first is not None and first - ONE_MICROSECOND > start:
+        a = min(start + ((first - ONE_MICROSECOND - start) // size) * size, last_piece)
+
+    def empty(lo: datetime, hi: datetime) -> bool:  # no row stamped in [lo, hi], either convention
+        return not any(s_lo <= hi and s_hi >= lo for s_lo, s_hi, _ in spans)
+
+    out: list[tuple[datetime, datetime]] = []
+    while a < end:
+        b = min(a + size, end)
+        while b < end and empty(a, min(b + size, end)):
+            b = min(b + size, end)
+        out.append((a, b))
+        a = b
+    return out
+
+
 def materialize_interval(settings: Settings, start: datetime, end: datetime,
                          views: list[str] | None = None, chunk: timedelta | None = None,
                          store: FeatureStore | None = None) -> MaterializeReport:
@@ -160,13 +289,19 @@ def materialize_interval(settings: Settings, start: datetime, end: datetime,
     start, end = check_interval(require_aware(start, "materialization start"),
                                 require_aware(end, "materialization end"), fix="pass --start earlier than --end")
     store = store or open_store(settings)
-    require_applied(store)
-    known = {fv.name for fv in store.list_feature_views() if fv.online}
-    chosen = sorted(known) if not views else list(views)
-    unknown = sorted(set(chosen) - known)
-    if unknown:
-        raise FeastkitError(f"unknown feature view(s) {unknown}", f"choose from {sorted(known)}")
+    chosen = check_views(store, views)
+    check_online_store(store)
     size = chunk or parse_duration(settings.materialize_chunk)
+    spans = row_spans(store, chosen)
+    whole = one_batch_views(store, spans)
+    if whole and len(whole) < len(chosen):  # small tables in one call, the others chunked
+        rest = [v for v in chosen if v not in whole]
+        materialize_interval(settings, start, end, whole, end - start, store)
+        report = materialize_interval(settings, start, end, rest, size, store)
+        return MaterializeReport(start, end, chosen, report.chunks)
+    merged = [span for v in chosen for span in (spans.get(v) or [])]
+    planned = plan_chunks(None if any(spans.get(v) is None for v in chosen) else merged, start, end,
+                          end - start if whole else size)
     window_end = {fv.name for fv in store.list_feature_views()
                   if fv.tags.get("row_timestamp") == "window_end"}
     at_end = [v for v in chosen if v in window_end]
@@ -176,7 +311,7 @@ def materialize_interval(settings: Settings, start: datetime, end: datetime,
     from feastkit.ledger import Ledger
 
     since = Ledger(settings.features_dir).seq()  # before any feature row is read
-    for a, b in chunks(start, end, size):
+    for a, b in planned:
         # Feast's bounds are inclusive at both ends. Rows stamped at a window's end belong to
         # (a, b]; rows stamped at their event time belong to [a, b). Either way a row belongs to
         # exactly one interval, the one whose compute run wrote it.
@@ -262,7 +397,7 @@ def materialize_servable(settings: Settings, end: datetime, views: list[str] | N
                          store: FeatureStore | None = None) -> list[MaterializeReport]:
     """Materialize only what can still be served at `end`: each view's last TTL (all of a no-TTL view)."""
     store = store or open_store(settings)
-    require_applied(store)
+    check_views(store, views)
     by_start: dict[datetime, list[str]] = {}
     for fv in store.list_feature_views():
         if not fv.online or (views and fv.name not in views):

@@ -103,6 +103,10 @@ def window_features(store: FeatureStore, settings: Settings, service: str, start
     from feastkit.services import build_training_set
 
     entities = window_entities(store, service, settings.clean_dir, start, end)
+    if entities.empty:
+        raise FeastkitError(f"'{service}' has no entity rows in [{start:%Y-%m-%d %H:%M}, {end:%Y-%m-%d %H:%M}) "
+                            "UTC, so drift has nothing to compare there",
+                            "pass an --end inside the data, or other --current-days/--reference-days")
     if len(entities) > max_rows:
         entities = entities.sample(n=max_rows, random_state=seed).sort_values("event_timestamp")
     return build_training_set(store, service, entities.reset_index(drop=True))
@@ -131,6 +135,9 @@ def drift_between(store: FeatureStore, settings: Settings, service: str, referen
     cur_frame = window_features(store, settings, service, current.start, current.end, max_rows, seed + 1)
     refs = dict(zip(spec.feature_columns, spec.feature_refs, strict=True))
     columns = [c for c in spec.feature_columns if not c.endswith(SKIP_SUFFIXES)]
+    if not columns:
+        raise FeastkitError(f"'{service}' has no feature drift can test (only absolute timestamps)",
+                            "monitor a service with other features")
     results = compare_frames(ref_frame, cur_frame, columns, thresholds,
                              entity_keys=feature_entity_keys(store, refs, columns))
     out = ServiceDrift(service, Window(reference.start, reference.end, len(ref_frame)),
@@ -195,6 +202,10 @@ def run_monitoring(settings: Settings, *, end: datetime | None = None, current_d
     store = store or open_store(settings)
     require_applied(store)
     services = [feature_service] if feature_service else trainable_services(store)
+    if not services:  # nothing to check must not pass as "nothing found"
+        raise FeastkitError("no feature service in the registry names a label recipe, so there is nothing "
+                            "to monitor", "pass --service, or tag a service with model=fraud|churn in "
+                            "feature_repo/ and run `feastkit apply`")
     thresholds = thresholds or DriftThresholds()
     started = datetime.now(UTC)
 
@@ -209,6 +220,9 @@ def run_monitoring(settings: Settings, *, end: datetime | None = None, current_d
         moment = (require_aware(as_of, "time") if as_of is not None
                   else require_aware(end, "time") if end is not None else started)
         freshness = check_freshness(store, moment)
+        if not freshness:
+            raise FeastkitError("the registry has no online feature view, so freshness has nothing to check",
+                                "declare a view with online=True in feature_repo/ and run `feastkit apply`")
     skew: dict[str, list[FeatureSkew]] = {}
     if "skew" in checks:
         skew = {s: check_skew(store, s, settings.clean_dir, None, sample_entities, seed) for s in services}

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 REL_TOLERANCE = 1e-6
 ABS_TOLERANCE = 1e-9
 MAX_EXAMPLES = 5
+SAMPLE_LOOKBACK = timedelta(days=30)  # entities sampled among those active this long before the check time
 
 
 @dataclass
@@ -62,7 +63,7 @@ def _plain(value: Any) -> Any:
 
 
 def sample_entity_keys(clean_dir: Path, join_key: str, n: int, as_of: datetime, seed: int = 0,
-                       lookback: timedelta = timedelta(days=30)) -> list[int]:
+                       lookback: timedelta = SAMPLE_LOOKBACK) -> list[int]:
     """Up to n entity keys active in the `lookback` before `as_of` (from the clean event tables)."""
     ids: list[np.ndarray] = []
     lo = pd.Timestamp(as_of - lookback)
@@ -152,6 +153,7 @@ def check_skew(store: FeatureStore, service: str, clean_dir: Path, as_of: dateti
     training disagree.
     """
     results: list[FeatureSkew] = []
+    empty: list[str] = []
     for view_name in service_views(store, service):
         view = store.get_feature_view(view_name)
         at = as_of or materialized_until(store, [view_name])
@@ -161,6 +163,14 @@ def check_skew(store: FeatureStore, service: str, clean_dir: Path, as_of: dateti
         keys = sample_entity_keys(clean_dir, view.join_keys[0], sample_entities, at, seed)
         if keys:
             results += view_skew(store, view_name, keys, at)
+        else:  # a check that compares nothing must not pass
+            empty.append(f"{view_name} (materialized up to {at:%Y-%m-%d %H:%M} UTC)")
+    if empty:
+        raise FeastkitError(
+            f"skew compared nothing for {', '.join(empty)} of '{service}': no entity has clean events in "
+            f"the {SAMPLE_LOOKBACK.days} days before that time, so the online values cannot be checked",
+            "materialize the intervals the clean data covers (`feastkit materialize --start ... --end ...`; "
+            "an interval past the data moves the watermark beyond it)")
     return results
 
 

@@ -185,16 +185,53 @@ def leaky_join(frame: pd.DataFrame, features: pd.DataFrame, key: str, columns: l
     return frame.drop(columns=[c for c in columns if c in frame.columns]).merge(latest, on=key, how="left")
 
 
-def leaky_vs_pit(store: FeatureStore, clean_dir: Path, features_dir: Path,
-                 service: str = "churn_prediction_v1", seed: int = 0) -> dict[str, float]:
-    """Evaluation ROC AUC of the same model on PIT features vs on a naive latest-value join."""
+def leaky_features(store: FeatureStore, service: str, entities: pd.DataFrame, features_dir: Path) -> pd.DataFrame:
+    """The service's features as a naive join gives them: every base view's latest row per entity
+    (from its future too), and the on-demand views run by Feast on those leaked inputs."""
+    from feastkit.services import get_service
     from pipelines.aggregates import read_view
 
+    views = {v.name: v for v in store.list_feature_views()}
+    odfvs = {o.name: o for o in store.list_on_demand_feature_views()}
+    tables: dict[str, pd.DataFrame] = {}
+
+    def join(frame: pd.DataFrame, view_name: str, columns: list[str]) -> pd.DataFrame:
+        view = views[view_name]
+        if view_name not in tables:
+            tables[view_name] = read_view(features_dir, view_name)
+        (key,) = view.join_keys  # the declared views have one entity key each
+        return leaky_join(frame, tables[view_name], key, columns)
+
+    frame = entities.copy()
+    for projection in get_service(store, service).feature_view_projections:
+        names = [f.name for f in projection.features]
+        if projection.name in views:
+            frame = join(frame, projection.name, names)
+            continue
+        odfv = odfvs[projection.name]
+        inputs = frame.copy()
+        for source in odfv.source_feature_view_projections.values():
+            inputs = join(inputs, source.name, [f.name for f in source.features])
+        request = [f.name for s in odfv.source_request_sources.values() for f in s.schema]
+        used = request + [f.name for s in odfv.source_feature_view_projections.values() for f in s.features]
+        out = odfv.transform_dict({c: [None if pd.isna(v) else v for v in inputs[c]] for c in used})
+        for name in names:
+            frame[name] = np.asarray(out[name])
+    return frame
+
+
+def leaky_vs_pit(store: FeatureStore, clean_dir: Path, features_dir: Path,
+                 service: str = "churn_prediction_v1", seed: int = 0,
+                 entities: pd.DataFrame | None = None) -> dict[str, float]:
+    """Evaluation ROC AUC of the same model on PIT features vs on a naive latest-value join of
+    every view the service reads (and its on-demand features computed from those).
+
+    `entities`: the labelled rows to use (default: the service's label recipe on the clean data).
+    """
     spec = describe_service(store, service)
-    entities = labelled_entities(store, service, clean_dir)
+    entities = entities if entities is not None else labelled_entities(store, service, clean_dir)
     pit = build_training_set(store, service, entities)
-    view = spec.feature_refs[0].split(":", 1)[0]
-    leaky = leaky_join(entities, read_view(features_dir, view), spec.join_keys[0], spec.feature_columns)
+    leaky = leaky_features(store, service, entities, features_dir)
     defaults = registry_defaults(store, spec.feature_refs)
     _, _, pit_metrics, _ = fit_and_evaluate(pit, spec.feature_columns, defaults, seed)
     _, _, leaky_metrics, _ = fit_and_evaluate(leaky, spec.feature_columns, defaults, seed)
