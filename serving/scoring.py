@@ -14,8 +14,10 @@ import queue
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
+
+from fastapi.exceptions import RequestValidationError
 
 from feastkit.bundle import CURRENT_FILE, ModelBundle, current_bundle
 from feastkit.errors import FeastkitError
@@ -151,6 +153,7 @@ class ServingState:
         if settings.online_timeout_seconds <= 0 or settings.max_batch_size < 1:
             raise FeastkitError("FEASTKIT_ONLINE_TIMEOUT_SECONDS and FEASTKIT_MAX_BATCH_SIZE must be "
                                 "positive", "set positive values (defaults: 0.5 and 1000)")
+        request_window(settings)  # an invalid FEASTKIT_REQUEST_TIME_WINDOW refuses to start
         store = open_store(settings)
         require_applied(store)
         try:
@@ -217,12 +220,54 @@ def epoch(ts: datetime) -> float:
     return ts.astimezone(UTC).timestamp()
 
 
+def request_window(settings: Settings) -> int | None:
+    """The bound on |request time - server clock| in microseconds, or None in replay mode."""
+    if settings.replay_mode:
+        return None
+    from feastkit.store import parse_duration
+
+    try:
+        window = parse_duration(settings.request_time_window)
+    except FeastkitError as exc:
+        raise FeastkitError(f"FEASTKIT_REQUEST_TIME_WINDOW: {exc.args[0]}", "write it like 90m, 6h or 1d "
+                            "(default 15m), or set FEASTKIT_REPLAY=true to score historical times") from None
+    return window // timedelta(microseconds=1)
+
+
+def check_request_times(as_of: list[float], window_us: int | None, now_us: int | None = None) -> None:
+    """Refuse (422) request times farther than the window from the server clock (live serving).
+
+    Live, a request's time decides which values are still within their TTL and which are stamped
+    after it; a caller sending a time far in the past would have stale values served as valid.
+    Integer microseconds of UTC epochs on both sides: no timezone enters the comparison.
+    """
+    if window_us is None:
+        return
+    now = time.time_ns() // 1000 if now_us is None else now_us
+    problems = []
+    for i, at in enumerate(as_of):
+        at_us = round(at * 1_000_000)
+        if abs(at_us - now) > window_us:
+            when = datetime.fromtimestamp(at_us / 1_000_000, UTC).isoformat().replace("+00:00", "Z")
+            gap = timedelta(microseconds=abs(at_us - now))
+            where = f"row {i}: " if len(as_of) > 1 else ""
+            problems.append({
+                "loc": ("body",), "type": "value_error",
+                "msg": f"{where}request time {when} is {gap} {'before' if at_us < now else 'after'} the server "
+                       f"clock; live serving scores times within {timedelta(microseconds=window_us)} of it "
+                       "(FEASTKIT_REQUEST_TIME_WINDOW): send the event's own time, or set FEASTKIT_REPLAY=true "
+                       "to score historical times (backtests)"})
+    if problems:
+        raise RequestValidationError(problems)
+
+
 class Scoring:
     """Score + decide for the loaded models, recording the serving metrics of one app."""
 
     def __init__(self, state: ServingState, metrics: ServingMetrics, max_group_rows: int | None = None) -> None:
         self.state = state
         self.metrics = metrics
+        self.window_us = request_window(state.settings)
         self.worker = ScoringWorker(self, max_group_rows or state.settings.max_batch_size)
 
     def score(self, model: LoadedModel, rows: list[dict[str, Any]], as_of: list[float]
@@ -272,7 +317,9 @@ class Scoring:
 
     async def decide_async(self, model: LoadedModel, rows: list[dict[str, Any]], as_of: list[float],
                            explain: bool, labels: tuple[str, str]) -> list[dict[str, Any]]:
-        """`decide` in the scoring thread: the event loop keeps serving other requests meanwhile."""
+        """`decide` in the scoring thread: the event loop keeps serving other requests meanwhile.
+        Live (not replay), request times outside the window around the server clock get 422."""
+        check_request_times(as_of, self.window_us)
         return await self.worker.submit(_Job(model, rows, as_of, explain, labels))
 
     def close(self) -> None:

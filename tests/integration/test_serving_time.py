@@ -169,3 +169,88 @@ def test_a_value_stamped_after_the_request_time_is_missing(process_tz: str, redi
     before, at = reader.read([{"user_id": 2}] * 2, [(stamp - US).timestamp(), stamp.timestamp()])
     assert before["score"] is None
     assert at["score"] == 3.0
+
+
+# Request times over HTTP: the live window, replay mode, and what the response says ---------------
+
+
+def _tiny_bundle(store, models: Path) -> None:
+    """A real (tiny) model bundle for `plain_scores`, fingerprinted against the registry and promoted."""
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+
+    from feastkit.bundle import FORMAT_VERSION, ModelBundle, feature_fingerprints, promote
+
+    refs = ["scores:score"]
+    model = LogisticRegression().fit(np.array([[0.0], [1.0], [3.0], [4.0]]), [0, 0, 1, 1])
+    manifest = {"format_version": FORMAT_VERSION, "version": "v1", "feature_service": "plain_scores",
+                "feature_refs": refs, "defaults": {"score": 0.0}, "threshold": 0.5,
+                "feature_fingerprints": feature_fingerprints(store, refs)}
+    ModelBundle(model, manifest).save(models)
+    promote(models, "plain_scores", "v1")
+
+
+def _client(root: Path, **settings: object):
+    import warnings
+
+    from feastkit.settings import Settings
+    from serving.app import create_app
+    from tests.conftest import REPO_ROOT
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from starlette.testclient import TestClient
+    config = Settings(project_root=REPO_ROOT, data_dir=root / "data", repo_path=root, models_dir=root / "models",
+                      services="plain_scores", **settings)
+    return TestClient(create_app(config))
+
+
+@pytest.fixture()
+def tiny_served(tmp_path: Path) -> Path:
+    store = tiny_store(tmp_path, "sqlite")
+    _tiny_bundle(store, tmp_path / "models")
+    return tmp_path
+
+
+def _iso(at: datetime) -> str:
+    return at.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def test_live_serving_refuses_request_times_outside_the_window(process_tz: str, tiny_served: Path) -> None:
+    now = datetime.now(UTC)
+    with _client(tiny_served, replay=False, request_time_window="15m") as client:
+        for at in (now - timedelta(hours=1), now + timedelta(minutes=20), STAMPS[2]):
+            r = client.post("/v1/predict/plain_scores", json={"user_id": 2, "as_of": _iso(at)})
+            assert r.status_code == 422, (process_tz, at, r.text)
+            error = r.json()["error"]
+            assert "FEASTKIT_REQUEST_TIME_WINDOW" in error and "FEASTKIT_REPLAY=true" in error, error
+            assert ("before" if at < now else "after") in error, error
+        for body in ({"user_id": 2}, {"user_id": 2, "as_of": _iso(now - timedelta(minutes=5))}):
+            r = client.post("/v1/predict/plain_scores", json=body)
+            assert r.status_code == 200, (process_tz, r.text)
+        batch = client.post("/v1/predict/plain_scores:batch", json={"rows": [
+            {"user_id": 2}, {"user_id": 2, "as_of": _iso(now - timedelta(days=3))}]})
+        assert batch.status_code == 422 and "row 1:" in batch.json()["error"], batch.text
+
+
+def test_replay_mode_scores_historical_times_and_says_what_was_missing(process_tz: str,
+                                                                       tiny_served: Path) -> None:
+    stamp = STAMPS[2]
+    with _client(tiny_served, replay=True) as client:
+        at = client.post("/v1/predict/plain_scores?explain=true", json={"user_id": 2, "as_of": _iso(stamp)})
+        assert at.status_code == 200, at.text
+        assert at.json()["missing_features"] == [] and at.json()["features"]["score"] == 3.0
+        # stamped after the request's time: not served, and the response says so
+        early = client.post("/v1/predict/plain_scores?explain=true",
+                            json={"user_id": 2, "as_of": _iso(stamp - timedelta(seconds=1))})
+        assert early.status_code == 200, early.text
+        assert early.json()["missing_features"] == ["score"], (process_tz, early.json())
+
+
+def test_replay_defaults_to_on_only_for_the_embedded_profile() -> None:
+    from feastkit.settings import Settings
+
+    assert Settings(profile="local").replay_mode is True
+    assert Settings(profile="redis").replay_mode is False
+    assert Settings(profile="redis", replay=True).replay_mode is True
+    assert Settings(profile="local", replay=False).replay_mode is False
