@@ -175,11 +175,15 @@ class ModelBundle:
         self.path = target
         return target
 
-    def check_against(self, store: FeatureStore) -> None:
-        """Refuse a bundle whose features no longer mean what they meant at training time."""
+    def changed_features(self, store: FeatureStore) -> list[str]:
+        """The bundle's feature refs whose registry definition differs from the one it was trained on."""
         now = feature_fingerprints(store, self.feature_refs)
         then = self.manifest["feature_fingerprints"]
-        changed = sorted(ref for ref in self.feature_refs if now.get(ref) != then.get(ref))
+        return sorted(ref for ref in self.feature_refs if now.get(ref) != then.get(ref))
+
+    def check_against(self, store: FeatureStore) -> None:
+        """Refuse a bundle whose features no longer mean what they meant at training time."""
+        changed = self.changed_features(store)
         if changed:
             raise FeastkitError(
                 f"model bundle {self.feature_service}/{self.version} was trained on feature definitions "

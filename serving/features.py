@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
 from feastkit import feast_compat
 from feastkit.recipes import AS_OF_OFFSET, RECIPE_TAG
 from feastkit.services import describe_service
@@ -44,6 +46,14 @@ if TYPE_CHECKING:
 
 class OnlineStoreUnavailable(RuntimeError):
     """The online store could not be read (down, unreachable, or timing out)."""
+
+
+class RegistryChanged(StarletteHTTPException):
+    """A read failed for a model whose features changed in the registry since it was loaded (a view
+    dropped or redefined by `feast apply`): 503 naming the change, not an online-store outage."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(status_code=503, detail=f"the feature registry changed under this model: {reason}")
 
 
 @dataclass
@@ -151,6 +161,8 @@ class ServiceReader:
     view_reads: list[ViewRead]
     guard: StoreGuard = field(default_factory=StoreGuard)
     as_of_offset_micros: int = 0         # read as of this long before the request's time (recipe)
+    stale: str = ""                      # why the registry no longer matches this reader ("" = it does)
+    live_views: frozenset[str] | None = None  # when stale: the views still in the registry
 
     @classmethod
     def build(cls, store: FeatureStore, service: str, guard: StoreGuard | None = None) -> ServiceReader:
@@ -226,20 +238,24 @@ class ServiceReader:
         try:
             raw = self._read_views(rows)
         except Exception as exc:  # any store failure becomes one clear, typed error
+            if self.stale:  # e.g. the view's table went with `feast apply`: not a store outage
+                raise RegistryChanged(self.stale) from exc
             reason = describe_error(exc)
             self.guard.failed(reason)
             raise OnlineStoreUnavailable(reason) from exc
         self.guard.succeeded()
         return raw
 
-    def _read_views(self, rows: list[dict[str, Any]]) -> dict[str, list[Any]]:
+    def _read_views(self, rows: list[dict[str, Any]], parts: list[ViewRead] | None = None
+                    ) -> dict[str, list[Any]]:
         from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
         from feast.type_map import feast_value_type_to_python_type, python_values_to_proto_values
 
         provider = feast_compat.provider(self.store)
         config = self.store.config
+        parts = self.view_reads if parts is None else parts
         reads = []
-        for part in self.view_reads:
+        for part in parts:
             names = [name for name, _ in part.join_keys]
             values = [python_values_to_proto_values([row[name] for row in rows], value_type)
                       for name, value_type in part.join_keys]
@@ -253,7 +269,7 @@ class ServiceReader:
             results = [provider.online_read(config=config, table=view, entity_keys=keys, requested_features=features)
                        for view, keys, features in reads]
         raw: dict[str, list[Any]] = {}
-        for part, found in zip(self.view_reads, results, strict=True):
+        for part, found in zip(parts, results, strict=True):
             micros = [_epoch_micros(ts) if ts is not None and read else None for ts, read in found]
             seconds = [us // 1_000_000 if us is not None else 0 for us in micros]
             for feature in part.features:
@@ -266,10 +282,15 @@ class ServiceReader:
     def ping(self) -> None:
         """One cheap read, bypassing the fail-fast guard: raises OnlineStoreUnavailable when the
         store cannot answer, and closes the guard when it can."""
+        parts = self.view_reads
+        if self.stale and self.live_views is not None:  # a dropped view's table is gone: not an outage
+            parts = [part for part in parts if part.view.name in self.live_views]
+            if not parts:
+                return
         probe = {name: _PROBE_KEYS.get(value_type.name, -1)
-                 for part in self.view_reads for name, value_type in part.join_keys}
+                 for part in parts for name, value_type in part.join_keys}
         try:
-            self._read_views([probe])
+            self._read_views([probe], parts)
         except Exception as exc:
             reason = describe_error(exc)
             self.guard.failed(reason)

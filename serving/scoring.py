@@ -10,6 +10,8 @@ blocks (network read, model), so the routes run it in the scoring thread (`Scori
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import logging
 import queue
 import threading
 import time
@@ -40,6 +42,8 @@ if TYPE_CHECKING:
     from serving.metrics import ServingMetrics
 
 PUSH_MODES = ("online", "online_and_offline")
+
+log = logging.getLogger("feastkit.serving")
 
 # The typed alias routes: role -> (settings field, env var, the inputs their bodies carry, labels).
 # The request and response bodies of these routes are fixed (serving/schemas.py); the service
@@ -93,6 +97,85 @@ def served_services(store: FeatureStore, settings: Settings) -> list[str]:
     return chosen
 
 
+def registry_signature(store: FeatureStore) -> str:
+    """sha256 over the specs of the registry's entities, views, on-demand views and services.
+
+    Specs only: a materialization (which appends an interval to a view's metadata) leaves it
+    unchanged, a `feast apply` that changes a definition does not.
+    """
+    digest = hashlib.sha256()
+    for kind, objects in (("entity", store.list_entities()), ("view", store.list_feature_views()),
+                          ("odfv", store.list_on_demand_feature_views()),
+                          ("service", store.list_feature_services())):
+        for obj in sorted(objects, key=lambda o: o.name):
+            digest.update(f"{kind}:{obj.name}:".encode())
+            digest.update(obj.to_proto().spec.SerializeToString(deterministic=True))
+    return digest.hexdigest()
+
+
+def _registry_problem(store: FeatureStore, model: LoadedModel) -> str:
+    """Why a served bundle no longer matches the registry, with what to run ("" when it matches)."""
+    service, version = model.service, model.bundle.version
+    if service not in {s.name for s in store.list_feature_services()}:
+        return (f"{service} ({version}): the feature service is no longer in the registry; apply it again, "
+                "or restart the server without it (FEASTKIT_SERVICES)")
+    changed = model.bundle.changed_features(store)
+    if changed:
+        names = ", ".join(changed[:4]) + (f" and {len(changed) - 4} more" if len(changed) > 4 else "")
+        return (f"{service} ({version}) was trained on feature definitions that changed since: {names}; "
+                f"run `feastkit train --service {service}` (it promotes the new bundle) and restart the "
+                "server, or apply the previous definitions again")
+    return ""
+
+
+class RegistryWatcher:
+    """Polls the registry every `interval` seconds and hands a change to `ServingState.apply_registry`.
+
+    The readers resolve views, TTLs and features once, so Feast's registry cache
+    (`cache_ttl_seconds`) never reaches them: without this, a `feast apply` would go unnoticed
+    until a restart. A poll re-reads the registry (`FeatureStore.refresh_registry`), so a change is
+    seen within one interval; a registry that cannot be read is logged and tried again.
+    """
+
+    def __init__(self, state: ServingState, interval: float) -> None:
+        self.state = state
+        self.interval = interval
+        self._stop = threading.Event()
+        self.thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self.interval <= 0 or self.state.store is None or self.thread is not None:
+            return
+        self.thread = threading.Thread(target=self._run, name="feastkit-registry", daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self.thread is not None:
+            self.thread.join(timeout=10)
+            self.thread = None
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.poll()
+
+    def poll(self) -> None:
+        """One look at the registry; applies a change when there is one."""
+        store = self.state.store
+        try:
+            store.refresh_registry()
+            signature = registry_signature(store)
+        except Exception as exc:
+            log.warning("the registry cannot be read; serving the last configuration",
+                        extra={"error": describe_error(exc)})
+            return
+        if signature != self.state.registry_signature:
+            try:
+                self.state.apply_registry(signature)
+            except Exception:
+                log.exception("registry change not applied; serving the last configuration")
+
+
 def alias_services(settings: Settings, models: dict[str, LoadedModel]) -> dict[str, LoadedModel]:
     """role -> model for each alias route whose service is loaded."""
     out = {}
@@ -131,6 +214,8 @@ class ServingState:
     store: Any = None
     push_targets: dict[str, PushTarget] = field(default_factory=dict)
     guard: StoreGuard = field(default_factory=StoreGuard)
+    registry_signature: str = ""
+    registry_problem: str = ""  # why the registry no longer matches the served models ("" = it does)
 
     @property
     def fraud(self) -> LoadedModel | None:
@@ -180,7 +265,47 @@ class ServingState:
                     f"FEASTKIT_PUSH_TO=online_and_offline is unsafe here: {problems[0]}",
                     "push online only (the default; `feastkit compute` writes these rows offline from the "
                     "raw events), or give the push source a single-file batch source")
-        return cls(settings, models, store, targets, guard)
+        return cls(settings, models, store, targets, guard, registry_signature(store))
+
+    def apply_registry(self, signature: str) -> None:
+        """Take a changed registry into account (the registry watcher calls this).
+
+        Every served bundle is checked against the new definitions. When all still match, the
+        readers are rebuilt from the new registry (views, TTLs, on-demand views as now applied) and
+        swapped in. When one does not, nothing is swapped: the last good configuration keeps
+        serving, `/ready` reports not-ready with the reason and what to run, and a read that then
+        fails (a dropped view's table) names the registry change instead of the online store.
+        """
+        problems: list[str] = []
+        readers: dict[str, ServiceReader] = {}
+        for service, model in self.models.items():
+            problem = _registry_problem(self.store, model)
+            if problem:
+                problems.append(problem)
+                continue
+            try:
+                readers[service] = ServiceReader.build(self.store, service, self.guard)
+            except Exception as exc:  # a registry the checks above did not foresee: keep the last good one
+                log.exception("cannot rebuild the reader of %s", service)
+                problems.append(f"{service}: its reader cannot be rebuilt from the registry "
+                                f"({type(exc).__name__}); restart the server to see the error")
+        self.registry_signature = signature
+        if problems:
+            reason = "; ".join(problems)
+            live = frozenset(v.name for v in self.store.list_feature_views())
+            for model in self.models.values():
+                model.reader.live_views = live
+                model.reader.stale = reason
+            if reason != self.registry_problem:
+                log.error("the registry no longer matches the served models", extra={"reason": reason})
+            self.registry_problem = reason
+            return
+        for service, reader in readers.items():
+            self.models[service].reader = reader
+        if self.registry_problem:
+            log.info("the registry matches the served models again")
+        self.registry_problem = ""
+        log.info("registry change picked up", extra={"services": sorted(readers)})
 
     def describe(self) -> str:
         """One line for the start-up message: model versions and the alias routes."""
@@ -269,6 +394,8 @@ class Scoring:
         self.metrics = metrics
         self.window_us = request_window(state.settings)
         self.worker = ScoringWorker(self, max_group_rows or state.settings.max_batch_size)
+        self.watcher = RegistryWatcher(state, state.settings.registry_poll_seconds)
+        self.watcher.start()
 
     def score(self, model: LoadedModel, rows: list[dict[str, Any]], as_of: list[float]
               ) -> list[dict[str, Any]]:
@@ -323,6 +450,7 @@ class Scoring:
         return await self.worker.submit(_Job(model, rows, as_of, explain, labels))
 
     def close(self) -> None:
+        self.watcher.stop()
         self.worker.stop()
 
 

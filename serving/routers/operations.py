@@ -19,7 +19,7 @@ def operations_router(state: ServingState, metrics: ServingMetrics) -> APIRouter
     # and every loaded model as model:<feature service> -> version
     models = {f"{role}_model": m.bundle.version for role, m in alias_services(state.settings, state.models).items()}
     models.update({f"model:{service}": m.bundle.version for service, m in state.models.items()})
-    probe = next(iter(state.models.values())).reader  # every reader shares the store and its guard
+    probe = next(iter(state.models.values()))  # every reader shares the store and its guard
 
     @router.get("/health", response_model=HealthResponse)
     async def health() -> HealthResponse:
@@ -32,13 +32,16 @@ def operations_router(state: ServingState, metrics: ServingMetrics) -> APIRouter
         (within the online timeout)."""
         checks = dict(models)
         try:
-            await run_in_threadpool(probe.ping)
+            await run_in_threadpool(probe.reader.ping)  # the current reader (swapped on registry changes)
             checks["online_store"] = "ok"
             ok = True
         except OnlineStoreUnavailable as exc:
             metrics.online_errors.labels("ping", "read_failed").inc()
             checks["online_store"] = f"unavailable: {str(exc)[:200]}"
             ok = False
+        # a `feast apply` the served bundles no longer match (the registry watcher keeps this)
+        checks["registry"] = state.registry_problem or "ok"
+        ok = ok and not state.registry_problem
         body = ReadyResponse(ready=ok, checks=checks)
         return JSONResponse(status_code=200 if ok else 503, content=body.model_dump())
 
