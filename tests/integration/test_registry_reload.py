@@ -63,7 +63,7 @@ def test_the_server_follows_feast_apply(deployment: Deployment, tmp_path: Path,
         return HTTP.get(f"{server.url}/ready")
 
     try:
-        assert ready().json()["checks"]["registry"] == "ok"
+        assert ready().status_code == 200
         assert not set(profile) & churn_features()
 
         # 1. a change the bundles still match (the churn service reads one more view): picked up
