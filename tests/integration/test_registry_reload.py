@@ -86,7 +86,7 @@ def test_the_server_follows_feast_apply(deployment: Deployment, tmp_path: Path,
         assert down.json()["checks"]["online_store"] == "ok", down.json()  # not blamed on the store
         assert "fraud_detection" not in reason, reason  # the fraud bundles still match
         r = HTTP.post(f"{server.url}/v1/predict/churn", json=churn)
-        assert r.status_code == 503, r.text
+        assert r.status_code == 503, (r.text, server.log()[-3000:])
         assert "online feature store unavailable" not in r.text and "registry changed" in r.text, r.text
         # the failed read opened no breaker: the other models keep answering
         ok = HTTP.post(f"{server.url}/v1/predict/fraud", json=fraud)
