@@ -361,7 +361,7 @@ def main() -> None:
         env = {**os.environ, "FEASTKIT_DATA_DIR": str(settings.data_dir),
                "FEASTKIT_REPO_PATH": str(settings.repo_path), "FEASTKIT_PROFILE": "redis",
                "FEASTKIT_REDIS_CONNECTION_STRING": settings.redis_connection_string,
-               "FEASTKIT_ACCESS_LOG": "false"}
+               "FEASTKIT_ACCESS_LOG": "false", "FEASTKIT_REPLAY": "true"}  # historical data
         bin_dir = Path(sys.executable).parent
         ours_port, feast_port = free_port(), free_port()
         ours_log, feast_log = files / "feastkit-serve.log", files / "feast-serve.log"

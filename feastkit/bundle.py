@@ -25,6 +25,8 @@ MODEL_FILE = "model.joblib"
 MANIFEST_FILE = "manifest.json"
 CURRENT_FILE = "CURRENT"
 PREVIOUS_FILE = "PREVIOUS"
+CHECKSUM_FILE = "SHA256SUMS"   # written at promote: sha256 of the model and manifest files
+CHECKED_FILES = (MODEL_FILE, MANIFEST_FILE)
 
 
 # Fingerprints ---------------------------------------------------------------------------------
@@ -173,11 +175,15 @@ class ModelBundle:
         self.path = target
         return target
 
-    def check_against(self, store: FeatureStore) -> None:
-        """Refuse a bundle whose features no longer mean what they meant at training time."""
+    def changed_features(self, store: FeatureStore) -> list[str]:
+        """The bundle's feature refs whose registry definition differs from the one it was trained on."""
         now = feature_fingerprints(store, self.feature_refs)
         then = self.manifest["feature_fingerprints"]
-        changed = sorted(ref for ref in self.feature_refs if now.get(ref) != then.get(ref))
+        return sorted(ref for ref in self.feature_refs if now.get(ref) != then.get(ref))
+
+    def check_against(self, store: FeatureStore) -> None:
+        """Refuse a bundle whose features no longer mean what they meant at training time."""
+        changed = self.changed_features(store)
         if changed:
             raise FeastkitError(
                 f"model bundle {self.feature_service}/{self.version} was trained on feature definitions "
@@ -189,8 +195,57 @@ def new_version() -> str:
     return datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
 
 
-def load_bundle(path: Path) -> ModelBundle:
-    """Load one bundle directory; a clear error when it is incomplete or of another format."""
+def file_sha256(path: Path) -> str:
+    """sha256 of a file's bytes, hex."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def recorded_checksums(path: Path) -> dict[str, str] | None:
+    """file name -> sha256 recorded in a bundle's SHA256SUMS (`sha256sum` format), None without one."""
+    sums = path / CHECKSUM_FILE
+    if not sums.is_file():
+        return None
+    out = {}
+    for line in sums.read_text().splitlines():
+        digest, _, name = line.strip().partition("  ")
+        if digest and name:
+            out[name] = digest
+    return out
+
+
+def verify_checksums(path: Path) -> None:
+    """Refuse a bundle whose files differ from the sha256 recorded when it was promoted.
+
+    model.joblib is a pickle: loading it runs code. Only files whose digest matches the one
+    recorded at promotion are loaded, so a bundle changed or replaced after promotion (a torn
+    copy, a stray edit, a file swapped in) is refused before a byte of it is unpickled.
+    """
+    recorded = recorded_checksums(path)
+    if recorded is None:
+        raise FeastkitError(f"bundle {path} has no {CHECKSUM_FILE} (no sha256 was recorded at promotion)",
+                            "retrain and promote it with `feastkit train`")
+    for name in CHECKED_FILES:
+        expected = recorded.get(name)
+        if expected is None:
+            raise FeastkitError(f"bundle {path}: {CHECKSUM_FILE} records no sha256 for {name}",
+                                "retrain and promote it with `feastkit train`")
+        actual = file_sha256(path / name)
+        if actual != expected:
+            raise FeastkitError(
+                f"bundle {path}: {name} has sha256 {actual[:12]}..., not the {expected[:12]}... recorded at "
+                f"promotion (changed since)", "restore the promoted file, or retrain and promote with "
+                "`feastkit train`; never load a model file of unknown origin")
+
+
+def load_bundle(path: Path, verify: bool = False) -> ModelBundle:
+    """Load one bundle directory; a clear error when it is incomplete or of another format.
+
+    `verify`: check the sha256 recorded at promotion before unpickling the model (serving does).
+    """
     manifest_path, model_path = path / MANIFEST_FILE, path / MODEL_FILE
     if not manifest_path.is_file() or not model_path.is_file():
         raise FeastkitError(f"no complete model bundle at {path}",
@@ -203,6 +258,8 @@ def load_bundle(path: Path) -> ModelBundle:
     if manifest.get("format_version") != FORMAT_VERSION:
         raise FeastkitError(f"bundle {path} has format {manifest.get('format_version')}, "
                             f"this server reads format {FORMAT_VERSION}", "retrain with `feastkit train`")
+    if verify:
+        verify_checksums(path)
     try:
         model = joblib.load(model_path)
     except Exception as exc:
@@ -211,20 +268,64 @@ def load_bundle(path: Path) -> ModelBundle:
     return ModelBundle(model, manifest, path)
 
 
+def _inside(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def bundle_dir(models_dir: Path, feature_service: str, version: str) -> Path:
+    """The folder of `version`, refused when the name or a symlink would lead out of the service's
+    folder under models_dir (a pointer is a version name, never a path)."""
+    base = models_dir / feature_service
+    if (not version or version in (".", "..") or "/" in version or "\\" in version
+            or version != version.strip() or Path(version).is_absolute()):
+        raise FeastkitError(f"{base / CURRENT_FILE} names '{version}', which is not a version folder name",
+                            f"point it at a version under {base} with `feastkit train --service {feature_service}` "
+                            "(or feastkit.bundle.promote)")
+    target = base / version
+    resolved, home = target.resolve(), base.resolve()
+    if not _inside(resolved, home) or resolved == home:
+        raise FeastkitError(f"bundle {target} leads out of {base} (to {resolved})",
+                            "keep bundles as real folders under the models folder; promote a version there")
+    for name in CHECKED_FILES:
+        if (target / name).exists() and not _inside((target / name).resolve(), resolved):
+            raise FeastkitError(f"bundle file {target / name} leads out of {target} (symlink)",
+                                "keep bundle files as real files; retrain with `feastkit train`")
+    return target
+
+
 def current_bundle(models_dir: Path, feature_service: str) -> ModelBundle:
-    """The promoted bundle of a feature service."""
+    """The promoted bundle of a feature service: its pointer checked to stay inside the models
+    folder and its files checked against the sha256 recorded at promotion before loading."""
     pointer = models_dir / feature_service / CURRENT_FILE
+    if pointer.is_symlink():
+        raise FeastkitError(f"{pointer} is a symlink", "promote a version with `feastkit train` (CURRENT is "
+                            "written as a plain file holding a version name)")
     if not pointer.is_file():
         raise FeastkitError(f"no promoted model for '{feature_service}' in {models_dir}",
                             f"run `feastkit train --service {feature_service}`")
-    return load_bundle(models_dir / feature_service / pointer.read_text().strip())
+    return load_bundle(bundle_dir(models_dir, feature_service, pointer.read_text().strip()), verify=True)
+
+
+def record_checksums(path: Path) -> None:
+    """Record the sha256 of a bundle's files beside them, once; a bundle promoted again (rollback)
+    is verified against what was recorded, never re-recorded."""
+    if recorded_checksums(path) is not None:
+        verify_checksums(path)
+        return
+    lines = "".join(f"{file_sha256(path / name)}  {name}\n" for name in CHECKED_FILES)
+    tmp = path / (CHECKSUM_FILE + ".tmp")
+    tmp.write_text(lines)
+    tmp.replace(path / CHECKSUM_FILE)
 
 
 def promote(models_dir: Path, feature_service: str, version: str) -> None:
-    """Make `version` the serving bundle; the one it replaces is kept as PREVIOUS for rollback."""
+    """Make `version` the serving bundle, recording its files' sha256 first; the one it replaces is
+    kept as PREVIOUS for rollback."""
     base = models_dir / feature_service
-    if not (base / version / MANIFEST_FILE).is_file():
+    target = bundle_dir(models_dir, feature_service, version)
+    if not (target / MANIFEST_FILE).is_file() or not (target / MODEL_FILE).is_file():
         raise FeastkitError(f"no bundle {feature_service}/{version}", "train it first")
+    record_checksums(target)
     current = base / CURRENT_FILE
     if current.is_file() and current.read_text().strip() != version:
         (base / PREVIOUS_FILE).write_text(current.read_text())

@@ -58,6 +58,13 @@ class Settings(BaseSettings):
     access_log: bool = True
     ready_probe_seconds: float = 1.0      # the background /ready probe pings the store this often
     metrics_public: bool = False          # with API keys set, /metrics needs one unless this is true
+    # Request times (docs/serving.md "Request times"): live serving answers 422 to a request time
+    # farther than this from the server clock; replay mode (historical data: the demo, backtests)
+    # accepts any. Replay defaults to on for the embedded `local` profile only.
+    request_time_window: str = "15m"
+    replay: bool | None = None
+    # The registry under a running server (docs/serving.md "Registry changes"): polled this often
+    registry_poll_seconds: float = 10.0
 
     # Orchestration (dags/): cron schedules in UTC, first interval, catchup, promotion rule
     schedule_feature_pipeline: str = "0 * * * *"
@@ -118,6 +125,11 @@ class Settings(BaseSettings):
     @property
     def api_key_list(self) -> list[str]:
         return [k.strip() for k in self.api_keys.split(",") if k.strip()]
+
+    @property
+    def replay_mode(self) -> bool:
+        """FEASTKIT_REPLAY when set, else on for the embedded `local` profile (demo data is historical)."""
+        return self.replay if self.replay is not None else self.profile in ("local", "default", "")
 
     @property
     def service_list(self) -> list[str]:

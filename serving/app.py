@@ -174,8 +174,9 @@ def create_app(settings: Settings | None = None, state: ServingState | None = No
     scoring = Scoring(state, metrics)
     # /ready answers from this probe's last ping (serving/readiness.py); every reader shares the
     # store and its read guard
+    first = next(iter(state.models.values()))  # its reader is swapped when the registry changes
     probe = ReadinessProbe(
-        next(iter(state.models.values())).reader.ping, settings.ready_probe_seconds,
+        lambda: first.reader.ping(), settings.ready_probe_seconds,
         settings.online_timeout_seconds,
         on_failure=lambda _: metrics.online_errors.labels("ping", "read_failed").inc())
     metrics.breaker_open.labels("read").set_function(lambda: float(state.guard.is_down))

@@ -73,8 +73,12 @@ def _fraud_examples(settings: Settings, end: pd.Timestamp) -> list[Example]:
     latest = merchants.sort_values("event_timestamp").groupby("merchant_id").tail(1)
     latest = latest[latest["merchant_txn_count_30d"] >= 20]
     risky_merchant = int(latest.sort_values("merchant_chargeback_rate_90d").iloc[-1]["merchant_id"])
+    # both after the data's end: features are never read as of a time before the values the
+    # online store holds (those would count as missing, stamped after the request's time)
     day = end.floor("D")
     night = day + pd.Timedelta(hours=2, minutes=30)
+    if night <= end:
+        night += pd.Timedelta(days=1)
     afternoon = day + pd.Timedelta(hours=14)
     if afternoon <= end:
         afternoon += pd.Timedelta(days=1)

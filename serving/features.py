@@ -1,10 +1,20 @@
 """Online feature reads for a feature service, with the view TTLs applied exactly as training applied them.
 
 Feast does not apply a view's TTL at online retrieval (a value 10 days old comes back for a
-view with a 1-day TTL), while historical retrieval does. Here every base feature older than
-its view's TTL at the request's time is treated as missing, and the on-demand views are
-then run by Feast (`OnDemandFeatureView.transform_dict`, the same UDF used offline) on those
-inputs, so a model sees online what it saw in training.
+view with a 1-day TTL), while historical retrieval does. Here a base feature is served only when
+historical retrieval would have joined it at the request's time: stamped at or before that time
+and no older than its view's TTL (`event_ts <= as_of <= event_ts + ttl`, in integer
+microseconds, as feastkit's offline store compares them). A value stamped after the request's
+time (the online store holds the newest value, the request may ask about the past) or older than
+the TTL is treated as missing and so listed in `missing_features`. Services whose label recipe
+reads features as of the instant before the event (`fraud`: `feastkit.recipes.AS_OF_OFFSET`) are
+read online as of that same instant. The on-demand views are then run by Feast
+(`OnDemandFeatureView.transform_dict`, the same UDF used offline) on those inputs, so a model
+sees online what it saw in training.
+
+Precision: Feast's Redis store keeps event times as protobuf Timestamps (seconds + nanos; they
+come back exact to the microsecond); Feast's sqlite store keeps whole seconds (the fraction is
+truncated on write), so on sqlite a value stamped mid-second is judged by its whole second.
 
 Reads go through the online store's `online_read` (what `get_online_features` calls underneath)
 with the views, join keys and feature names resolved once at start-up: the same keys, values and
@@ -21,10 +31,15 @@ import sqlite3
 import threading
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
 from feastkit import feast_compat
+from feastkit.recipes import AS_OF_OFFSET, RECIPE_TAG
 from feastkit.services import describe_service
+from feastkit.times import EPOCH, ONE_MICROSECOND
 
 if TYPE_CHECKING:
     from feast import FeatureStore, FeatureView
@@ -85,6 +100,14 @@ def unavailable_kind(exc: BaseException) -> str | None:
                 return "is busy or cannot be opened"
         seen = seen.__cause__
     return None
+
+
+class RegistryChanged(StarletteHTTPException):
+    """A read failed for a model whose features changed in the registry since it was loaded (a view
+    dropped or redefined by `feast apply`): 503 naming the change, not an online-store outage."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(status_code=503, detail=f"the feature registry changed under this model: {reason}")
 
 
 @dataclass
@@ -170,6 +193,14 @@ def bound_online_store(store: FeatureStore, timeout_seconds: float) -> None:
         client.set_retry(Retry(NoBackoff(), 0))
 
 
+def _epoch_micros(ts: datetime) -> int:
+    """Epoch microseconds of an online store's event time, in integers (naive means UTC, as Feast
+    returns it from every store)."""
+    if ts.tzinfo is None:
+        ts = ts.replace(tzinfo=UTC)
+    return (ts - EPOCH) // ONE_MICROSECOND
+
+
 # A join-key value of each type that no entity is expected to have (the /ready probe reads it).
 _PROBE_KEYS: dict[str, Any] = {"STRING": "", "BOOL": False, "DOUBLE": -1.0, "FLOAT": -1.0, "BYTES": b""}
 
@@ -189,13 +220,16 @@ class ServiceReader:
 
     store: FeatureStore
     service: str
-    ttl_seconds: dict[str, float]        # base feature column -> TTL (0 = never expires)
+    ttl_micros: dict[str, int]           # base feature column -> TTL in microseconds (0 = never expires)
     join_keys: list[str]
     request_fields: list[str]
     odfvs: list[tuple[OnDemandFeatureView, list[str]]]  # (view, its output columns in the service)
     output_columns: list[str]
     view_reads: list[ViewRead]
     guard: StoreGuard = field(default_factory=StoreGuard)
+    as_of_offset_micros: int = 0         # read as of this long before the request's time (recipe)
+    stale: str = ""                      # why the registry no longer matches this reader ("" = it does)
+    live_views: frozenset[str] | None = None  # when stale: the views still in the registry
 
     @classmethod
     def build(cls, store: FeatureStore, service: str, guard: StoreGuard | None = None) -> ServiceReader:
@@ -203,7 +237,7 @@ class ServiceReader:
         spec = describe_service(store, service)
         views = {v.name: v for v in store.list_feature_views()}
         odfv_by_name = {o.name: o for o in store.list_on_demand_feature_views()}
-        ttl: dict[str, float] = {}
+        ttl: dict[str, int] = {}
         odfvs = []
         by_view: dict[str, list[str]] = {}
 
@@ -213,7 +247,7 @@ class ServiceReader:
             for name in names:
                 if name not in read:
                     read.append(name)
-                    ttl[name] = view.ttl.total_seconds() if view.ttl else 0.0
+                    ttl[name] = view.ttl // ONE_MICROSECOND if view.ttl else 0
 
         for projection in store.get_feature_service(service).feature_view_projections:
             names = [f.name for f in projection.features]
@@ -227,8 +261,10 @@ class ServiceReader:
         join_keys, request_fields, outputs = spec.join_keys, spec.request_fields, spec.feature_columns
         view_reads = [ViewRead(views[name], [(c.name, c.dtype.to_value_type()) for c in views[name].entity_columns],
                                names) for name, names in by_view.items()]
+        recipe = store.get_feature_service(service).tags.get(RECIPE_TAG)
+        offset = AS_OF_OFFSET // ONE_MICROSECOND if recipe == "fraud" else 0
         return cls(store, service, ttl, join_keys, request_fields, odfvs, outputs, view_reads,
-                   guard or StoreGuard())
+                   guard or StoreGuard(), offset)
 
     @property
     def base_refs(self) -> list[str]:
@@ -236,14 +272,20 @@ class ServiceReader:
         return [f"{part.view.name}:{name}" for part in self.view_reads for name in part.features]
 
     def read(self, rows: list[dict[str, Any]], as_of_epochs: list[float]) -> list[dict[str, Any]]:
-        """Feature values per row (None where missing or expired at that row's time)."""
+        """Feature values per row (None where missing, expired, or stamped after that row's time).
+
+        `as_of_epochs`: each row's request time in UTC epoch seconds (`datetime.timestamp()`;
+        microseconds are recovered exactly from such floats for any date of this era).
+        """
         raw = self.read_raw(rows)
+        offset = self.as_of_offset_micros
+        at_us = [round(at * 1_000_000) - offset for at in as_of_epochs]
         columns: dict[str, list[Any]] = {}
-        for name, ttl in self.ttl_seconds.items():
-            values, stamps = raw.get(name, [None] * len(rows)), raw.get(f"{name}__ts", [0] * len(rows))
+        for name, ttl in self.ttl_micros.items():
+            values, stamps = raw.get(name, [None] * len(rows)), raw.get(f"{name}__us", [None] * len(rows))
             columns[name] = [
-                None if value is None or (ttl and (ts or 0) < as_of - ttl) else value
-                for value, ts, as_of in zip(values, stamps, as_of_epochs, strict=True)
+                None if value is None or ts is None or ts > at or (ttl and ts + ttl < at) else value
+                for value, ts, at in zip(values, stamps, at_us, strict=True)
             ]
         for odfv, names in self.odfvs:
             inputs = {f: [row.get(f) for row in rows] for f in self.request_fields}
@@ -256,11 +298,15 @@ class ServiceReader:
         return [{name: columns[name][i] for name in self.output_columns} for i in range(len(rows))]
 
     def read_raw(self, rows: list[dict[str, Any]]) -> dict[str, list[Any]]:
-        """One online read per view for all rows: base feature values and their event epochs."""
+        """One online read per view for all rows: base feature values and their event times
+        (`<feature>__us`: epoch microseconds; `<feature>__ts`: whole epoch seconds, as Feast's
+        `to_dict(include_event_timestamps=True)` gives them)."""
         self.guard.check()
         try:
             raw = self._read_views(rows)
         except Exception as exc:  # only an unreachable store opens the guard; a bug stays a bug
+            if self.stale:  # e.g. the view's table went with `feast apply`: not a store outage
+                raise RegistryChanged(self.stale) from exc
             down = self.guard.unavailable(exc)
             if down is None:
                 raise
@@ -268,14 +314,16 @@ class ServiceReader:
         self.guard.succeeded()
         return raw
 
-    def _read_views(self, rows: list[dict[str, Any]]) -> dict[str, list[Any]]:
+    def _read_views(self, rows: list[dict[str, Any]], parts: list[ViewRead] | None = None
+                    ) -> dict[str, list[Any]]:
         from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
         from feast.type_map import feast_value_type_to_python_type, python_values_to_proto_values
 
         provider = feast_compat.provider(self.store)
         config = self.store.config
+        parts = self.view_reads if parts is None else parts
         reads = []
-        for part in self.view_reads:
+        for part in parts:
             names = [name for name, _ in part.join_keys]
             values = [python_values_to_proto_values([row[name] for row in rows], value_type)
                       for name, value_type in part.join_keys]
@@ -289,21 +337,28 @@ class ServiceReader:
             results = [provider.online_read(config=config, table=view, entity_keys=keys, requested_features=features)
                        for view, keys, features in reads]
         raw: dict[str, list[Any]] = {}
-        for part, found in zip(self.view_reads, results, strict=True):
+        for part, found in zip(parts, results, strict=True):
+            micros = [_epoch_micros(ts) if ts is not None and read else None for ts, read in found]
+            seconds = [us // 1_000_000 if us is not None else 0 for us in micros]
             for feature in part.features:
                 raw[feature] = [None if not read or feature not in read else
                                 feast_value_type_to_python_type(read[feature]) for _, read in found]
-                raw[f"{feature}__ts"] = [int(ts.timestamp()) if ts is not None and read else 0
-                                         for ts, read in found]
+                raw[f"{feature}__us"] = micros
+                raw[f"{feature}__ts"] = seconds
         return raw
 
     def ping(self) -> None:
         """One cheap read, bypassing the fail-fast guard: raises OnlineStoreUnavailable when the
         store cannot answer, and closes the guard when it can."""
+        parts = self.view_reads
+        if self.stale and self.live_views is not None:  # a dropped view's table is gone: not an outage
+            parts = [part for part in parts if part.view.name in self.live_views]
+            if not parts:
+                return
         probe = {name: _PROBE_KEYS.get(value_type.name, -1)
-                 for part in self.view_reads for name, value_type in part.join_keys}
+                 for part in parts for name, value_type in part.join_keys}
         try:
-            self._read_views([probe])
+            self._read_views([probe], parts)
         except Exception as exc:
             down = self.guard.unavailable(exc)
             if down is None:

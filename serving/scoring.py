@@ -10,12 +10,16 @@ blocks (network read, model), so the routes run it in the scoring thread (`Scori
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import logging
 import queue
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
+
+from fastapi.exceptions import RequestValidationError
 
 from feastkit.bundle import CURRENT_FILE, ModelBundle, current_bundle
 from feastkit.errors import FeastkitError
@@ -38,6 +42,8 @@ if TYPE_CHECKING:
     from serving.metrics import ServingMetrics
 
 PUSH_MODES = ("online", "online_and_offline")
+
+log = logging.getLogger("feastkit.serving")
 
 # The typed alias routes: role -> (settings field, env var, the inputs their bodies carry, labels).
 # The request and response bodies of these routes are fixed (serving/schemas.py); the service
@@ -91,6 +97,85 @@ def served_services(store: FeatureStore, settings: Settings) -> list[str]:
     return chosen
 
 
+def registry_signature(store: FeatureStore) -> str:
+    """sha256 over the specs of the registry's entities, views, on-demand views and services.
+
+    Specs only: a materialization (which appends an interval to a view's metadata) leaves it
+    unchanged, a `feast apply` that changes a definition does not.
+    """
+    digest = hashlib.sha256()
+    for kind, objects in (("entity", store.list_entities()), ("view", store.list_feature_views()),
+                          ("odfv", store.list_on_demand_feature_views()),
+                          ("service", store.list_feature_services())):
+        for obj in sorted(objects, key=lambda o: o.name):
+            digest.update(f"{kind}:{obj.name}:".encode())
+            digest.update(obj.to_proto().spec.SerializeToString(deterministic=True))
+    return digest.hexdigest()
+
+
+def _registry_problem(store: FeatureStore, model: LoadedModel) -> str:
+    """Why a served bundle no longer matches the registry, with what to run ("" when it matches)."""
+    service, version = model.service, model.bundle.version
+    if service not in {s.name for s in store.list_feature_services()}:
+        return (f"{service} ({version}): the feature service is no longer in the registry; apply it again, "
+                "or restart the server without it (FEASTKIT_SERVICES)")
+    changed = model.bundle.changed_features(store)
+    if changed:
+        names = ", ".join(changed[:4]) + (f" and {len(changed) - 4} more" if len(changed) > 4 else "")
+        return (f"{service} ({version}) was trained on feature definitions that changed since: {names}; "
+                f"run `feastkit train --service {service}` (it promotes the new bundle) and restart the "
+                "server, or apply the previous definitions again")
+    return ""
+
+
+class RegistryWatcher:
+    """Polls the registry every `interval` seconds and hands a change to `ServingState.apply_registry`.
+
+    The readers resolve views, TTLs and features once, so Feast's registry cache
+    (`cache_ttl_seconds`) never reaches them: without this, a `feast apply` would go unnoticed
+    until a restart. A poll re-reads the registry (`FeatureStore.refresh_registry`), so a change is
+    seen within one interval; a registry that cannot be read is logged and tried again.
+    """
+
+    def __init__(self, state: ServingState, interval: float) -> None:
+        self.state = state
+        self.interval = interval
+        self._stop = threading.Event()
+        self.thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self.interval <= 0 or self.state.store is None or self.thread is not None:
+            return
+        self.thread = threading.Thread(target=self._run, name="feastkit-registry", daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self.thread is not None:
+            self.thread.join(timeout=10)
+            self.thread = None
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.poll()
+
+    def poll(self) -> None:
+        """One look at the registry; applies a change when there is one."""
+        store = self.state.store
+        try:
+            store.refresh_registry()
+            signature = registry_signature(store)
+        except Exception as exc:
+            log.warning("the registry cannot be read; serving the last configuration",
+                        extra={"error": describe_error(exc)})
+            return
+        if signature != self.state.registry_signature:
+            try:
+                self.state.apply_registry(signature)
+            except Exception:
+                log.exception("registry change not applied; serving the last configuration")
+
+
 def alias_services(settings: Settings, models: dict[str, LoadedModel]) -> dict[str, LoadedModel]:
     """role -> model for each alias route whose service is loaded."""
     out = {}
@@ -129,6 +214,8 @@ class ServingState:
     store: Any = None
     push_targets: dict[str, PushTarget] = field(default_factory=dict)
     guard: StoreGuard = field(default_factory=StoreGuard)
+    registry_signature: str = ""
+    registry_problem: str = ""  # why the registry no longer matches the served models ("" = it does)
 
     @property
     def fraud(self) -> LoadedModel | None:
@@ -151,6 +238,7 @@ class ServingState:
         if settings.online_timeout_seconds <= 0 or settings.max_batch_size < 1:
             raise FeastkitError("FEASTKIT_ONLINE_TIMEOUT_SECONDS and FEASTKIT_MAX_BATCH_SIZE must be "
                                 "positive", "set positive values (defaults: 0.5 and 1000)")
+        request_window(settings)  # an invalid FEASTKIT_REQUEST_TIME_WINDOW refuses to start
         store = open_store(settings)
         require_applied(store)
         try:
@@ -177,7 +265,47 @@ class ServingState:
                     f"FEASTKIT_PUSH_TO=online_and_offline is unsafe here: {problems[0]}",
                     "push online only (the default; `feastkit compute` writes these rows offline from the "
                     "raw events), or give the push source a single-file batch source")
-        return cls(settings, models, store, targets, guard)
+        return cls(settings, models, store, targets, guard, registry_signature(store))
+
+    def apply_registry(self, signature: str) -> None:
+        """Take a changed registry into account (the registry watcher calls this).
+
+        Every served bundle is checked against the new definitions. When all still match, the
+        readers are rebuilt from the new registry (views, TTLs, on-demand views as now applied) and
+        swapped in. When one does not, nothing is swapped: the last good configuration keeps
+        serving, `/ready` reports not-ready with the reason and what to run, and a read that then
+        fails (a dropped view's table) names the registry change instead of the online store.
+        """
+        problems: list[str] = []
+        readers: dict[str, ServiceReader] = {}
+        for service, model in self.models.items():
+            problem = _registry_problem(self.store, model)
+            if problem:
+                problems.append(problem)
+                continue
+            try:
+                readers[service] = ServiceReader.build(self.store, service, self.guard)
+            except Exception as exc:  # a registry the checks above did not foresee: keep the last good one
+                log.exception("cannot rebuild the reader of %s", service)
+                problems.append(f"{service}: its reader cannot be rebuilt from the registry "
+                                f"({type(exc).__name__}); restart the server to see the error")
+        self.registry_signature = signature
+        if problems:
+            reason = "; ".join(problems)
+            live = frozenset(v.name for v in self.store.list_feature_views())
+            for model in self.models.values():
+                model.reader.live_views = live
+                model.reader.stale = reason
+            if reason != self.registry_problem:
+                log.error("the registry no longer matches the served models", extra={"reason": reason})
+            self.registry_problem = reason
+            return
+        for service, reader in readers.items():
+            self.models[service].reader = reader
+        if self.registry_problem:
+            log.info("the registry matches the served models again")
+        self.registry_problem = ""
+        log.info("registry change picked up", extra={"services": sorted(readers)})
 
     def describe(self) -> str:
         """One line for the start-up message: model versions and the alias routes."""
@@ -217,13 +345,57 @@ def epoch(ts: datetime) -> float:
     return ts.astimezone(UTC).timestamp()
 
 
+def request_window(settings: Settings) -> int | None:
+    """The bound on |request time - server clock| in microseconds, or None in replay mode."""
+    if settings.replay_mode:
+        return None
+    from feastkit.store import parse_duration
+
+    try:
+        window = parse_duration(settings.request_time_window)
+    except FeastkitError as exc:
+        raise FeastkitError(f"FEASTKIT_REQUEST_TIME_WINDOW: {exc.args[0]}", "write it like 90m, 6h or 1d "
+                            "(default 15m), or set FEASTKIT_REPLAY=true to score historical times") from None
+    return window // timedelta(microseconds=1)
+
+
+def check_request_times(as_of: list[float], window_us: int | None, now_us: int | None = None) -> None:
+    """Refuse (422) request times farther than the window from the server clock (live serving).
+
+    Live, a request's time decides which values are still within their TTL and which are stamped
+    after it; a caller sending a time far in the past would have stale values served as valid.
+    Integer microseconds of UTC epochs on both sides: no timezone enters the comparison.
+    """
+    if window_us is None:
+        return
+    now = time.time_ns() // 1000 if now_us is None else now_us
+    problems = []
+    for i, at in enumerate(as_of):
+        at_us = round(at * 1_000_000)
+        if abs(at_us - now) > window_us:
+            when = datetime.fromtimestamp(at_us / 1_000_000, UTC).isoformat().replace("+00:00", "Z")
+            gap = timedelta(microseconds=abs(at_us - now))
+            where = f"row {i}: " if len(as_of) > 1 else ""
+            problems.append({
+                "loc": ("body",), "type": "value_error",
+                "msg": f"{where}request time {when} is {gap} {'before' if at_us < now else 'after'} the server "
+                       f"clock; live serving scores times within {timedelta(microseconds=window_us)} of it "
+                       "(FEASTKIT_REQUEST_TIME_WINDOW): send the event's own time, or set FEASTKIT_REPLAY=true "
+                       "to score historical times (backtests)"})
+    if problems:
+        raise RequestValidationError(problems)
+
+
 class Scoring:
     """Score + decide for the loaded models, recording the serving metrics of one app."""
 
     def __init__(self, state: ServingState, metrics: ServingMetrics, max_group_rows: int | None = None) -> None:
         self.state = state
         self.metrics = metrics
+        self.window_us = request_window(state.settings)
         self.worker = ScoringWorker(self, max_group_rows or state.settings.max_batch_size)
+        self.watcher = RegistryWatcher(state, state.settings.registry_poll_seconds)
+        self.watcher.start()
 
     def score(self, model: LoadedModel, rows: list[dict[str, Any]], as_of: list[float]
               ) -> list[dict[str, Any]]:
@@ -272,10 +444,13 @@ class Scoring:
 
     async def decide_async(self, model: LoadedModel, rows: list[dict[str, Any]], as_of: list[float],
                            explain: bool, labels: tuple[str, str]) -> list[dict[str, Any]]:
-        """`decide` in the scoring thread: the event loop keeps serving other requests meanwhile."""
+        """`decide` in the scoring thread: the event loop keeps serving other requests meanwhile.
+        Live (not replay), request times outside the window around the server clock get 422."""
+        check_request_times(as_of, self.window_us)
         return await self.worker.submit(_Job(model, rows, as_of, explain, labels))
 
     def close(self) -> None:
+        self.watcher.stop()
         self.worker.stop()
 
 

@@ -42,6 +42,7 @@ def copy_repo_definitions(target: Path) -> Path:
 def make_settings(root: Path, data_dir: Path | None = None, profile: str = "local",
                   **extra: object) -> Settings:
     extra.setdefault("repo_path", root / "repo")
+    extra.setdefault("replay", True)  # the test data is historical: score it in replay mode
     return Settings(project_root=REPO_ROOT, data_dir=data_dir or root / "data", profile=profile, **extra)
 
 
@@ -50,7 +51,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
     return {**os.environ, "FEASTKIT_DATA_DIR": str(settings.data_dir),
             "FEASTKIT_REPO_PATH": str(settings.repo_path), "FEASTKIT_MODELS_DIR": str(settings.models_dir),
             "FEASTKIT_PROFILE": settings.profile,
-            "FEASTKIT_REDIS_CONNECTION_STRING": settings.redis_connection_string}
+            "FEASTKIT_REDIS_CONNECTION_STRING": settings.redis_connection_string,
+            **({"FEASTKIT_REPLAY": str(settings.replay).lower()} if settings.replay is not None else {})}
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> None:

@@ -32,12 +32,15 @@ def operations_router(state: ServingState, metrics: ServingMetrics, probe: Readi
 
     @router.get("/ready", response_model=ReadyResponse, responses={503: {"model": ReadyResponse}})
     async def ready() -> JSONResponse:
-        """Readiness: bundles loaded (each listed with its version) and the online store answered
-        the background probe (every FEASTKIT_READY_PROBE_SECONDS, within the online timeout).
-        Answers from the probe's last result: never waits for the store."""
+        """Readiness: bundles loaded (each listed with its version), the online store answered
+        the background probe (every FEASTKIT_READY_PROBE_SECONDS, within the online timeout), and
+        the registry still matches the served bundles (the registry watcher keeps that state).
+        Answers from kept state: never waits for the store."""
         result = probe.result()
-        body = ReadyResponse(ready=result.ok, checks={**models, "online_store": result.check})
-        return JSONResponse(status_code=200 if result.ok else 503, content=body.model_dump())
+        problem = state.registry_problem
+        ok = result.ok and not problem
+        body = ReadyResponse(ready=ok, checks={**models, "online_store": result.check, "registry": problem or "ok"})
+        return JSONResponse(status_code=200 if ok else 503, content=body.model_dump())
 
     metrics_auth = [] if settings.metrics_public else [Depends(require_api_key)]
 
