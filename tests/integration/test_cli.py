@@ -195,7 +195,8 @@ def offline_only(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
 
 @pytest.mark.parametrize("args, fragments", [
-    (["materialize"], ["no online feature view", "nothing to materialize"]),
+    (["materialize", "--start", "2026-03-01", "--end", "2026-03-02"], ["no online feature view",
+                                                                        "nothing to materialize"]),
     (["freshness"], ["no online feature view", "freshness has nothing to check"]),
     (["train"], ["names a label recipe", "nothing to train"]),
     (["drift"], ["names a label recipe", "nothing to monitor"]),
