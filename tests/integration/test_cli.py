@@ -231,7 +231,7 @@ def own(deployment: Deployment, tmp_path_factory: pytest.TempPathFactory) -> Dep
 
 def _chunks(result: subprocess.CompletedProcess) -> int:
     assert result.returncode == 0, result.stderr
-    return int(re.search(r"in (\\d+) chunk\\(s\\)", result.stdout).group(1))
+    return int(re.search(r"in (\d+) chunk\(s\)", result.stdout).group(1))
 
 
 def test_chunking_starts_where_the_data_starts(own: Deployment) -> None:
@@ -263,7 +263,7 @@ def test_unreachable_redis_for_materialize_and_doctor(own: Deployment) -> None:
     assert "not-shown" not in result.stderr
     doctor = run(["doctor"], env)
     assert doctor.returncode == 1 and "Traceback" not in doctor.stderr + doctor.stdout
-    (line,) = [x for x in doctor.stdout.splitlines() if x.startswith("FAIL")]
+    (line,) = [x for x in doctor.stdout.splitlines() if x.startswith("FAIL online store")]
     assert line.startswith("FAIL online store: the Redis online store does not answer"), line
 
 
