@@ -102,6 +102,19 @@ def unavailable_kind(exc: BaseException) -> str | None:
     return None
 
 
+def missing_table(exc: BaseException) -> bool:
+    """Whether `exc` (or an explicit cause) is sqlite's "no such table": Feast drops a view's online
+    table in `feast apply` before it commits the registry that no longer has the view."""
+    seen: BaseException | None = exc
+    for _ in range(5):
+        if seen is None:
+            return False
+        if isinstance(seen, sqlite3.OperationalError) and "no such table" in str(seen).lower():
+            return True
+        seen = seen.__cause__
+    return False
+
+
 class RegistryChanged(StarletteHTTPException):
     """A read failed for a model whose features changed in the registry since it was loaded (a view
     dropped or redefined by `feast apply`): 503 naming the change, not an online-store outage."""
@@ -305,14 +318,21 @@ class ServiceReader:
         try:
             raw = self._read_views(rows)
         except Exception as exc:  # only an unreachable store opens the guard; a bug stays a bug
-            if self.stale:  # e.g. the view's table went with `feast apply`: not a store outage
-                raise RegistryChanged(self.stale) from exc
-            down = self.guard.unavailable(exc)
-            if down is None:
-                raise
-            raise down from exc
+            raise self._failure(exc) from exc
         self.guard.succeeded()
         return raw
+
+    def _failure(self, exc: Exception) -> Exception:
+        """What a failed read means: the registry changed under this reader (a view dropped or its
+        online table gone with a `feast apply` the registry watcher may not have seen yet), the
+        store being unreachable (opens the guard), or else the error itself (a bug stays a bug)."""
+        if self.stale:
+            return RegistryChanged(self.stale)
+        if missing_table(exc):
+            return RegistryChanged("a view's online table is missing (a `feast apply` dropped or is "
+                                   "recreating it); run `feast apply` and `feastkit materialize`")
+        down = self.guard.unavailable(exc)
+        return exc if down is None else down
 
     def _read_views(self, rows: list[dict[str, Any]], parts: list[ViewRead] | None = None
                     ) -> dict[str, list[Any]]:
@@ -360,8 +380,8 @@ class ServiceReader:
         try:
             self._read_views([probe], parts)
         except Exception as exc:
-            down = self.guard.unavailable(exc)
-            if down is None:
+            failure = self._failure(exc)
+            if failure is exc:
                 raise
-            raise down from exc
+            raise failure from exc
         self.guard.succeeded()

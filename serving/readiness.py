@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from serving.features import OnlineStoreUnavailable
+from serving.features import OnlineStoreUnavailable, RegistryChanged
 
 log = logging.getLogger("feastkit.serving")
 
@@ -80,6 +80,9 @@ class ReadinessProbe:
         except OnlineStoreUnavailable as exc:
             result = ProbeResult(False, f"unavailable: {exc.kind}")
             self._failed(exc.reason, result)
+        except RegistryChanged:  # a `feast apply` under the server: the registry watcher reports it
+            result = ProbeResult(False, "unavailable: the registry is changing")
+            self._failed("registry changed", result)
         except Exception as exc:  # a bug in the probe path: not ready, traceback in the log
             result = ProbeResult(False, "unavailable: probe failed")
             log.error("readiness probe failed", exc_info=exc)
