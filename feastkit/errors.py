@@ -5,8 +5,8 @@ from __future__ import annotations
 import sys
 
 
-class FeastkitError(Exception):
-    """An error meant for a person: a one-line problem plus a one-line fix."""
+class _ProblemAndFix:
+    """A one-line problem plus a one-line fix, as the exception's message."""
 
     def __init__(self, problem: str, fix: str | None = None) -> None:
         self.problem = problem
@@ -18,22 +18,17 @@ class FeastkitError(Exception):
         return f"{self.problem} — {self.fix}" if self.fix else self.problem
 
 
-class ServiceUnavailable(ConnectionError):
+class FeastkitError(_ProblemAndFix, Exception):
+    """An error meant for a person: a one-line problem plus a one-line fix."""
+
+
+class ServiceUnavailable(_ProblemAndFix, ConnectionError):
     """A service feastkit needs (online store, registry database, API) does not answer.
 
     Not a FeastkitError on purpose: the input is fine and a retry may succeed, so a scheduler
     retries it (`feastkit.jobs.fail_fast` fails only FeastkitErrors at once). It still carries
     the problem and the fix, so the command line prints it as one line.
     """
-
-    def __init__(self, problem: str, fix: str | None = None) -> None:
-        self.problem = problem
-        self.fix = fix
-        super().__init__(self.message)
-
-    @property
-    def message(self) -> str:
-        return f"{self.problem} — {self.fix}" if self.fix else self.problem
 
 
 def one_line(text: str, limit: int = 400) -> str:

@@ -9,9 +9,11 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
@@ -23,6 +25,28 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 REDIS_TEST_DB = int(os.environ.get("FEASTKIT_TEST_REDIS_DB", "7"))  # integration tests own this Redis db and flush it
 SMALL = SyntheticConfig(n_users=1000, n_merchants=80, days=80, seed=11, bad_rows=16,
                         start=datetime(2026, 1, 1, tzinfo=UTC))
+
+
+ZONES = ("UTC", "America/Los_Angeles", "Asia/Tokyo")  # time guards are tested on, west and east of UTC
+
+
+@contextmanager
+def process_timezone(zone: str) -> Iterator[str]:
+    """The process runs in `zone` (TZ set, `time.tzset()`) inside the block, in its own zone after;
+    checks that local time really moved, so a test in "Tokyo" cannot silently run in UTC."""
+    before = os.environ.get("TZ")
+    os.environ["TZ"] = zone
+    time.tzset()
+    try:
+        probe = datetime(2026, 1, 1)
+        assert probe.astimezone().utcoffset() == probe.replace(tzinfo=ZoneInfo(zone)).utcoffset(), zone
+        yield zone
+    finally:
+        if before is None:
+            os.environ.pop("TZ", None)
+        else:
+            os.environ["TZ"] = before
+        time.tzset()
 
 
 def copy_repo_definitions(target: Path) -> Path:

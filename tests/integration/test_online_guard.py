@@ -21,12 +21,11 @@ import pytest
 
 from feastkit import feast_compat
 from feastkit.errors import FeastkitError
-from tests.conftest import require_redis
+from tests.conftest import ZONES, process_timezone, require_redis
 from tests.integration import race_worker
 
 pytestmark = pytest.mark.integration
 
-ZONES = ["UTC", "America/Los_Angeles", "Asia/Tokyo"]
 REDIS_DB = 11  # this module's own Redis database (flushed)
 T = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
 
@@ -34,17 +33,8 @@ T = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
 @pytest.fixture(params=ZONES)
 def zone(request: pytest.FixtureRequest) -> Iterator[str]:
     """The process runs in this zone for the test (and back to its own zone afterwards)."""
-    before = os.environ.get("TZ")
-    os.environ["TZ"] = request.param
-    time.tzset()
-    assert (datetime(2026, 1, 1).timestamp() - datetime(2026, 1, 1, tzinfo=UTC).timestamp()
-            == {"UTC": 0, "America/Los_Angeles": 8 * 3600, "Asia/Tokyo": -9 * 3600}[request.param])
-    yield request.param
-    if before is None:
-        os.environ.pop("TZ", None)
-    else:
-        os.environ["TZ"] = before
-    time.tzset()
+    with process_timezone(request.param):
+        yield request.param
 
 
 class Target:

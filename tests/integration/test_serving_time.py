@@ -3,8 +3,6 @@ stamped after the request's time, under process timezones west and east of UTC."
 
 from __future__ import annotations
 
-import os
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -14,6 +12,7 @@ import pytest
 
 from feastkit.services import build_training_set
 from serving.features import ServiceReader
+from tests.conftest import ZONES, process_timezone
 from tests.integration.serving_support import PrivateRedis
 
 pytestmark = pytest.mark.integration
@@ -26,7 +25,6 @@ STAMPS = {
     2: datetime(2026, 3, 1, 10, 0, 0, tzinfo=UTC),            # whole second
     3: datetime(2026, 3, 1, 9, 59, 59, 999_999, tzinfo=UTC),  # one microsecond before a second
 }
-ZONES = ["UTC", "America/Los_Angeles", "Asia/Tokyo"]
 
 STORE_YAML = """project: servingtime
 provider: local
@@ -54,15 +52,8 @@ ONLINE = {
 @pytest.fixture(params=ZONES)
 def process_tz(request: pytest.FixtureRequest) -> Iterator[str]:
     """The process's local timezone for one test (Feast's sqlite store encodes event times in it)."""
-    before = os.environ.get("TZ")
-    os.environ["TZ"] = request.param
-    time.tzset()
-    yield request.param
-    if before is None:
-        os.environ.pop("TZ", None)
-    else:
-        os.environ["TZ"] = before
-    time.tzset()
+    with process_timezone(request.param):
+        yield request.param
 
 
 @pytest.fixture(scope="module")

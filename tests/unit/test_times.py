@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
@@ -13,26 +11,18 @@ import pytest
 
 from feastkit import times
 from feastkit.errors import FeastkitError
+from tests.conftest import ZONES, process_timezone
 
 LA = ZoneInfo("America/Los_Angeles")
 TOKYO = ZoneInfo("Asia/Tokyo")
 US = timedelta(microseconds=1)
 
 
-@pytest.fixture(autouse=True, params=["UTC", "America/Los_Angeles", "Asia/Tokyo"])
+@pytest.fixture(autouse=True, params=ZONES)
 def process_tz(request: pytest.FixtureRequest) -> Iterator[str]:
     """Every test runs with the process in three timezones: nothing may depend on local time."""
-    before = os.environ.get("TZ")
-    os.environ["TZ"] = request.param
-    time.tzset()
-    try:
+    with process_timezone(request.param):
         yield request.param
-    finally:
-        if before is None:
-            os.environ.pop("TZ", None)
-        else:
-            os.environ["TZ"] = before
-        time.tzset()
 
 
 def test_the_fixture_really_changes_local_time(process_tz: str) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -13,20 +13,17 @@ from feastkit.errors import FeastkitError
 from pipelines.aggregates import compute_features
 from pipelines.synthetic import SyntheticConfig, generate, write
 from pipelines.validation import validate_all
+from tests.conftest import ZONES, process_timezone
 from tests.unit.atomic_workers import specs
 
 CONFIG = SyntheticConfig(n_users=20, n_merchants=5, days=10, seed=3, start=datetime(2026, 3, 1, tzinfo=UTC))
 END = CONFIG.start + timedelta(days=5)  # an interval end in the middle of the data
-ZONES = ("UTC", "America/Los_Angeles", "Asia/Tokyo")
 
 
 @pytest.fixture(params=ZONES)
-def zone(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    monkeypatch.setenv("TZ", request.param)
-    time.tzset()
-    yield request.param
-    monkeypatch.undo()
-    time.tzset()
+def zone(request: pytest.FixtureRequest) -> Iterator[str]:
+    with process_timezone(request.param):
+        yield request.param
 
 
 def raw_with_edge_rows(raw: Path) -> None:
