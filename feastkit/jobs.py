@@ -224,55 +224,14 @@ def run_compute(settings: Settings, start: datetime | str, end: datetime | str) 
 
     a, b = check_interval(start, end)
     specs = applied_specs(open_store(settings))
-    before = _definitions(settings, specs)
     computed = compute_features(specs, settings.clean_dir, settings.features_dir, a, b,
                                 lock_timeout=settings.lock_timeout_seconds)
     for line in computed.lines():
         log.info("features [%s, %s) %s", a.isoformat(), b.isoformat(), line)
-    recorded = record_computed(settings, specs, (a, b), dict(computed.rows), before)
+    # compute_features entered each view's span in the interval ledger (feastkit.ledger)
+    recorded = {name: [lo.isoformat(), hi.isoformat()] for name, (lo, hi) in computed.computed.items()}
     return {"start": a.isoformat(), "end": b.isoformat(), "rows": dict(computed.rows),
             "files": dict(computed.files), "recorded": recorded}
-
-
-def _definitions(settings: Settings, specs: list[Any]) -> dict[str, str | None]:
-    """The definition digest each view's table records (None when it records none)."""
-    from pipelines.aggregates import DEFINITION_FILE
-
-    out: dict[str, str | None] = {}
-    for spec in specs:
-        try:
-            out[spec.name] = json.loads((settings.features_dir / spec.name / DEFINITION_FILE).read_text())["digest"]
-        except (OSError, ValueError, KeyError, TypeError):
-            out[spec.name] = None
-    return out
-
-
-def record_computed(settings: Settings, specs: list[Any], interval: tuple[datetime, datetime],
-                    rows: dict[str, int], before: dict[str, str | None]) -> dict[str, list[str]]:
-    """Enter a compute run's interval in the ledger, per view it computed.
-
-    A table recomputed whole under a changed definition counts as computed over the whole data
-    and as loaded nowhere. What lies past the end of the data is recorded too, but not loaded
-    before the data reaches it (`pending_intervals`).
-    """
-    from feastkit.ledger import Ledger
-    from pipelines.aggregates import default_range
-
-    ledger = Ledger(settings.features_dir)
-    a, b = interval
-    rebuilt = [s.name for s in specs if before.get(s.name) is not None
-               and _definitions(settings, [s])[s.name] != before[s.name]]
-    lo, hi = default_range(specs, settings.clean_dir) if rebuilt else (a, b)
-    if rebuilt:
-        ledger.forget_loaded(rebuilt)
-    recorded: dict[str, list[str]] = {}
-    for spec in specs:
-        if spec.name not in rows:
-            continue
-        start, end = (min(a, lo), max(b, hi)) if spec.name in rebuilt else (a, b)
-        ledger.record_computed([spec.name], (start, end))
-        recorded[spec.name] = [start.isoformat(), end.isoformat()]
-    return recorded
 
 
 def data_end(settings: Settings, store: Any) -> datetime:

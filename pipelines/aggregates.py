@@ -45,6 +45,7 @@ from feastkit.atomic import (
 from feastkit.clean import EVENT_TABLES, clean_table, data_range
 from feastkit.declarations import DeclarationError, ViewSpec
 from feastkit.errors import FeastkitError
+from feastkit.ledger import Ledger
 from feastkit.times import epoch_micros, micros, require_aware
 from pipelines.windows import (
     UTC_MICROS,
@@ -320,12 +321,15 @@ def windowed_query(spec: ViewSpec, clean_dir: Path, start: datetime, end: dateti
 
 @dataclass(frozen=True)
 class ComputeReport:
-    """What one run wrote: rows per view for the interval, and the files it rewrote."""
+    """What one run wrote: rows per view for the interval, the files it rewrote, and the span each
+    view now counts as computed over in the interval ledger (the whole data for a table rebuilt
+    under a changed definition)."""
 
     start: datetime
     end: datetime
     rows: dict[str, int]
     files: dict[str, int]
+    computed: dict[str, tuple[datetime, datetime]]
 
     def lines(self) -> list[str]:
         return [f"{name:<24} {n:>9,} rows  ({self.files[name]} day file(s) rewritten)"
@@ -422,14 +426,18 @@ def _check_select(con: duckdb.DuckDBPyConnection, spec: ViewSpec, schema: pa.Sch
 
 
 def compute_view(spec: ViewSpec, clean_dir: Path, features_dir: Path, start: datetime,
-                 end: datetime, lock_timeout: float = DEFAULT_LOCK_TIMEOUT_SECONDS) -> tuple[int, int]:
-    """Compute one view's rows for [start, end) and merge them into its day files; (rows, files).
+                 end: datetime, lock_timeout: float = DEFAULT_LOCK_TIMEOUT_SECONDS
+                 ) -> tuple[int, int, tuple[datetime, datetime]]:
+    """Compute one view's rows for [start, end) and merge them into its day files; (rows, files,
+    the span entered in the interval ledger as computed, `feastkit.ledger`).
 
     When the view's table holds rows computed under another definition (or under an unrecorded
     one), the whole table is recomputed from every raw event instead, so rows of two definitions
     never mix. Runs under the lock of the data folder holding clean_dir; every file is replaced by
     rename, and a table rebuilt whole replaces the old one in one rename (`features/<view>` is a
-    symlink to the folder of the current version).
+    symlink to the folder of the current version). The ledger entry is made under the same lock,
+    whoever runs the computation (a DAG task, `feastkit compute`, `run-interval`), so the next
+    materialization loads what was computed and not yet loaded.
     """
     start, end = require_aware(start, "interval start"), require_aware(end, "interval end")
     if end <= start:
@@ -441,14 +449,18 @@ def compute_view(spec: ViewSpec, clean_dir: Path, features_dir: Path, start: dat
         if not out_dir.exists():
             features_dir.mkdir(parents=True, exist_ok=True)
             swap_folder(out_dir, _new_version(features_dir, spec.name))
+        ledger = Ledger(features_dir)
+        span = (start, end)
         if spec.kind == "reference":
             rows, files = _write_reference_view(spec, clean_dir, out_dir)
             _record_definition(out_dir, spec)
-            return rows, files
-        has_rows = any(out_dir.glob("part-*.parquet"))
-        if has_rows and _recorded_definition(out_dir) != spec.digest:
-            return _recompute_view(spec, clean_dir, features_dir, start, end)
-        return _merge_interval(spec, clean_dir, out_dir, start, end)
+        elif any(out_dir.glob("part-*.parquet")) and _recorded_definition(out_dir) != spec.digest:
+            rows, files, span = _recompute_view(spec, clean_dir, features_dir, start, end)
+            ledger.forget_loaded([spec.name])  # rows of the new definition are loaded nowhere yet
+        else:
+            rows, files = _merge_interval(spec, clean_dir, out_dir, start, end)
+        ledger.record_computed([spec.name], span)
+        return rows, files, span
 
 
 _VERSION_MARK = ".v-"
@@ -493,9 +505,10 @@ def _record_definition(out_dir: Path, spec: ViewSpec) -> None:
 
 
 def _recompute_view(spec: ViewSpec, clean_dir: Path, features_dir: Path, start: datetime,
-                    end: datetime) -> tuple[int, int]:
+                    end: datetime) -> tuple[int, int, tuple[datetime, datetime]]:
     """Build the whole table under the current definition in a new version folder, then point the
-    table at it in one rename: readers see the old table or the new one, never none or a mix."""
+    table at it in one rename: readers see the old table or the new one, never none or a mix.
+    Returns (rows, files, the span computed)."""
     lo, hi = default_range([spec], clean_dir)
     lo, hi = min(lo, start), max(hi, end)
     fresh = _new_version(features_dir, spec.name)
@@ -510,7 +523,7 @@ def _recompute_view(spec: ViewSpec, clean_dir: Path, features_dir: Path, start: 
         shutil.rmtree(previous, ignore_errors=True)
     log.info("feature view %s: recomputed over [%s, %s) under its current definition %s",
              spec.name, lo.isoformat(), hi.isoformat(), spec.digest)
-    return rows, files
+    return rows, files, (lo, hi)
 
 
 def _merge_interval(spec: ViewSpec, clean_dir: Path, out_dir: Path, start: datetime,
@@ -616,12 +629,14 @@ def _compute_features(specs: list[ViewSpec], clean_dir: Path, features_dir: Path
     if start is None or end is None:
         lo, hi = default_range(specs, clean_dir)
         start, end = start or lo, end or hi
-    rows, files = {}, {}
+    rows, files, computed = {}, {}, {}
     for spec in specs:
         if views and spec.name not in views:
             continue
-        rows[spec.name], files[spec.name] = compute_view(spec, clean_dir, features_dir, start, end, lock_timeout)
-    return ComputeReport(require_aware(start, "interval start"), require_aware(end, "interval end"), rows, files)
+        rows[spec.name], files[spec.name], computed[spec.name] = compute_view(
+            spec, clean_dir, features_dir, start, end, lock_timeout)
+    return ComputeReport(require_aware(start, "interval start"), require_aware(end, "interval end"), rows, files,
+                         computed)
 
 
 def read_view(features_dir: Path, name: str) -> pd.DataFrame:

@@ -260,3 +260,29 @@ def test_a_changed_definition_recomputes_the_whole_table(tmp_path: Path) -> None
         expected = brute(events, pd.Timestamp(row.event_timestamp), timedelta(days=3))["amount"].sum()
         assert np.isclose(row.s, expected, rtol=1e-12, atol=1e-9), row
     assert "digest" in (out / "v" / "_definition.json").read_text()
+
+
+def test_every_compute_run_enters_the_ledger_and_a_rebuild_is_loaded_again(tmp_path: Path) -> None:
+    """Whoever runs the computation (a DAG task, `feastkit compute`), the interval ledger learns what
+    was computed, so the next materialization loads it; a table rebuilt under a changed definition
+    counts as computed over all its rows and loaded nowhere."""
+    from feastkit.ledger import Ledger
+
+    write_clean(tmp_path / "clean")
+    out = tmp_path / "features"
+    end = START + timedelta(days=21)
+    one_day = ViewSpec.of(view([Aggregation("s", "sum", timedelta(days=1), "amount")]))
+    report = compute_features([one_day], tmp_path / "clean", out, START, end)
+    ledger = Ledger(out)
+    assert ledger.computed() == {"v": [(START, end)]} and report.computed == {"v": (START, end)}
+    ledger.record_loaded("online", ["v"], (START, end))
+    assert ledger.pending("online", ["v"]) == {}
+    hour = (end - timedelta(hours=1), end)
+    compute_features([one_day], tmp_path / "clean", out, *hour)  # a rerun of one hour: that hour again
+    assert ledger.pending("online", ["v"]) == {"v": [hour]}
+    ledger.record_loaded("online", ["v"], hour)
+    wider = ViewSpec.of(view([Aggregation("s", "sum", timedelta(days=3), "amount")]))
+    rebuilt = compute_features([wider], tmp_path / "clean", out, *hour)
+    lo, hi = rebuilt.computed["v"]
+    assert lo <= START and hi >= end  # the whole table, not the hour the run was asked for
+    assert ledger.pending("online", ["v"]) == {"v": [(lo, hi)]}
