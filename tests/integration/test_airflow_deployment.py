@@ -30,7 +30,13 @@ import pytest
 
 from feastkit.settings import Settings
 from pipelines.synthetic import SyntheticConfig, generate, write
-from tests.conftest import REPO_ROOT, copy_repo_definitions, free_port, make_settings
+from tests.conftest import (
+    REPO_ROOT,
+    copy_repo_definitions,
+    free_port,
+    make_settings,
+    validation_as_of,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -152,7 +158,7 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pipeline]:
     copy_repo_definitions(root / "repo")
     settings = make_settings(root)
     write(generate(DATA), settings.raw_dir)
-    validate_all(settings.raw_dir, settings.clean_dir, settings.quarantine_dir)
+    validate_all(settings.raw_dir, settings.clean_dir, settings.quarantine_dir, as_of=validation_as_of(DATA))
     start, end = data_range(settings.clean_dir)
     t0 = end - 8 * HOUR
     apply_repo(settings)
