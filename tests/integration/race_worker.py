@@ -6,7 +6,7 @@ Each runs in its own process, against the same small Feast repo and online store
 
 For each zone in turn (TZ set and `time.tzset()` called, in the folder <work dir>/<round>):
 `push<j>` pushes the newer row of its share of the keys (every `pushers`-th key of a random
-order; Feast's `push`, the store's `online_write_batch`) in small batches; `replay` materializes
+order; Feast's `push`, the store's `online_write_batch`) in small batches, from the replayer's second replay on; `replay` materializes
 one older hour after another (the Arrow write engine, the store's `online_write_arrow`, all keys
 in one large batch) until every pusher is done, then counts the keys whose online value or event
 time is not the newest one. Each hour's rows are newer than the hour before, so every replay
@@ -104,6 +104,7 @@ def push(work: Path, store, index: int, pushers: int) -> dict:
     order = np.random.default_rng(3).permutation(KEYS)[index::pushers]
     (work / f"push{index}.ready").touch()
     _wait_for(work / "go")
+    _wait_for(work / "replaying")  # the replayer is past its first replay: pushes meet steady replays
     during, started = 0, time.perf_counter()
     try:
         for i in range(0, len(order), PUSH_BATCH):
@@ -141,6 +142,7 @@ def replay(work: Path, store, pushers: int) -> dict:
     while not all((work / f"push{j}.done").exists() for j in range(pushers)):
         rounds += 1
         hour(rounds)
+        (work / "replaying").touch()
     (work / "replay.done").touch()
     return {"replays": rounds, "replay_seconds": round(time.perf_counter() - started, 2), **check(store)}
 
