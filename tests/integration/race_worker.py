@@ -5,14 +5,14 @@ Each runs in its own process, against the same small Feast repo and online store
     python -m tests.integration.race_worker push<j>|replay <work dir> <backend> <redis db> <zone,...> <pushers>
 
 For each zone in turn (TZ set and `time.tzset()` called, in the folder <work dir>/<round>):
-`push<j>` pushes the newer row of its share of the keys (every `pushers`-th key of a random
-order; Feast's `push`, the store's `online_write_batch`) in small batches, from the replayer's second replay on; `replay` materializes
-one older hour after another (the Arrow write engine; its column writer declines this view, so
-the rows reach the store's `online_write_batch`, all keys in one large batch) until every pusher is done, then counts the keys whose online value or event
-time is not the newest one. Each hour's rows are newer than the hour before, so every replay
-reads the stored times of all keys not pushed yet and writes them all: a push landing between
-that read and that write is overwritten unless the compare and the write are one step. Each
-prints one JSON line per zone.
+`push<j>` pushes the newer row of its share of the keys (every `pushers`-th key of a random order;
+Feast's `push`, the store's `online_write_batch`) in small batches, from the replayer's second
+replay on; `replay` materializes one older hour after another (the Arrow write engine; its column
+writer declines this view, so the rows reach the store's `online_write_batch`, all keys in one large
+batch) until every pusher is done, then counts the keys whose online value or event time is not the
+newest one. Each hour's rows are newer than the hour before, so every replay reads the stored times
+of all keys not pushed yet and writes them all: a push landing between that read and that write is
+overwritten unless the compare and the write are one step. Each prints one JSON line per zone.
 """
 
 from __future__ import annotations
