@@ -1,14 +1,18 @@
-"""Writers for the online race tests: a pusher of newer rows, a replayer of an older interval, a checker.
+"""Writers for the online race tests: pushers of newer rows, a replayer of older intervals, a checker.
 
 Each runs in its own process, against the same small Feast repo and online store:
 
-    python -m tests.integration.race_worker push|replay <work dir> <backend> <redis db> <zone,zone,...>
+    python -m tests.integration.race_worker push<j>|replay <work dir> <backend> <redis db> <zone,...> <pushers>
 
 For each zone in turn (TZ set and `time.tzset()` called, in the folder <work dir>/<round>):
-`push` pushes the newer row of every key (Feast's `push`, the store's `online_write_batch`) in
-random order and small batches; `replay` materializes the older interval again and again (the
-Arrow write engine, the store's `online_write_arrow`) until the pusher is done, then counts the
-keys whose online value or event time is not the newest one. Each prints one JSON line per zone.
+`push<j>` pushes the newer row of its share of the keys (every `pushers`-th key of a random order;
+Feast's `push`, the store's `online_write_batch`) in small batches, from the replayer's second
+replay on; `replay` materializes one older hour after another (the Arrow write engine; its column
+writer declines this view, so the rows reach the store's `online_write_batch`, all keys in one large
+batch) until every pusher is done, then counts the keys whose online value or event time is not the
+newest one. Each hour's rows are newer than the hour before, so every replay reads the stored times
+of all keys not pushed yet and writes them all: a push landing between that read and that write is
+overwritten unless the compare and the write are one step. Each prints one JSON line per zone.
 """
 
 from __future__ import annotations
@@ -23,20 +27,23 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-START = datetime(2026, 3, 2, 1, 0, tzinfo=UTC)  # the older interval: [START, START + 1h)
-NEWER = START + timedelta(hours=2)  # pushed rows are stamped in [NEWER, NEWER + 1h)
-KEYS = 4000
-PUSH_BATCH = 100
-WRITE_BATCH = 2000  # materialization's online_write_batch_size: two batches per replay
+START = datetime(2026, 3, 2, 1, 0, tzinfo=UTC)  # the first older hour: [START, START + 1h)
+KEYS = 2000
+HOURS = 30  # older hours: [START + h, START + h + 1h) holds every key's row for hour h
+NEWER = START + timedelta(hours=HOURS + 1)  # pushed rows are stamped in [NEWER, NEWER + 1h), after every hour
+PUSH_BATCH = 25
+WRITE_BATCH = KEYS  # materialization's online_write_batch_size: one batch of every key per replay
 PROJECT = "online_races"
 
 
 def old_rows() -> pd.DataFrame:
-    """The older interval's row of every key (what a backfill replays)."""
+    """Every key's row in each older hour (what a backfill replays, hour by hour)."""
     rng = np.random.default_rng(1)
-    ts = START + pd.to_timedelta(rng.integers(0, 3600 * 10**6, KEYS), unit="us")
-    return pd.DataFrame({"user_id": np.arange(KEYS, dtype="int64"), "event_timestamp": ts,
-                         "created": ts, "value": np.arange(KEYS, dtype="float64"), "tag": "old"})
+    hours = np.repeat(np.arange(HOURS), KEYS)
+    ts = START + pd.to_timedelta(hours * 3600 * 10**6 + rng.integers(0, 3600 * 10**6, KEYS * HOURS), unit="us")
+    return pd.DataFrame({"user_id": np.tile(np.arange(KEYS, dtype="int64"), HOURS), "event_timestamp": ts,
+                         "created": ts, "value": np.tile(np.arange(KEYS, dtype="float64"), HOURS) - hours - 1,
+                         "tag": "old"})
 
 
 def new_rows() -> pd.DataFrame:
@@ -90,20 +97,21 @@ def set_zone(zone: str) -> int:
     return int(START.replace(tzinfo=None).timestamp() - START.timestamp())
 
 
-def push(work: Path, store) -> dict:
+def push(work: Path, store, index: int, pushers: int) -> dict:
     from feast.data_source import PushMode
 
     rows = new_rows()
-    order = np.random.default_rng(3).permutation(KEYS)
-    (work / "push.ready").touch()
+    order = np.random.default_rng(3).permutation(KEYS)[index::pushers]
+    (work / f"push{index}.ready").touch()
     _wait_for(work / "go")
+    _wait_for(work / "replaying")  # the replayer is past its first replay: pushes meet steady replays
     during, started = 0, time.perf_counter()
     try:
-        for i in range(0, KEYS, PUSH_BATCH):
+        for i in range(0, len(order), PUSH_BATCH):
             _push(store, rows.iloc[order[i:i + PUSH_BATCH]], PushMode.ONLINE)
             during += len(order[i:i + PUSH_BATCH]) if not (work / "replay.done").exists() else 0
     finally:
-        (work / "push.done").touch()  # also when a push fails: the replayer stops
+        (work / f"push{index}.done").touch()  # also when a push fails: the replayer stops
     return {"pushed_during_replays": during, "push_seconds": round(time.perf_counter() - started, 2)}
 
 
@@ -122,14 +130,19 @@ def _push(store, rows: pd.DataFrame, mode) -> None:
     store.push("facts_push", rows, to=mode)
 
 
-def replay(work: Path, store) -> dict:
-    store.materialize(START, START + timedelta(hours=1), feature_views=["facts"])  # warm: replays are then short
+def replay(work: Path, store, pushers: int) -> dict:
+    def hour(h: int) -> None:
+        begin = START + timedelta(hours=min(h, HOURS - 1))  # past the last hour: that hour again
+        store.materialize(begin, begin + timedelta(hours=1), feature_views=["facts"])
+
+    hour(0)  # warm: replays are then short
     (work / "replay.ready").touch()
     _wait_for(work / "go")
     rounds, started = 0, time.perf_counter()
-    while not (work / "push.done").exists():
-        store.materialize(START, START + timedelta(hours=1), feature_views=["facts"])
+    while not all((work / f"push{j}.done").exists() for j in range(pushers)):
         rounds += 1
+        hour(rounds)
+        (work / "replaying").touch()
     (work / "replay.done").touch()
     return {"replays": rounds, "replay_seconds": round(time.perf_counter() - started, 2), **check(store)}
 
@@ -152,14 +165,16 @@ def main(argv: list[str]) -> None:
 
     warnings.filterwarnings("ignore")
     role, work, backend, redis_db, zones = argv[0], Path(argv[1]), argv[2], int(argv[3]), argv[4].split(",")
+    pushers = int(argv[5])
     for i, zone in enumerate(zones):
         offset = set_zone(zone)
         folder = work / str(i)
-        if role == "push":  # Feast's file registry is rewritten in place by the replayer's materialize
+        if role != "replay":  # Feast's file registry is rewritten in place by the replayer's materialize
             _wait_for(folder / "replay.ready")
         store = open_store(folder, backend, redis_db)
         store.list_feature_views()  # read the registry now, then only from its cache
-        result = push(folder, store) if role == "push" else replay(folder, store)
+        result = (replay(folder, store, pushers) if role == "replay" else
+                  push(folder, store, int(role.removeprefix("push")), pushers))
         print("RESULT", json.dumps({"zone": zone, "utc_offset": offset, **result}), flush=True)
 
 
