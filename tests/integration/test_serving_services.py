@@ -292,7 +292,7 @@ def test_a_single_model_project_serves_its_model_and_no_aliases(third: ThirdServ
         assert sorted(p for p in paths if p.startswith("/v1/predict/")) == [ROUTE, f"{ROUTE}:batch"]
         assert client.post("/v1/predict/fraud", json=fraud_body(deployment)).status_code == 404
         ready = client.get("/ready").json()
-        assert ready["checks"] == {f"model:{SERVICE}": third.version, "online_store": "ok"}
+        assert ready["checks"] == {f"model:{SERVICE}": third.version, "online_store": "ok", "registry": "ok"}
         user = _active_users(deployment)[-1]
         r = client.post(ROUTE, json={"user_id": user, "as_of": _at(deployment, 1)})
         assert r.status_code == 200 and r.json()["missing_features"] == [], r.text
