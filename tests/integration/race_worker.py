@@ -76,7 +76,8 @@ def open_store(work: Path, backend: str, redis_db: int):
               if backend == "sqlite" else
               {"type": "feastkit.online_stores.FastRedisOnlineStore",
                "connection_string": f"127.0.0.1:6379,db={redis_db}"})
-    registry = {"path": str(work / "registry.db"), "cache_ttl_seconds": 3600}  # read once per writer
+    registry = {"path": str(work / "registry.db"), "cache_ttl_seconds": 3600,  # read once per writer
+                "registry_store_type": "feastkit.registry_stores.AtomicFileRegistryStore"}
     config = RepoConfig(project=f"{PROJECT}_{work.name}", provider="local", repo_path=str(work), registry=registry,
                         online_store=online, entity_key_serialization_version=3,
                         offline_store={"type": "feastkit.offline_stores.AsofDuckDBOfflineStore"},
@@ -116,17 +117,8 @@ def push(work: Path, store, index: int, pushers: int) -> dict:
 
 
 def _push(store, rows: pd.DataFrame, mode) -> None:
-    """Feast's push, reading the registry again when it was caught mid-rewrite (Feast's file registry
-    is rewritten in place by the replayer's materialize)."""
-    from feast.errors import PushSourceNotFoundException
-
-    for _ in range(100):
-        try:
-            store.push("facts_push", rows, to=mode)
-            return
-        except PushSourceNotFoundException:
-            time.sleep(0.05)
-            store.refresh_registry()
+    """Feast's push. The replayer's materialize commits the registry meanwhile, by rename
+    (`AtomicFileRegistryStore`), so a registry refresh here never reads it half-written."""
     store.push("facts_push", rows, to=mode)
 
 
@@ -169,7 +161,7 @@ def main(argv: list[str]) -> None:
     for i, zone in enumerate(zones):
         offset = set_zone(zone)
         folder = work / str(i)
-        if role != "replay":  # Feast's file registry is rewritten in place by the replayer's materialize
+        if role != "replay":  # the replayer's first materialize has committed the registry
             _wait_for(folder / "replay.ready")
         store = open_store(folder, backend, redis_db)
         store.list_feature_views()  # read the registry now, then only from its cache
