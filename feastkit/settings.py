@@ -58,6 +58,7 @@ class Settings(BaseSettings):
     access_log: bool = True
     ready_probe_seconds: float = 1.0      # the background /ready probe pings the store this often
     metrics_public: bool = False          # with API keys set, /metrics needs one unless this is true
+    docs_public: bool = False             # with API keys set, /docs and /openapi.json need one unless this is true
     # Request times (docs/serving.md "Request times"): live serving answers 422 to a request time
     # farther than this from the server clock; replay mode (historical data: the demo, backtests)
     # accepts any. Replay defaults to on for the embedded `local` profile only.

@@ -200,6 +200,8 @@ def create_app(settings: Settings | None = None, state: ServingState | None = No
             scoring.close()  # the scoring thread (started by the first prediction)
             limits.restore_original_limits()
 
+    # with keys set, the schema needs one too (unless FEASTKIT_DOCS_PUBLIC): it is added below
+    schema_protected = bool(settings.api_key_list) and not settings.docs_public
     app = FastAPI(
         title="feastkit prediction API",
         version=__version__,
@@ -207,11 +209,14 @@ def create_app(settings: Settings | None = None, state: ServingState | None = No
                     "(`/v1/predict/{service}`, typed from the registry) plus the fraud and churn "
                     "aliases. Features missing for an entity (unknown, or older than their view's "
                     "TTL) are replaced by the documented defaults in the model bundle and listed in "
-                    "`missing_features`. When FEASTKIT_API_KEYS is set, every route but `/health`, "
-                    "`/ready` and the schema needs an API key (`/metrics` too, unless "
-                    "FEASTKIT_METRICS_PUBLIC is set).",
+                    "`missing_features`. When FEASTKIT_API_KEYS is set, every route but `/health` "
+                    "and `/ready` needs an API key (`/metrics` and this schema too, unless "
+                    "FEASTKIT_METRICS_PUBLIC or FEASTKIT_DOCS_PUBLIC is set).",
         lifespan=lifespan,
+        **({"openapi_url": None, "docs_url": None, "redoc_url": None} if schema_protected else {}),
     )
+    if schema_protected:
+        _protected_schema_routes(app)
     app.state.serving = state
     app.state.metrics = metrics
     app.state.scoring = scoring
@@ -262,3 +267,19 @@ def create_app(settings: Settings | None = None, state: ServingState | None = No
     app.include_router(monitoring_router(settings, freshness), dependencies=[Depends(require_api_key)],
                        responses={**MONITORING_ERRORS, 401: ERRORS[401]})
     return app
+
+
+def _protected_schema_routes(app: FastAPI) -> None:
+    """`/openapi.json` and `/docs` behind the API key. The docs page carries the schema inline, so
+    a browser that sends the key for the page (a proxy, a header extension) needs nothing more."""
+    from fastapi.openapi.docs import get_swagger_ui_html
+    from fastapi.responses import HTMLResponse
+
+    @app.get("/openapi.json", include_in_schema=False, dependencies=[Depends(require_api_key)])
+    async def openapi_schema() -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    @app.get("/docs", include_in_schema=False, dependencies=[Depends(require_api_key)])
+    async def swagger_page() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url="", title=f"{app.title} - docs",
+                                   swagger_ui_parameters={"spec": app.openapi()})

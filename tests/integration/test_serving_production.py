@@ -325,12 +325,19 @@ def test_api_keys_protect_predict_and_push_and_are_never_logged(
             assert c.get(path, headers={"X-API-Key": OTHER_KEY + "x"}).status_code == 401, path
             # with a key the route runs (the monitoring routes answer 404/503 here: no report, no check)
             assert c.get(path, headers={"X-API-Key": API_KEY}).status_code != 401, path
-        for open_path in ("/health", "/ready", "/openapi.json"):
+        for open_path in ("/health", "/ready"):
             assert c.get(open_path).status_code == 200, open_path
-        schema = c.get("/openapi.json").json()
+        for schema_path in ("/openapi.json", "/docs"):  # the schema needs a key too
+            assert c.get(schema_path).status_code == 401, schema_path
+            assert c.get(schema_path, headers={"X-API-Key": API_KEY + "x"}).status_code == 401, schema_path
+        assert c.get("/redoc").status_code == 404
+        schema = c.get("/openapi.json", headers={"X-API-Key": API_KEY}).json()
         assert {"APIKeyHeader", "HTTPBearer"} <= set(schema["components"]["securitySchemes"])
+        assert "/openapi.json" not in schema["paths"] and "/docs" not in schema["paths"]
+        page = c.get("/docs", headers={"Authorization": f"Bearer {OTHER_KEY}"})
+        assert page.status_code == 200 and "/v1/predict/fraud" in page.text  # the schema, inline
         failures = _value(_samples(c, headers={"X-API-Key": API_KEY}), "feastkit_auth_failures_total")
-        assert failures == 3 * len(PROTECTED) + 2 * len(PROTECTED_GET)
+        assert failures == 3 * len(PROTECTED) + 2 * len(PROTECTED_GET) + 4
     logged = captured_logs.getvalue()
     assert "unauthorized" in logged and "/v1/push/user_realtime_push" in logged
     assert "/v1/monitoring/freshness" in logged
@@ -343,6 +350,16 @@ def test_metrics_can_be_left_public_with_keys_configured(copy_settings: Settings
     settings = copy_settings.model_copy(update={"api_keys": API_KEY, "metrics_public": True})
     with TestClient(create_app(settings, state)) as c:
         assert c.get("/metrics").status_code == 200
+        assert c.get("/v1/monitoring/drift/latest").status_code == 401
+
+
+def test_the_schema_can_be_left_public_with_keys_configured(copy_settings: Settings,
+                                                           state: ServingState) -> None:
+    settings = copy_settings.model_copy(update={"api_keys": API_KEY, "docs_public": True})
+    with TestClient(create_app(settings, state)) as c:
+        assert c.get("/openapi.json").status_code == 200
+        assert c.get("/docs").status_code == 200 and "/openapi.json" in c.get("/docs").text
+        assert c.get("/metrics").status_code == 401
         assert c.get("/v1/monitoring/drift/latest").status_code == 401
 
 

@@ -76,7 +76,7 @@ def api_schema(deployment: Deployment, tmp_path_factory: pytest.TempPathFactory)
     app_settings = private_copy(deployment, tmp_path_factory.mktemp("schema-copy"),
                                 api_keys=API_KEY, max_batch_size=20, access_log=False)
     app = create_app(app_settings, ServingState.load(app_settings), freshness=check_freshness)
-    return schemathesis.openapi.from_asgi("/openapi.json", app)
+    return schemathesis.openapi.from_asgi("/openapi.json", app, headers={"X-API-Key": API_KEY})
 
 
 def test_every_route_is_exercised(api_schema) -> None:
