@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from feast import Entity, FeatureStore, FeatureView, Field, FileSource, RepoConfig, ValueType, types
 
 from tests.conftest import REPO_ROOT
 
@@ -42,17 +43,6 @@ def _store(path: Path, store_type: str):
 
 def build_registry(path: Path) -> None:
     """A registry of VIEWS feature views, written once with Feast's own `apply`."""
-    from feast import (
-        Entity,
-        FeatureStore,
-        FeatureView,
-        Field,
-        FileSource,
-        RepoConfig,
-        ValueType,
-        types,
-    )
-
     user = Entity(name="user", join_keys=["user_id"], value_type=ValueType.INT64)
     objects: list = [user]
     for i in range(VIEWS):
@@ -120,8 +110,6 @@ def test_the_atomic_registry_store_is_never_seen_torn(tmp_path: Path) -> None:
 
 
 def test_feast_opens_the_atomic_store_named_in_the_config(tmp_path: Path) -> None:
-    from feast import FeatureStore, RepoConfig
-
     from feastkit.registry_stores import AtomicFileRegistryStore
 
     registry = tmp_path / "registry.db"
@@ -159,16 +147,6 @@ def _left_materializing(tmp_path: Path, registry_section: dict):
     from datetime import UTC, datetime
 
     import pandas as pd
-    from feast import (
-        Entity,
-        FeatureStore,
-        FeatureView,
-        Field,
-        FileSource,
-        RepoConfig,
-        ValueType,
-        types,
-    )
     from feast.feature_view import FeatureViewState
 
     tmp_path.mkdir()
