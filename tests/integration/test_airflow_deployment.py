@@ -321,6 +321,11 @@ def test_a_backfill_under_a_real_scheduler_loads_every_interval_and_converges_af
             assert fv.most_recent_end_time is not None and fv.most_recent_end_time <= as_of, fv.name
             assert len(fv.materialization_intervals) <= 2, (fv.name, fv.materialization_intervals)
 
+    # Airflow allows one running backfill per DAG, and its scheduler marks a finished one complete
+    # on a 30-second timer, so the next backfill waits for that
+    airflow.wait_for("the backfill to be marked complete", lambda: not airflow.query(
+        "SELECT id FROM backfill WHERE dag_id = 'feature_pipeline' AND completed_at IS NULL"), timeout=300)
+
     # one run fails on a corrupt raw file; fix the file, clear the run: the state converges
     raw = settings.raw_dir / "transactions.parquet"
     good = raw.read_bytes()

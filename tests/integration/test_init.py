@@ -29,9 +29,10 @@ MAKE_TIMEOUT = 1200
 
 
 def clean_env(**extra: str) -> dict[str, str]:
-    """This environment without FEASTKIT_* settings (a project must not need them) or make's own."""
+    """This environment without FEASTKIT_* settings (a project must not need them), make's own, or
+    options meant for this kit's pytest run (a new project runs its own)."""
     env = {k: v for k, v in os.environ.items()
-           if not k.startswith("FEASTKIT_") and k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
+           if not k.startswith("FEASTKIT_") and k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS", "PYTEST_ADDOPTS")}
     return {**env, **extra}
 
 
