@@ -362,13 +362,20 @@ def main() -> None:
                "FEASTKIT_REPO_PATH": str(settings.repo_path), "FEASTKIT_PROFILE": "redis",
                "FEASTKIT_REDIS_CONNECTION_STRING": settings.redis_connection_string,
                "FEASTKIT_ACCESS_LOG": "false", "FEASTKIT_REPLAY": "true"}  # historical data
+        env["FEASTKIT_PREDICTION_LOG_DIR"] = str(files / "prediction_log")  # the log is on by default
         bin_dir = Path(sys.executable).parent
-        ours_port, feast_port = free_port(), free_port()
-        ours_log, feast_log = files / "feastkit-serve.log", files / "feast-serve.log"
+        ours_port, nolog_port, feast_port = free_port(), free_port(), free_port()
+        ours_log, nolog_log, feast_log = (files / "feastkit-serve.log", files / "feastkit-nolog-serve.log",
+                                          files / "feast-serve.log")
         ours = subprocess.Popen([str(bin_dir / "feastkit"), "serve", "--port", str(ours_port),
                                  "--workers", str(args.workers)], env=env,
                                 stdout=ours_log.open("w"), stderr=subprocess.STDOUT)
         servers.append(ours)
+        # the same server with the prediction log off: its cost, measured in the same run
+        nolog = subprocess.Popen([str(bin_dir / "feastkit"), "serve", "--port", str(nolog_port),
+                                  "--workers", str(args.workers)], env={**env, "FEASTKIT_PREDICTION_LOG": "false"},
+                                 stdout=nolog_log.open("w"), stderr=subprocess.STDOUT)
+        servers.append(nolog)
         # --max-requests 0: no worker recycling (its default 1000 causes ~800 ms spikes)
         feast = subprocess.Popen([str(bin_dir / "feast"), "-c", str(settings.repo_path), "-f",
                                   str(settings.feature_store_yaml), "serve", "-p", str(feast_port),
@@ -377,13 +384,17 @@ def main() -> None:
                                  stdout=feast_log.open("w"), stderr=subprocess.STDOUT)
         servers.append(feast)
         ours_url, feast_url = f"http://127.0.0.1:{ours_port}", f"http://127.0.0.1:{feast_port}"
+        nolog_url = f"http://127.0.0.1:{nolog_port}"
         wait_http(f"{ours_url}/ready", ours, ours_log)
+        wait_http(f"{nolog_url}/ready", nolog, nolog_log)
         wait_http(f"{feast_url}/health", feast, feast_log)
 
         http: list[Row] = []
         for level in levels:
             for name, url, path, file in (
                     ("feastkit POST /v1/predict/fraud", ours_url, "/v1/predict/fraud",
+                     files / "feastkit.json"),
+                    ("feastkit, prediction log off", nolog_url, "/v1/predict/fraud",
                      files / "feastkit.json"),
                     ("feast serve /get-online-features", feast_url, "/get-online-features",
                      files / "feast.json")):
@@ -401,11 +412,19 @@ def main() -> None:
         print(f"Serving benchmark: {SERVICE} on Redis, {args.workers} worker(s) per server, "
               f"{args.duration:g}s per level, loopback, {os.cpu_count()} CPUs")
         print(print_table(http, local, levels))
-        ours_rows = {r.concurrency: r for r in http if r.name.startswith("feastkit")}
+        ours_rows = {r.concurrency: r for r in http if r.name.startswith("feastkit POST")}
+        nolog_rows = {r.concurrency: r for r in http if r.name.startswith("feastkit, prediction log off")}
         feast_rows = {r.concurrency: r for r in http if r.name.startswith("feast serve")}
         print("\nthroughput ratio feastkit / feast serve: " + ", ".join(
             f"c={c}: {ours_rows[c].rps / feast_rows[c].rps:.2f}x" for c in levels))
         print("p99 feastkit (ms): " + ", ".join(f"c={c}: {ours_rows[c].p99_ms:.2f}" for c in levels))
+        print("prediction log on / off: " + ", ".join(
+            f"c={c}: p99 {ours_rows[c].p99_ms / nolog_rows[c].p99_ms:.2f}x, "
+            f"throughput {ours_rows[c].rps / nolog_rows[c].rps:.2f}x" for c in levels))
+        import pyarrow.parquet as pq
+
+        logged = sum(pq.read_metadata(f).num_rows for f in (files / "prediction_log").rglob("*.parquet"))
+        print(f"prediction log: {logged:,} rows written by the logging server")
         print(f"(feastkit requests are end to end: features + on-demand view + model; "
               f"the model alone takes {statistics.median(r.p50_ms for r in local[3:4]):.3f} ms p50)")
     finally:

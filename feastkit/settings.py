@@ -35,6 +35,7 @@ class Settings(BaseSettings):
     repo_path: Path | None = None
     models_dir: Path | None = None
     reports_dir: Path | None = None
+    prediction_log_dir: Path | None = None   # default <data_dir>/prediction_log
     profile: str = "local"
 
     redis_connection_string: str = "127.0.0.1:6379"
@@ -66,6 +67,13 @@ class Settings(BaseSettings):
     replay: bool | None = None
     # The registry under a running server (docs/serving.md "Registry changes"): polled this often
     registry_poll_seconds: float = 10.0
+    # The prediction log (docs/serving.md "Prediction log"): every prediction and the features it was
+    # scored on, queued off the request path and written as Parquet by one thread. Past the queue's
+    # bound, predictions are not logged and are counted (feastkit_prediction_log_rows_total).
+    prediction_log: bool = True
+    prediction_log_queue_rows: int = 100_000
+    prediction_log_flush_seconds: float = 10.0
+    prediction_log_flush_rows: int = 20_000
 
     # Orchestration (dags/): cron schedules in UTC, first interval, catchup, promotion rule
     schedule_feature_pipeline: str = "0 * * * *"
@@ -89,6 +97,8 @@ class Settings(BaseSettings):
             self.models_dir = self.data_dir / "models"
         if self.reports_dir is None:
             self.reports_dir = self.data_dir / "reports"
+        if self.prediction_log_dir is None:
+            self.prediction_log_dir = self.data_dir / "prediction_log"
         return self
 
     # Paths derived from data_dir ---------------------------------------------------------

@@ -28,6 +28,7 @@ from serving.auth import Unauthorized, require_api_key
 from serving.features import OnlineStoreUnavailable, describe_error
 from serving.logs import configure_logging, request_id_var
 from serving.metrics import ServingMetrics
+from serving.prediction_log import PredictionLog
 from serving.readiness import ReadinessProbe
 from serving.responses import ERRORS, MONITORING_ERRORS, error_response
 from serving.routers.monitoring import FreshnessCheck, monitoring_router
@@ -171,7 +172,8 @@ def create_app(settings: Settings | None = None, state: ServingState | None = No
     if state is None:
         state = ServingState.load(settings)  # the routes are generated from it
     metrics = ServingMetrics()
-    scoring = Scoring(state, metrics)
+    prediction_log = PredictionLog(settings, metrics) if settings.prediction_log else None
+    scoring = Scoring(state, metrics, prediction_log=prediction_log)
     # /ready answers from this probe's last ping (serving/readiness.py); every reader shares the
     # store and its read guard
     first = next(iter(state.models.values()))  # its reader is swapped when the registry changes
@@ -191,6 +193,8 @@ def create_app(settings: Settings | None = None, state: ServingState | None = No
         # (serving.scoring.one_openmp_thread: OpenMP's limit is per thread).
         limits = threadpool_limits(limits=1, user_api="openmp")
         probe.start()
+        if prediction_log is not None:
+            prediction_log.start()
         # ready from the first request on when the store answers (bounded: a dead store starts not ready)
         await run_in_threadpool(probe.wait_first, settings.online_timeout_seconds + 1.0)
         try:
@@ -198,6 +202,8 @@ def create_app(settings: Settings | None = None, state: ServingState | None = No
         finally:
             probe.stop()
             scoring.close()  # the scoring thread (started by the first prediction)
+            if prediction_log is not None:
+                prediction_log.close()  # writes what is still queued
             limits.restore_original_limits()
 
     # with keys set, the schema needs one too (unless FEASTKIT_DOCS_PUBLIC): it is added below

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from feastkit import feast_compat
+from feastkit.prediction_log import NOT_FOUND, NULL_VALUE, OUTSIDE_MAX_AGE, PRESENT
 from feastkit.recipes import AS_OF_OFFSET, RECIPE_TAG
 from feastkit.services import describe_service
 from feastkit.times import EPOCH, ONE_MICROSECOND
@@ -218,6 +219,15 @@ def _epoch_micros(ts: datetime) -> int:
 _PROBE_KEYS: dict[str, Any] = {"STRING": "", "BOOL": False, "DOUBLE": -1.0, "FLOAT": -1.0, "BYTES": b""}
 
 
+@dataclass
+class ReadDetail:
+    """What a read found per feature and row: event times (epoch µs, None when nothing was found
+    or the feature is computed on demand) and Feast's status codes (`feastkit.prediction_log`)."""
+
+    stamps: dict[str, list[int | None]] = field(default_factory=dict)
+    status: dict[str, list[int]] = field(default_factory=dict)
+
+
 @dataclass(frozen=True)
 class ViewRead:
     """One feature view's part of a service read: the view, its join keys (name, type) and features."""
@@ -284,11 +294,13 @@ class ServiceReader:
         """The `view:feature` references read for this service (for Feast calls and checks)."""
         return [f"{part.view.name}:{name}" for part in self.view_reads for name in part.features]
 
-    def read(self, rows: list[dict[str, Any]], as_of_epochs: list[float]) -> list[dict[str, Any]]:
+    def read(self, rows: list[dict[str, Any]], as_of_epochs: list[float],
+             detail: ReadDetail | None = None) -> list[dict[str, Any]]:
         """Feature values per row (None where missing, expired, or stamped after that row's time).
 
         `as_of_epochs`: each row's request time in UTC epoch seconds (`datetime.timestamp()`;
-        microseconds are recovered exactly from such floats for any date of this era).
+        microseconds are recovered exactly from such floats for any date of this era). With
+        `detail`, each feature's event times and Feast status codes are recorded in it, per row.
         """
         raw = self.read_raw(rows)
         offset = self.as_of_offset_micros
@@ -296,10 +308,20 @@ class ServiceReader:
         columns: dict[str, list[Any]] = {}
         for name, ttl in self.ttl_micros.items():
             values, stamps = raw.get(name, [None] * len(rows)), raw.get(f"{name}__us", [None] * len(rows))
-            columns[name] = [
-                None if value is None or ts is None or ts > at or (ttl and ts + ttl < at) else value
-                for value, ts, at in zip(values, stamps, at_us, strict=True)
-            ]
+            if detail is None:
+                columns[name] = [
+                    None if value is None or ts is None or ts > at or (ttl and ts + ttl < at) else value
+                    for value, ts, at in zip(values, stamps, at_us, strict=True)
+                ]
+                continue
+            served, status = [], []
+            for value, ts, at in zip(values, stamps, at_us, strict=True):
+                code = (NOT_FOUND if ts is None or ts > at else OUTSIDE_MAX_AGE if ttl and ts + ttl < at
+                        else NULL_VALUE if value is None else PRESENT)
+                served.append(value if code == PRESENT else None)
+                status.append(code)
+            columns[name] = served
+            detail.stamps[name], detail.status[name] = stamps, status
         for odfv, names in self.odfvs:
             inputs = {f: [row.get(f) for row in rows] for f in self.request_fields}
             for source in odfv.source_feature_view_projections.values():
@@ -308,6 +330,9 @@ class ServiceReader:
             result = odfv.transform_dict(inputs)
             for name in names:
                 columns[name] = list(result[name])
+                if detail is not None:
+                    detail.stamps[name] = [None] * len(rows)
+                    detail.status[name] = [NULL_VALUE if v is None else PRESENT for v in columns[name]]
         return [{name: columns[name][i] for name in self.output_columns} for i in range(len(rows))]
 
     def read_raw(self, rows: list[dict[str, Any]]) -> dict[str, list[Any]]:

@@ -28,6 +28,8 @@ SERIES = (
     "feastkit_auth_failures_total",
     "feastkit_unexpected_errors_total",
     "feastkit_store_breaker_open",
+    "feastkit_prediction_log_rows_total",
+    "feastkit_prediction_log_queued",
 )
 
 
@@ -66,6 +68,13 @@ class ServingMetrics:
             "feastkit_unexpected_errors",
             "Requests answered 500 for an error that is not the store being unreachable (a bug or "
             "corrupt data; the traceback is in the log under the request id).", ["route"], registry=r)
+        self.log_rows = Counter(
+            "feastkit_prediction_log_rows",
+            "Predictions handed to the prediction log, by outcome: written, or dropped because the "
+            "queue was full (queue_full), the write failed (write_failed) or the server was stopping "
+            "(closed).", ["outcome"], registry=r)
+        self.log_queued = Gauge("feastkit_prediction_log_queued",
+                                "Predictions waiting to be written to the prediction log.", registry=r)
         self.breaker_open = Gauge(
             "feastkit_store_breaker_open",
             "1 while the fail-fast guard of reads or of pushes is open after a connectivity error.",

@@ -28,12 +28,15 @@ from feastkit.settings import Settings
 from serving.contracts import ServiceContract
 from serving.features import (
     OnlineStoreUnavailable,
+    ReadDetail,
     ServiceReader,
     StoreGuard,
     bound_online_store,
     describe_error,
 )
 from serving.inference import Scorer
+from serving.logs import request_id_var
+from serving.prediction_log import LoggedGroup, PredictionLog
 from serving.push import PushTarget
 
 if TYPE_CHECKING:
@@ -389,22 +392,25 @@ def check_request_times(as_of: list[float], window_us: int | None, now_us: int |
 class Scoring:
     """Score + decide for the loaded models, recording the serving metrics of one app."""
 
-    def __init__(self, state: ServingState, metrics: ServingMetrics, max_group_rows: int | None = None) -> None:
+    def __init__(self, state: ServingState, metrics: ServingMetrics, max_group_rows: int | None = None,
+                 prediction_log: PredictionLog | None = None) -> None:
         self.state = state
         self.metrics = metrics
+        self.prediction_log = prediction_log
         self.window_us = request_window(state.settings)
         self.worker = ScoringWorker(self, max_group_rows or state.settings.max_batch_size)
         self.watcher = RegistryWatcher(state, state.settings.registry_poll_seconds)
         self.watcher.start()
 
-    def score(self, model: LoadedModel, rows: list[dict[str, Any]], as_of: list[float]
-              ) -> list[dict[str, Any]]:
-        """One online read for all rows, then one model call; records read latency and missing features."""
+    def score(self, model: LoadedModel, rows: list[dict[str, Any]], as_of: list[float],
+              detail: ReadDetail | None = None) -> list[dict[str, Any]]:
+        """One online read for all rows, then one model call; records read latency and missing features
+        (and, with `detail`, what the read found per feature, for the prediction log)."""
         metrics = self.metrics
         service = model.bundle.feature_service
         started = time.perf_counter()
         try:
-            features = model.reader.read(rows, as_of)
+            features = model.reader.read(rows, as_of, detail)
         except OnlineStoreUnavailable as exc:
             reason = "fail_fast" if "failing fast" in str(exc) else "read_failed"
             metrics.online_errors.labels("read", reason).inc()
@@ -447,11 +453,25 @@ class Scoring:
         """`decide` in the scoring thread: the event loop keeps serving other requests meanwhile.
         Live (not replay), request times outside the window around the server clock get 422."""
         check_request_times(as_of, self.window_us)
-        return await self.worker.submit(_Job(model, rows, as_of, explain, labels))
+        return await self.worker.submit(_Job(model, rows, as_of, explain, labels, request_id=request_id_var.get()))
 
     def close(self) -> None:
         self.watcher.stop()
         self.worker.stop()
+
+    def log_predictions(self, model: LoadedModel, jobs: list[_Job], results: list[dict[str, Any]],
+                        decided: list[list[dict[str, Any]]], detail: ReadDetail) -> None:
+        """Hand the rows scored together to the prediction log (a queue append)."""
+        log = self.prediction_log
+        if log is None:
+            return
+        log.submit(LoggedGroup(
+            model=model, request_ids=[job.request_id for job in jobs for _ in job.rows],
+            row_numbers=[i for job in jobs for i in range(len(job.rows))],
+            rows=[row for job in jobs for row in job.rows], as_of=[at for job in jobs for at in job.as_of],
+            logged_at=time.time(), features=[r["features"] for r in results], detail=detail,
+            probabilities=[r["probability"] for r in results],
+            decisions=[d["decision"] for out in decided for d in out]))
 
 
 @dataclass
@@ -463,6 +483,7 @@ class _Job:
     labels: tuple[str, str]
     loop: asyncio.AbstractEventLoop | None = None
     future: asyncio.Future | None = None
+    request_id: str | None = None
 
 
 def _settle(future: asyncio.Future, result: Any, error: BaseException | None) -> None:
@@ -541,22 +562,33 @@ class ScoringWorker:
     def _score(self, group: list[_Job]) -> None:
         scoring = self.scoring
         model = group[0].model
+        detail = ReadDetail() if scoring.prediction_log is not None else None
         try:
             if len(group) == 1:
-                results = scoring.score(model, group[0].rows, group[0].as_of)
+                results = scoring.score(model, group[0].rows, group[0].as_of, detail)
             else:
                 results = scoring.score(model, [r for job in group for r in job.rows],
-                                        [a for job in group for a in job.as_of])
+                                        [a for job in group for a in job.as_of], detail)
         except Exception as exc:  # delivered to each waiting request, as its own error
             for job in group:
                 job.loop.call_soon_threadsafe(_settle, job.future, None, exc)
             return
-        at = 0
+        at, answered, decided = 0, [], []
         for job in group:
             part = results[at:at + len(job.rows)]
-            at += len(job.rows)
             try:
                 out, error = scoring.decided(model, part, job.explain, job.labels), None
             except Exception as exc:
                 out, error = None, exc
             job.loop.call_soon_threadsafe(_settle, job.future, out, error)
+            if out is not None:
+                answered.append((job, at))
+                decided.append(out)
+            at += len(job.rows)
+        if detail is not None and answered:
+            if len(answered) < len(group):  # only what was answered is logged
+                keep = [i for job, start in answered for i in range(start, start + len(job.rows))]
+                results = [results[i] for i in keep]
+                detail = ReadDetail({k: [v[i] for i in keep] for k, v in detail.stamps.items()},
+                                    {k: [v[i] for i in keep] for k, v in detail.status.items()})
+            scoring.log_predictions(model, [job for job, _ in answered], results, decided, detail)

@@ -1,0 +1,216 @@
+"""The prediction log writer: predictions queued off the request path, written as Parquet by one thread.
+
+The scoring thread hands each scored group (one online read, one model call) to `submit`: a list
+append under a lock, nothing more. Past `FEASTKIT_PREDICTION_LOG_QUEUE_ROWS` waiting rows the
+group is not logged, and its rows are counted as dropped; requests never wait for the log. A
+writer thread wakes every `FEASTKIT_PREDICTION_LOG_FLUSH_SECONDS`, or once
+`FEASTKIT_PREDICTION_LOG_FLUSH_ROWS` rows wait, builds one Arrow table per feature service in
+`feastkit.prediction_log`'s format, and writes one file per request-time hour, each renamed into
+place. A failed write (disk full) is logged with its traceback and its rows counted as dropped.
+Shutdown (`close`) writes what is queued. Every submitted row ends in the metric
+`feastkit_prediction_log_rows_total` as written or dropped (by reason), so the two reconcile.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from feastkit import prediction_log as fmt
+from feastkit.atomic import replacing
+from feastkit.settings import Settings
+from serving.features import ReadDetail
+
+if TYPE_CHECKING:
+    from serving.metrics import ServingMetrics
+    from serving.scoring import LoadedModel
+
+log = logging.getLogger(__name__)
+
+_US_PER_HOUR = 3_600_000_000
+
+
+@dataclass
+class LoggedGroup:
+    """Rows scored together, as the scoring thread had them."""
+
+    model: LoadedModel
+    request_ids: list[str | None]
+    row_numbers: list[int]
+    rows: list[dict[str, Any]]
+    as_of: list[float]               # request times, epoch seconds
+    logged_at: float                 # epoch seconds
+    features: list[dict[str, Any]]   # served values per row
+    detail: ReadDetail
+    probabilities: list[float]
+    decisions: list[str]
+
+    @property
+    def size(self) -> int:
+        return len(self.rows)
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """How a service's rows become columns of its log schema."""
+
+    schema: pa.Schema
+    inputs: list[str]                   # join keys and request fields, as the schema names them
+    features: list[tuple[str, str]]     # (log column, served feature name)
+
+
+class PredictionLog:
+    """The bounded queue and the writer thread of one server."""
+
+    def __init__(self, settings: Settings, metrics: ServingMetrics) -> None:
+        self.log_dir = Path(settings.prediction_log_dir)
+        self.max_rows = max(1, settings.prediction_log_queue_rows)
+        self.flush_rows = max(1, settings.prediction_log_flush_rows)
+        self.flush_seconds = max(0.01, settings.prediction_log_flush_seconds)
+        self.metrics = metrics
+        self._pending: list[LoggedGroup] = []
+        self._pending_rows = 0
+        self._cond = threading.Condition()
+        self._write_lock = threading.Lock()
+        self._closed = False
+        self._thread: threading.Thread | None = None
+        self._layouts: dict[tuple[str, str], _Layout] = {}
+        metrics.log_queued.set_function(lambda: float(self._pending_rows))
+
+    # the request side ---------------------------------------------------------------------------
+
+    def submit(self, group: LoggedGroup) -> bool:
+        """Queue a scored group; False (and counted as dropped) when the queue is full or closed."""
+        with self._cond:
+            if self._closed or self._pending_rows + group.size > self.max_rows:
+                reason = "closed" if self._closed else "queue_full"
+                self.metrics.log_rows.labels(reason).inc(group.size)
+                return False
+            self._pending.append(group)
+            self._pending_rows += group.size
+            if self._pending_rows >= self.flush_rows:
+                self._cond.notify()
+        return True
+
+    # the writer side ----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="feastkit-prediction-log", daemon=True)
+            self._thread.start()
+
+    def close(self, timeout: float = 60.0) -> None:
+        """Stop taking rows and write what is queued."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+        self.flush()  # whatever the thread left (it was never started, or the join timed out)
+
+    def flush(self) -> int:
+        """Write every queued row now; the number of rows written."""
+        with self._cond:
+            groups, self._pending, self._pending_rows = self._pending, [], 0
+        return self._write(groups) if groups else 0
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._closed or self._pending_rows >= self.flush_rows,
+                                    timeout=self.flush_seconds)
+                closed = self._closed
+            self.flush()
+            if closed:
+                return
+
+    def _write(self, groups: list[LoggedGroup]) -> int:
+        by_service: dict[str, list[LoggedGroup]] = {}
+        for group in groups:
+            by_service.setdefault(group.model.service, []).append(group)
+        written = 0
+        with self._write_lock:
+            for service, part in by_service.items():
+                rows = sum(g.size for g in part)
+                try:
+                    table = self._table(part)
+                    for file_table, path in self._files(service, table):
+                        with replacing(path) as tmp:
+                            pq.write_table(file_table, tmp)
+                except Exception:
+                    log.exception("prediction log: %d row(s) of %s could not be written", rows, service)
+                    self.metrics.log_rows.labels("write_failed").inc(rows)
+                    continue
+                self.metrics.log_rows.labels("written").inc(rows)
+                written += rows
+        return written
+
+    def _layout(self, model: LoadedModel) -> _Layout:
+        key = (model.service, model.bundle.version)
+        layout = self._layouts.get(key)
+        if layout is None:
+            store = model.reader.store
+            schema = fmt.log_schema(store, model.service)
+            features = fmt.feature_columns(store, model.service)
+            taken = {c for col, _ in features for c in (col, f"{col}__timestamp", f"{col}__status")}
+            inputs = [f.name for f in schema if f.name not in taken and not f.name.startswith("__")]
+            layout = self._layouts[key] = _Layout(schema, inputs, features)
+        return layout
+
+    def _table(self, groups: list[LoggedGroup]) -> pa.Table:
+        layouts = {id(g): self._layout(g.model) for g in groups}
+        layout = layouts[id(groups[0])]
+        if any(other.schema != layout.schema for other in layouts.values()):
+            # a registry change between groups: one table per schema
+            return pa.concat_tables([self._table([g]) for g in groups], promote_options="permissive")
+        schema = layout.schema
+        columns: dict[str, list[Any]] = {name: [] for name in schema.names}
+        for g in groups:
+            for name in layout.inputs:
+                columns[name] += [row.get(name) for row in g.rows]
+            for column, feature in layout.features:
+                columns[column] += [f.get(feature) for f in g.features]
+                columns[f"{column}__timestamp"] += g.detail.stamps.get(feature, [None] * g.size)
+                columns[f"{column}__status"] += g.detail.status.get(feature, [fmt.NOT_FOUND] * g.size)
+            logged_us = round(g.logged_at * 1_000_000)
+            columns[fmt.LOG_TIMESTAMP] += [logged_us] * g.size
+            columns[fmt.LOG_DATE] += [datetime.fromtimestamp(g.logged_at, UTC).date()] * g.size
+            columns[fmt.REQUEST_ID] += g.request_ids
+            columns[fmt.REQUEST_TIME] += [round(at * 1_000_000) for at in g.as_of]
+            columns[fmt.ROW] += g.row_numbers
+            columns[fmt.PROBABILITY] += g.probabilities
+            columns[fmt.DECISION] += g.decisions
+            columns[fmt.THRESHOLD] += [g.model.bundle.threshold] * g.size
+            columns[fmt.MODEL_VERSION] += [g.model.bundle.version] * g.size
+        return pa.table({f.name: _array(columns[f.name], f.type) for f in schema}, schema=schema)
+
+    def _files(self, service: str, table: pa.Table) -> list[tuple[pa.Table, Path]]:
+        """The table cut by request-time hour, each piece with its file's path."""
+        folder = fmt.service_log_dir(self.log_dir, service)
+        hours = pc.divide(table.column(fmt.REQUEST_TIME).cast(pa.int64()), _US_PER_HOUR)
+        unique = f"{int(time.time() * 1e6):x}{uuid.uuid4().hex[:8]}"
+        out = []
+        for hour in sorted(set(hours.to_pylist())):
+            piece = table.filter(pc.equal(hours, hour))
+            start = datetime.fromtimestamp(hour * 3600, UTC)
+            out.append((piece, folder / fmt.file_name(start, unique)))
+        return out
+
+
+def _array(values: list[Any], type_: pa.DataType) -> pa.Array:
+    try:
+        return pa.array(values, type=type_)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):  # e.g. numpy scalars or bools for a numeric field
+        return pa.array([None if v is None else (v.item() if hasattr(v, "item") else v) for v in values]
+                        ).cast(type_, safe=False)
