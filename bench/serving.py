@@ -390,12 +390,11 @@ def main() -> None:
         wait_http(f"{feast_url}/health", feast, feast_log)
 
         http: list[Row] = []
-        for level in levels:
+        for index, level in enumerate(levels):
+            pair = [("feastkit POST /v1/predict/fraud", ours_url, "/v1/predict/fraud", files / "feastkit.json"),
+                    ("feastkit, prediction log off", nolog_url, "/v1/predict/fraud", files / "feastkit.json")]
             for name, url, path, file in (
-                    ("feastkit POST /v1/predict/fraud", ours_url, "/v1/predict/fraud",
-                     files / "feastkit.json"),
-                    ("feastkit, prediction log off", nolog_url, "/v1/predict/fraud",
-                     files / "feastkit.json"),
+                    *(pair if index % 2 == 0 else pair[::-1]),  # alternate which runs first
                     ("feast serve /get-online-features", feast_url, "/get-online-features",
                      files / "feast.json")):
                 result = run_load(url, path, file, level, args.duration)

@@ -1,7 +1,9 @@
-"""Daily monitoring: feature drift, freshness and online/offline skew as of the run's interval end.
+"""Daily monitoring: feature drift, freshness and online/offline skew as of the run's interval end,
+and the replay check of the predictions served during the interval.
 
-The task fails (no retries: drift is a finding, not a glitch) when the checks are not ok; its
-log names what drifted, what is stale or skewed, and where the HTML report is.
+A task fails (no retries: drift is a finding, not a glitch) when its checks are not ok; its log
+names what drifted, what is stale or skewed, which served features disagree with the offline
+rebuild, and where the HTML report is. The replay task is skipped when nothing was served.
 Catchup is off by default (FEASTKIT_DAG_CATCHUP): backfill to check past days.
 """
 
@@ -38,7 +40,22 @@ def drift_check() -> None:
         with fail_fast():
             return run_drift_check(job_settings(), end=data_interval_end)
 
+    @task(execution_timeout=timedelta(hours=1))
+    def replay_check(data_interval_start=None, data_interval_end=None) -> dict[str, Any]:
+        """monitoring.replay over the interval's logged predictions; skipped when none were logged."""
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        from feastkit.jobs import fail_fast, job_settings, run_replay_check
+        from monitoring.replay import NothingLogged
+
+        with fail_fast():
+            try:
+                return run_replay_check(job_settings(), data_interval_start, data_interval_end)
+            except NothingLogged as exc:
+                raise AirflowSkipException(exc.message) from None
+
     run_checks()
+    replay_check()
 
 
 drift_check()

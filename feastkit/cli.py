@@ -398,6 +398,35 @@ def skew(settings: Settings, service: str | None, sample: int, fail_on_skew: boo
         sys.exit(1)
 
 
+@cli.command("replay-check")
+@click.option("--start", required=True, help="First request time to check (UTC), e.g. 2026-04-30T00:00Z.")
+@click.option("--end", required=True, help="End of the request times, exclusive (UTC).")
+@click.option("--service", default=None, help="Feature service (default: every service with a prediction log).")
+@click.option("--max-mismatch-rate", default=None, type=float,
+              help="Exit 1 when a feature's mismatch rate is above this, e.g. 0.01 = 1 % "
+                   "(default FEASTKIT_REPLAY_MAX_MISMATCH_RATE, 0).")
+@click.pass_obj
+def replay_check(settings: Settings, start: str, end: str, service: str | None,
+                 max_mismatch_rate: float | None) -> None:
+    """Features served in [start, end), from the prediction log, vs the same features rebuilt offline."""
+    from monitoring.replay import replay_check as run_replay
+
+    a, b = parse_interval(start, end)
+    outcome = run_replay(settings, a, b, service, max_mismatch_rate)
+    for result in outcome.results:
+        click.echo(f"{result.service}: {result.rows:,} logged prediction(s), {len(result.features)} feature(s) "
+                   f"compared, {len(result.failing)} above {result.max_mismatch_rate:.2%} mismatches")
+        for f in result.features:
+            if f.mismatches:
+                click.echo(f"  {'MISMATCH' if f in result.failing else 'within  '} {f.feature}: "
+                           f"{f.mismatches}/{f.compared} rows ({f.mismatch_rate:.2%}; values differ "
+                           f"{f.value_mismatches}, missing online {f.missing_online_present_offline}, "
+                           f"missing offline {f.present_online_missing_offline}), e.g. {f.examples[0]}")
+    click.echo(f"report: {outcome.report_html}\njson:   {outcome.report_json}")
+    if outcome.failing:
+        sys.exit(1)
+
+
 # --- orchestration commands ---
 
 

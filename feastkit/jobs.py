@@ -376,6 +376,24 @@ def run_drift_check(settings: Settings, end: datetime | str) -> dict[str, Any]:
     return summary
 
 
+def run_replay_check(settings: Settings, start: datetime | str, end: datetime | str) -> dict[str, Any]:
+    """Replay the predictions logged in [start, end); raises when served and offline features disagree.
+    Raises `monitoring.replay.NothingLogged` when nothing was logged (the DAG skips the task)."""
+    from monitoring.replay import replay_check
+
+    outcome = replay_check(settings, utc(start), utc(end))
+    summary = {"services": {r.service: r.rows for r in outcome.results}, "failing": outcome.failing,
+               "report_html": str(outcome.report_html)}
+    log.info("replay check of [%s, %s): %s", utc(start).isoformat(), utc(end).isoformat(), json.dumps(summary))
+    if outcome.failing:
+        raise FeastkitError(
+            f"served features disagree with the offline rebuild in [{utc(start):%Y-%m-%d %H:%M}, "
+            f"{utc(end):%Y-%m-%d %H:%M}) UTC: {outcome.failing}",
+            f"read the report at {summary['report_html']}: a stale materialization, an on-demand view "
+            "changed without retraining or pushes missing offline are the usual causes; fix, then clear the task")
+    return summary
+
+
 def _names(items: Any) -> list[str]:
     if not items:
         return []

@@ -74,6 +74,9 @@ class Settings(BaseSettings):
     prediction_log_queue_rows: int = 100_000
     prediction_log_flush_seconds: float = 10.0
     prediction_log_flush_rows: int = 20_000
+    # the replay check (docs/monitoring.md): a feature whose served values disagree with the offline
+    # rebuild on more than this share of logged rows fails the check
+    replay_max_mismatch_rate: float = 0.0
 
     # Orchestration (dags/): cron schedules in UTC, first interval, catchup, promotion rule
     schedule_feature_pipeline: str = "0 * * * *"

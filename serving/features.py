@@ -226,6 +226,7 @@ class ReadDetail:
 
     stamps: dict[str, list[int | None]] = field(default_factory=dict)
     status: dict[str, list[int]] = field(default_factory=dict)
+    values: dict[str, list[Any]] = field(default_factory=dict)  # the served values, per feature
 
 
 @dataclass(frozen=True)
@@ -333,6 +334,8 @@ class ServiceReader:
                 if detail is not None:
                     detail.stamps[name] = [None] * len(rows)
                     detail.status[name] = [NULL_VALUE if v is None else PRESENT for v in columns[name]]
+        if detail is not None:
+            detail.values = columns
         return [{name: columns[name][i] for name in self.output_columns} for i in range(len(rows))]
 
     def read_raw(self, rows: list[dict[str, Any]]) -> dict[str, list[Any]]:

@@ -50,8 +50,7 @@ class LoggedGroup:
     rows: list[dict[str, Any]]
     as_of: list[float]               # request times, epoch seconds
     logged_at: float                 # epoch seconds
-    features: list[dict[str, Any]]   # served values per row
-    detail: ReadDetail
+    detail: ReadDetail               # served values, event times and statuses, per feature
     probabilities: list[float]
     decisions: list[str]
 
@@ -180,7 +179,7 @@ class PredictionLog:
             for name in layout.inputs:
                 columns[name] += [row.get(name) for row in g.rows]
             for column, feature in layout.features:
-                columns[column] += [f.get(feature) for f in g.features]
+                columns[column] += g.detail.values.get(feature, [None] * g.size)
                 columns[f"{column}__timestamp"] += g.detail.stamps.get(feature, [None] * g.size)
                 columns[f"{column}__status"] += g.detail.status.get(feature, [fmt.NOT_FOUND] * g.size)
             logged_us = round(g.logged_at * 1_000_000)

@@ -469,7 +469,7 @@ class Scoring:
             model=model, request_ids=[job.request_id for job in jobs for _ in job.rows],
             row_numbers=[i for job in jobs for i in range(len(job.rows))],
             rows=[row for job in jobs for row in job.rows], as_of=[at for job in jobs for at in job.as_of],
-            logged_at=time.time(), features=[r["features"] for r in results], detail=detail,
+            logged_at=time.time(), detail=detail,
             probabilities=[r["probability"] for r in results],
             decisions=[d["decision"] for out in decided for d in out]))
 
@@ -589,6 +589,6 @@ class ScoringWorker:
             if len(answered) < len(group):  # only what was answered is logged
                 keep = [i for job, start in answered for i in range(start, start + len(job.rows))]
                 results = [results[i] for i in keep]
-                detail = ReadDetail({k: [v[i] for i in keep] for k, v in detail.stamps.items()},
-                                    {k: [v[i] for i in keep] for k, v in detail.status.items()})
+                detail = ReadDetail(*({k: [v[i] for i in keep] for k, v in part.items()}
+                                      for part in (detail.stamps, detail.status, detail.values)))
             scoring.log_predictions(model, [job for job, _ in answered], results, decided, detail)
