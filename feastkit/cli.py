@@ -399,14 +399,15 @@ def skew(settings: Settings, service: str | None, sample: int, fail_on_skew: boo
 
 
 @cli.command("replay-check")
-@click.option("--start", required=True, help="First request time to check (UTC), e.g. 2026-04-30T00:00Z.")
-@click.option("--end", required=True, help="End of the request times, exclusive (UTC).")
+@click.option("--start", default=None, help="First request time to check (UTC), e.g. 2026-04-30T00:00Z "
+                                             "(default: the first logged hour).")
+@click.option("--end", default=None, help="End of the request times, exclusive (default: after the last logged hour).")
 @click.option("--service", default=None, help="Feature service (default: every service with a prediction log).")
 @click.option("--max-mismatch-rate", default=None, type=float,
               help="Exit 1 when a feature's mismatch rate is above this, e.g. 0.01 = 1 % "
                    "(default FEASTKIT_REPLAY_MAX_MISMATCH_RATE, 0).")
 @click.pass_obj
-def replay_check(settings: Settings, start: str, end: str, service: str | None,
+def replay_check(settings: Settings, start: str | None, end: str | None, service: str | None,
                  max_mismatch_rate: float | None) -> None:
     """Features served in [start, end), from the prediction log, vs the same features rebuilt offline."""
     from monitoring.replay import replay_check as run_replay

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from html import escape
 from pathlib import Path
 from typing import Any
@@ -195,18 +195,35 @@ class ReplayOutcome:
         return {r.service: [f.feature for f in r.failing] for r in self.results if r.failing}
 
 
-def replay_check(settings: Settings, start: datetime, end: datetime, service: str | None = None,
+def logged_hours(log_dir: Path) -> tuple[datetime, datetime] | None:
+    """[first, last + 1h) over the hours of every service's log files (None: no log)."""
+    hours = [h for folder in (log_dir.iterdir() if log_dir.is_dir() else []) if folder.is_dir()
+             for h in map(fmt.hour_of, folder.glob("*.parquet")) if h is not None]
+    return (min(hours), max(hours) + timedelta(hours=1)) if hours else None
+
+
+def replay_check(settings: Settings, start: datetime | None, end: datetime | None, service: str | None = None,
                  max_mismatch_rate: float | None = None, store: FeatureStore | None = None) -> ReplayOutcome:
-    """Replay every service with logged predictions in [start, end) (or one), write the reports."""
+    """Replay every service with logged predictions in [start, end) (or one), write the reports.
+    A missing start or end is the first or last logged hour."""
     from feastkit.store import open_store, require_applied
 
     rate = settings.replay_max_mismatch_rate if max_mismatch_rate is None else max_mismatch_rate
     if not 0.0 <= rate <= 1.0:
         raise FeastkitError(f"the mismatch rate {rate} is not a rate", "pass a value in [0, 1]")
+    log_dir = Path(settings.prediction_log_dir)
+    if start is None or end is None:
+        span = logged_hours(log_dir)
+        if span is None:
+            raise NothingLogged(f"no prediction log under {log_dir}",
+                                "serve predictions first (the log is on by default)")
+        start, end = start or span[0], end or span[1]
     start, end = utc(start), utc(end)
+    if end <= start:
+        raise FeastkitError(f"the interval [{start:%Y-%m-%d %H:%M}, {end:%Y-%m-%d %H:%M}) UTC is empty",
+                            "pass an --end after --start")
     store = store or open_store(settings)
     require_applied(store)
-    log_dir = Path(settings.prediction_log_dir)
     known = {s.name for s in store.list_feature_services()}
     if service is not None and service not in known:
         raise FeastkitError(f"unknown feature service '{service}'", f"use one of {sorted(known)}")

@@ -170,14 +170,18 @@ def _service_example(settings: Settings, store: FeatureStore, service: str, end:
     from serving.contracts import service_inputs
 
     views = _service_views(store, service)
+    # scored a minute after the data's end: the online store holds each entity's latest row, so a
+    # request at or before the last stamp would be served without it while training (and the
+    # replay check) would read the row before (a fraud service reads as of the instant before)
+    at = end + pd.Timedelta(minutes=1)
     body: dict[str, Any] = {}
     for field in service_inputs(store, service):
         if field.source == "entity":
             value = _active_entity(settings, views, field.name, end)
-            body[field.name] = value if value is not None else _request_value(settings, field, end)
+            body[field.name] = value if value is not None else _request_value(settings, field, at)
         else:
-            body[field.name] = _request_value(settings, field, end)
-    body["as_of"] = _iso(end)
+            body[field.name] = _request_value(settings, field, at)
+    body["as_of"] = _iso(at)
     return (f"{service}: an active entity from its feature tables", f"/v1/predict/{service}?explain=true", body)
 
 
