@@ -211,6 +211,11 @@ def replay_check(settings: Settings, start: datetime | None, end: datetime | Non
     rate = settings.replay_max_mismatch_rate if max_mismatch_rate is None else max_mismatch_rate
     if not 0.0 <= rate <= 1.0:
         raise FeastkitError(f"the mismatch rate {rate} is not a rate", "pass a value in [0, 1]")
+    store = store or open_store(settings)
+    require_applied(store)
+    known = {s.name for s in store.list_feature_services()}
+    if service is not None and service not in known:
+        raise FeastkitError(f"unknown feature service '{service}'", f"use one of {sorted(known)}")
     log_dir = Path(settings.prediction_log_dir)
     if start is None or end is None:
         span = logged_hours(log_dir)
@@ -222,11 +227,6 @@ def replay_check(settings: Settings, start: datetime | None, end: datetime | Non
     if end <= start:
         raise FeastkitError(f"the interval [{start:%Y-%m-%d %H:%M}, {end:%Y-%m-%d %H:%M}) UTC is empty",
                             "pass an --end after --start")
-    store = store or open_store(settings)
-    require_applied(store)
-    known = {s.name for s in store.list_feature_services()}
-    if service is not None and service not in known:
-        raise FeastkitError(f"unknown feature service '{service}'", f"use one of {sorted(known)}")
     services = [service] if service else sorted(
         p.name for p in (log_dir.iterdir() if log_dir.is_dir() else [])
         if p.name in known and fmt.log_files(log_dir, p.name, start, end))

@@ -120,6 +120,7 @@ def test_a_numeric_raw_column_holding_text(tmp_path: Path, deployment: Deploymen
     (["leakage", "--service", "fraud_v9"], ["unknown feature service 'fraud_v9'"]),
     (["drift", "--service", "fraud_v9", "--end", "2026-03-01"], ["unknown feature service 'fraud_v9'"]),
     (["skew", "--service", "fraud_v9"], ["unknown feature service 'fraud_v9'"]),
+    (["replay-check", "--service", "fraud_v9"], ["unknown feature service 'fraud_v9'"]),
     (["drift", "--current-days", "0"], ["window lengths must be positive"]),
     (["freshness", "--as-of", "someday"], ["--as-of 'someday' is not a date"]),
     (["demo-requests", "--url", "http://127.0.0.1:{port}"], ["the prediction API does not answer"]),
