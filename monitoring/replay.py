@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from html import escape
 from pathlib import Path
@@ -29,32 +29,22 @@ from feastkit.recipes import AS_OF_OFFSET, recipe_of
 from feastkit.services import build_training_set, describe_service
 from feastkit.settings import Settings
 from feastkit.times import utc
-from monitoring.skew import ABS_TOLERANCE, REL_TOLERANCE
+from monitoring.skew import ABS_TOLERANCE, REL_TOLERANCE, FeatureSkew
 
 MAX_EXAMPLES = 5
 
 
 @dataclass
-class FeatureReplay:
-    """One feature of the service: served vs rebuilt offline over the logged rows."""
+class FeatureReplay(FeatureSkew):
+    """One feature of the service (`feature`: view:feature): served vs rebuilt offline over the
+    logged rows (`compared`); `mismatches` are rows that disagree in value or presence."""
 
-    feature: str                       # view:feature
-    compared: int                      # logged rows
-    mismatches: int                    # rows where served and offline disagree, in value or presence
     both_present: int = 0              # rows with a value on both sides
     value_mismatches: int = 0          # both present, different values
     missing_online_present_offline: int = 0
     present_online_missing_offline: int = 0
     max_relative_error: float | None = None   # over the rows where both sides have a number
     mean_relative_error: float | None = None
-    examples: list[dict[str, Any]] = field(default_factory=list)
-
-    @property
-    def mismatch_rate(self) -> float:
-        return self.mismatches / self.compared if self.compared else 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "mismatch_rate": self.mismatch_rate}
 
 
 @dataclass
