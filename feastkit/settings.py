@@ -58,6 +58,9 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     access_log: bool = True
     ready_probe_seconds: float = 1.0      # the background /ready probe pings the store this often
+    # freeze what start-up loaded (Feast, the registry, the models) out of the garbage collector's
+    # full passes: they otherwise walk ~280k long-lived objects and stall requests (docs/serving.md)
+    gc_freeze: bool = True
     metrics_public: bool = False          # with API keys set, /metrics needs one unless this is true
     docs_public: bool = False             # with API keys set, /docs and /openapi.json need one unless this is true
     # Request times (docs/serving.md "Request times"): live serving answers 422 to a request time

@@ -6,6 +6,7 @@ needs the serving state (registry, bundles, readers) when it is built: `create_a
 eagerly unless one is passed, and refuses with a FeastkitError naming the problem.
 """
 
+import gc
 import logging
 import re
 import time
@@ -192,6 +193,12 @@ def create_app(settings: Settings | None = None, state: ServingState | None = No
         # This covers the event loop's thread; the scoring thread limits itself on first use
         # (serving.scoring.one_openmp_thread: OpenMP's limit is per thread).
         limits = threadpool_limits(limits=1, user_api="openmp")
+        if settings.gc_freeze:
+            # everything loaded so far lives as long as the server: keep it out of the collector's
+            # full passes (with the prediction log's queue churning objects they came every few
+            # seconds and walked ~280k objects each; measured in-process: 0.6 -> 0.4 ms per prediction)
+            gc.collect()
+            gc.freeze()
         probe.start()
         if prediction_log is not None:
             prediction_log.start()

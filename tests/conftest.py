@@ -67,6 +67,7 @@ def make_settings(root: Path, data_dir: Path | None = None, profile: str = "loca
                   **extra: object) -> Settings:
     extra.setdefault("repo_path", root / "repo")
     extra.setdefault("replay", True)  # the test data is historical: score it in replay mode
+    extra.setdefault("gc_freeze", False)  # in-process apps come and go here: freezing would keep their cycles
     return Settings(project_root=REPO_ROOT, data_dir=data_dir or root / "data", profile=profile, **extra)
 
 
