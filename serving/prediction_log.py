@@ -175,18 +175,20 @@ class PredictionLog:
         written = 0
         for service, tables in converted.items():
             rows = sum(t.num_rows for t in tables)
+            done = 0  # rows in files written (a failure part-way fails only the files left)
             try:
                 table = pa.concat_tables(tables, promote_options="permissive")
                 for file_table, path in self._files(service, table):
                     with replacing(path) as tmp:
                         pq.write_table(file_table, tmp)
+                    done += file_table.num_rows
             except Exception:
-                log.exception("prediction log: %d row(s) of %s could not be written", rows, service)
-                self.metrics.log_rows.labels("write_failed").inc(rows)
-            else:
-                self.metrics.log_rows.labels("written").inc(rows)
-                written += rows
+                log.exception("prediction log: %d row(s) of %s could not be written", rows - done, service)
+                self.metrics.log_rows.labels("write_failed").inc(rows - done)
             finally:
+                if done:
+                    self.metrics.log_rows.labels("written").inc(done)
+                written += done
                 with self._cond:
                     self._converted_rows -= rows
         return written
