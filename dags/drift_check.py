@@ -46,7 +46,7 @@ def drift_check() -> None:
         from airflow.sdk.exceptions import AirflowSkipException
 
         from feastkit.jobs import fail_fast, job_settings, run_replay_check
-        from monitoring.replay import NothingLogged
+        from feastkit.prediction_log import NothingLogged
 
         with fail_fast():
             try:

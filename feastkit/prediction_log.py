@@ -22,6 +22,8 @@ from pathlib import Path
 import pyarrow as pa
 from feast import FeatureStore, FileSource
 
+from feastkit.errors import FeastkitError
+
 # Feast's FieldStatus codes (feast/protos/feast/serving/ServingService.proto)
 PRESENT = 1
 NULL_VALUE = 2
@@ -37,6 +39,10 @@ PROBABILITY = "__probability"
 DECISION = "__decision"
 THRESHOLD = "__threshold"
 MODEL_VERSION = "__model_version"
+
+class NothingLogged(FeastkitError):
+    """No prediction was logged in the interval asked about: there is nothing to check."""
+
 
 MICROS = pa.timestamp("us", tz="UTC")
 _HOUR_NAME = re.compile(r"^(\d{8}T\d{2})-[0-9a-f]+\.parquet$")

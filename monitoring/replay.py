@@ -25,6 +25,7 @@ from feast import FeatureStore
 
 from feastkit import prediction_log as fmt
 from feastkit.errors import FeastkitError
+from feastkit.prediction_log import NothingLogged
 from feastkit.recipes import AS_OF_OFFSET, recipe_of
 from feastkit.services import build_training_set, describe_service
 from feastkit.settings import Settings
@@ -168,10 +169,6 @@ def replay_service(store: FeatureStore, log_dir: Path, service: str, start: date
         features.append(compare_feature(ref, log[column], offline[name], log))
     return ServiceReplay(service, start, end, len(log), max_mismatch_rate, features,
                          sorted(set(log[fmt.MODEL_VERSION].astype(str))))
-
-
-class NothingLogged(FeastkitError):
-    """No prediction was logged in the interval: there is nothing to replay."""
 
 
 @dataclass

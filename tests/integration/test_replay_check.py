@@ -20,8 +20,9 @@ import pytest
 
 from feastkit.errors import FeastkitError
 from feastkit.jobs import run_replay_check
+from feastkit.prediction_log import NothingLogged
 from feastkit.settings import Settings
-from monitoring.replay import NothingLogged, ServiceReplay, replay_service
+from monitoring.replay import ServiceReplay, replay_service
 from serving.app import ServingState, create_app
 from tests.conftest import Deployment, assert_one_line_error, feastkit_bin, settings_env
 from tests.integration.serving_support import private_copy
