@@ -9,6 +9,7 @@ from prometheus_client import (
     Gauge,
     Histogram,
     generate_latest,
+    values,
 )
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25,
@@ -37,6 +38,11 @@ class ServingMetrics:
     """Counters and histograms, registered on their own registry so apps never collide."""
 
     def __init__(self) -> None:
+        # Plain in-memory values, one per metric object. Importing Feast sets
+        # PROMETHEUS_MULTIPROC_DIR, and prometheus-client, when imported after it, keeps every value
+        # in a file shared by all metrics of that name in the process: a second app in one process
+        # then started from the first one's counts, and every update paid for a file write.
+        values.ValueClass = values.MutexValue
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests = Counter("feastkit_http_requests", "HTTP requests by route, method and status.",
