@@ -650,14 +650,16 @@ def test_ready_answers_from_the_probe_and_never_waits_for_a_frozen_store(
 
 
 def test_a_push_that_cannot_write_opens_only_the_push_breaker(
-        copy_settings: Settings, state: ServingState, deployment: Deployment,
-        captured_logs: io.StringIO) -> None:
+        deployment: Deployment, tmp_path: Path, captured_logs: io.StringIO) -> None:
     """Another writer holds the sqlite online store's write lock: pushes fail (503, their own
-    breaker), while predictions and readiness, which only read, carry on."""
+    breaker), while predictions and readiness, which only read, carry on. A copy and a state of
+    its own: the lock must be on the very file this app writes."""
     import sqlite3
 
     from feastkit.store import open_store
 
+    copy_settings = private_copy(deployment, tmp_path, fraud_service="fraud_detection_v2")
+    state = ServingState.load(copy_settings)
     configured = Path(open_store(copy_settings).config.online_store.path)
     db_path = str(configured if configured.is_absolute() else copy_settings.repo_path / configured)
     event = {"user_id": 515151, "txn_count_10m": 2, "amount_sum_10m": 8.0,
