@@ -153,12 +153,17 @@ class MonotonicSqliteOnlineStore(SqliteOnlineStore):
         try:
             with self._write_lock, conn:  # one connection per store: batches of threads do not mix
                 written = conn.executemany(sql, rows).rowcount
-        except sqlite3.OperationalError as exc:
-            if "locked" in str(exc) or "busy" in str(exc):
+        except sqlite3.DatabaseError as exc:
+            text = str(exc)
+            busy = isinstance(exc, sqlite3.OperationalError) and ("locked" in text or "busy" in text)
+            # CPython's executemany can report a statement that stayed busy past the timeout as
+            # "no more rows available" (a DatabaseError), seen with another writer holding the lock
+            if busy or "no more rows available" in text:
+                cause = exc if busy else sqlite3.OperationalError(f"database is locked ({text})")
                 raise FeastkitError(
                     f"the sqlite online store stayed locked by another writer: {exc}",
                     "let the other materialization or push finish, raise online_store.busy_timeout_seconds "
-                    "in feature_store.yaml, or use the Redis profile for concurrent writers") from exc
+                    "in feature_store.yaml, or use the Redis profile for concurrent writers") from cause
             raise
         skipped = len(rows) - written
         MonotonicSqliteOnlineStore.skipped_writes += skipped
