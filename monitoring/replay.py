@@ -30,7 +30,7 @@ from feastkit.recipes import AS_OF_OFFSET, recipe_of
 from feastkit.services import build_training_set, describe_service
 from feastkit.settings import Settings
 from feastkit.times import utc
-from monitoring.skew import ABS_TOLERANCE, REL_TOLERANCE, FeatureSkew
+from monitoring.skew import ABS_TOLERANCE, FeatureSkew, same_value
 
 MAX_EXAMPLES = 5
 
@@ -87,13 +87,6 @@ def _relative_error(served: Any, offline: Any) -> float | None:
     return abs(a - b) / max(abs(b), ABS_TOLERANCE)
 
 
-def _same(served: Any, offline: Any) -> bool:
-    try:
-        return math.isclose(float(served), float(offline), rel_tol=REL_TOLERANCE, abs_tol=ABS_TOLERANCE)
-    except (TypeError, ValueError):
-        return served == offline
-
-
 def read_log(log_dir: Path, service: str, start: datetime, end: datetime) -> pd.DataFrame:
     """The logged rows of `service` with request times in [start, end)."""
     files = fmt.log_files(log_dir, service, start, end)
@@ -126,7 +119,7 @@ def compare_feature(ref: str, served: pd.Series, offline: pd.Series, log: pd.Dat
             error = _relative_error(a, b)
             if error is not None:
                 errors.append(error)
-            if not _same(a, b):
+            if not same_value(a, b):
                 result.value_mismatches += 1
                 kind = "values differ"
         if kind is None:
