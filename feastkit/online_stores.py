@@ -161,7 +161,7 @@ class MonotonicSqliteOnlineStore(SqliteOnlineStore):
             if busy or "no more rows available" in text:
                 cause = exc if busy else sqlite3.OperationalError(f"database is locked ({text})")
                 raise FeastkitError(
-                    f"the sqlite online store stayed locked by another writer: {exc}",
+                    f"the sqlite online store stayed locked by another writer: {cause}",
                     "let the other materialization or push finish, raise online_store.busy_timeout_seconds "
                     "in feature_store.yaml, or use the Redis profile for concurrent writers") from cause
             raise

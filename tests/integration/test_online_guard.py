@@ -151,6 +151,30 @@ def test_a_locked_sqlite_store_fails_with_one_line_and_writes_nothing(tmp_path: 
     assert target.read([1]) == [(2.0, _s(T + timedelta(hours=1)))]
 
 
+class _StepReportsNoMoreRows(sqlite3.Connection):
+    """A connection whose batched statement fails as CPython reported a write that stayed busy
+    past the timeout in a full test run: a DatabaseError saying "no more rows available"."""
+
+    def executemany(self, *args: object, **kwargs: object) -> sqlite3.Cursor:
+        raise sqlite3.DatabaseError("no more rows available")
+
+
+def test_a_busy_write_reported_as_no_more_rows_is_the_store_being_locked(tmp_path: Path) -> None:
+    """Not a 500: the same one-line locked error as "database is locked", its cause an
+    OperationalError (what serving maps to 503 and the push breaker), the logged reason naming it."""
+    from feastkit.online_stores import MonotonicSqliteOnlineStore
+
+    conn = sqlite3.connect(tmp_path / "online.db", factory=_StepReportsNoMoreRows)
+    conn.execute("CREATE TABLE t (entity_key BLOB, feature_name TEXT, value BLOB, value_text TEXT, "
+                 "event_ts timestamp, created_ts timestamp, feastkit_event_us INTEGER, "
+                 "PRIMARY KEY (entity_key, feature_name))")
+    with pytest.raises(FeastkitError, match="locked by another writer") as caught:
+        MonotonicSqliteOnlineStore()._upsert(conn, "t", [(b"k", "f", b"v", None, 1, 1, 1)])
+    assert "database is locked (no more rows available)" in str(caught.value)
+    assert isinstance(caught.value.__cause__, sqlite3.OperationalError)
+    assert "busy_timeout_seconds" in str(caught.value) and "\n" not in str(caught.value)
+
+
 def test_redis_writes_survive_a_flushed_script_cache(tmp_path: Path) -> None:
     """After SCRIPT FLUSH (a restart, a failover) the compare-and-write script is loaded again."""
     import redis
