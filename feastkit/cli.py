@@ -42,7 +42,8 @@ def cli(ctx: click.Context, debug: bool) -> None:
 @click.option("--start", default="2026-01-01", show_default=True, help="First day (UTC).")
 @click.option("--seed", default=7, show_default=True, help="Random seed: same seed, same data.")
 @click.option("--txn-rate", default=1.0, show_default=True, help="Mean card transactions per user per day.")
-@click.option("--drift", default="", help="Comma-separated kinds to shift: amount,night,channel,basket.")
+@click.option("--drift", default="", help="Comma-separated kinds to shift: amount,night,channel,basket "
+                                        "(feature drift), concept, merchant_mix (for the performance check).")
 @click.option("--drift-start", default=None, help="Start of the drift window (default: last --drift-days).")
 @click.option("--drift-days", default=7, show_default=True, help="Length of the drift window in days.")
 @click.option("--bad-rows", default=40, show_default=True, help="Dirty rows to inject (validation demo).")
@@ -425,6 +426,55 @@ def replay_check(settings: Settings, start: str | None, end: str | None, service
                            f"missing offline {f.present_online_missing_offline}), e.g. {f.examples[0]}")
     click.echo(f"report: {outcome.report_html}\njson:   {outcome.report_json}")
     if outcome.failing:
+        sys.exit(1)
+
+
+@cli.command()
+@click.option("--service", default=None, help="Fraud feature service (default: every one with a promoted model).")
+@click.option("--source", type=click.Choice(["history", "log"]), default="history", show_default=True,
+              help="Scores from history (every transaction scored by the promoted model on its point-in-time "
+                   "features) or from the prediction log (what was served).")
+@click.option("--start", default=None, help="First transaction time (UTC; default: the model's evaluation window "
+                                             "for history, the first logged hour for the log).")
+@click.option("--end", default=None, help="End of the transaction times, exclusive (default: --as-of).")
+@click.option("--as-of", "as_of", default=None,
+              help="Chargebacks known by this time count (default: the last clean transaction's time).")
+@click.option("--maturity-days", default=None, type=float,
+              help="Days after a week ends when its chargebacks are complete (default "
+                   "FEASTKIT_PERFORMANCE_MATURITY_DAYS, 30).")
+@click.option("--max-auc-drop", default=None, type=float,
+              help="Exit 1 when a week's ROC AUC is surely more than this under the reference's "
+                   "(default FEASTKIT_PERFORMANCE_MAX_AUC_DROP, 0.05).")
+@click.option("--max-rate-drop", default=None, type=float,
+              help="Exit 1 when a week's precision or recall at the threshold is surely more than this under "
+                   "the reference's (default FEASTKIT_PERFORMANCE_MAX_RATE_DROP, 0.2).")
+@click.option("--fail-on-drop/--no-fail-on-drop", default=True, show_default=True,
+              help="Exit 1 when a week's performance dropped (so a scheduler marks the task failed).")
+@click.pass_obj
+def performance(settings: Settings, service: str | None, source: str, start: str | None, end: str | None,
+                as_of: str | None, maturity_days: float | None, max_auc_drop: float | None,
+                max_rate_drop: float | None, fail_on_drop: bool) -> None:
+    """Weekly ROC AUC, PR AUC, precision and recall: realized once chargebacks matured, estimated (CBPE) before."""
+    from monitoring.performance import METRICS, performance_check
+
+    a, b = parse_interval(start, end)
+    outcome = performance_check(settings, service, source, a, b, parse_time(as_of, "as-of"), maturity_days,
+                                max_auc_drop, max_rate_drop)
+    for result in outcome.results:
+        cal = result.calibration
+        ref = result.reference
+        click.echo(f"{result.service} ({result.model_version}, scores from {result.source}): reference ROC AUC "
+                   f"{ref['roc_auc'].value:.3f}, calibration p={cal.spiegelhalter_p:.3g} ECE {cal.ece:.4f}"
+                   f"{' -> isotonic' if cal.calibrated else ''}")
+        for p in result.periods:
+            shown = p.realized or p.estimated
+            values = "  ".join(f"{m} {'-' if shown[m].value is None else f'{shown[m].value:.3f}'}" for m in METRICS)
+            error = p.error
+            extra = "" if error is None or error["roc_auc"] is None else f"  (estimate {error['roc_auc']:+.3f})"
+            click.echo(f"  {p.start:%Y-%m-%d} {p.rows:>7,} rows  {'realized ' if p.realized else 'estimated'}  "
+                       f"{values}{extra}{'  DROP ' + ','.join(p.dropped) if p.degraded else ''}")
+    click.echo(f"report: {outcome.report_html}\njson:   {outcome.report_json}")
+    if outcome.degraded and fail_on_drop:
         sys.exit(1)
 
 

@@ -80,6 +80,13 @@ class Settings(BaseSettings):
     # the replay check (docs/monitoring.md): a feature whose served values disagree with the offline
     # rebuild on more than this share of logged rows fails the check
     replay_max_mismatch_rate: float = 0.0
+    # the performance check (docs/monitoring.md): a week's chargebacks are complete this many days
+    # after it ends; a week whose ROC AUC, or precision or recall at the threshold (realized, or
+    # estimated before the labels matured), has its upper 95 % bound further than these under the
+    # model's evaluation window fails the check
+    performance_maturity_days: float = 30.0
+    performance_max_auc_drop: float = 0.05
+    performance_max_rate_drop: float = 0.2
 
     # Orchestration (dags/): cron schedules in UTC, first interval, catchup, promotion rule
     schedule_feature_pipeline: str = "0 * * * *"

@@ -15,7 +15,7 @@ CHANNELS = ("pos", "web", "app")
 MERCHANT_CATEGORIES = ("grocery", "fuel", "restaurants", "electronics", "travel", "fashion",
                        "gaming", "pharmacy", "gift_cards", "utilities")
 ACTIVITY_TYPES = ("purchase", "view", "return")
-DRIFT_KINDS = ("amount", "night", "channel", "basket")
+DRIFT_KINDS = ("amount", "night", "channel", "basket", "concept", "merchant_mix")
 
 NS_PER_SECOND = 1_000_000_000
 NS_PER_DAY = 86_400 * NS_PER_SECOND
@@ -211,6 +211,26 @@ def generate(config: SyntheticConfig) -> RawTables:
             shift = in_w & (rng.random(len(ts)) < 0.4)
             night_ts = (ts // NS_PER_DAY) * NS_PER_DAY + rng.integers(0, 5 * 3600, size=len(ts)) * NS_PER_SECOND
             ts = np.where(shift, night_ts, ts)
+        if "concept" in config.drift:
+            # a concept shift: 60 % of the window's fraud bursts now look like the card holder's own
+            # use (usual amount, favourite merchant, known device, day hours, spread over the day),
+            # so the same features mean more fraud than they did; the features barely move
+            burst = np.r_[np.zeros(len(legit_ts), dtype=bool), np.ones(len(f_ts), dtype=bool)]
+            mimic = burst & in_w & (rng.random(len(ts)) < 0.6)
+            k, mu = int(mimic.sum()), u[mimic]
+            amount[mimic] = base_amount[mu] * rng.lognormal(0.0, 0.45, size=k)
+            m[mimic] = favourites[mu, rng.integers(0, 4, size=k)]
+            channel[mimic] = preferred_channel[mu]
+            device[mimic] = rng.integers(0, 2, size=k)
+            ts[mimic] = np.minimum(_sample_times(rng, (ts[mimic] // NS_PER_DAY) * NS_PER_DAY, _LEGIT_HOURS),
+                                   w1 - 1)
+        if "merchant_mix" in config.drift:
+            # a covariate shift: 70 % of the window's transactions at ordinary merchants (risk below 3)
+            # vanish, legitimate and fraudulent alike, so risky merchants' share of traffic triples
+            # while the odds of fraud at each merchant stay what they were
+            keep = ~(in_w & (risk[m] < 3.0) & (rng.random(len(ts)) < 0.7))
+            ts, u, m, amount, channel, device, is_fraud = (a[keep] for a in
+                                                            (ts, u, m, amount, channel, device, is_fraud))
 
     order = np.argsort(ts, kind="stable")
     ts, u, m, amount, channel, device, is_fraud = (a[order] for a in
