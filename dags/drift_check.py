@@ -1,9 +1,11 @@
 """Daily monitoring: feature drift, freshness and online/offline skew as of the run's interval end,
-and the replay check of the predictions served during the interval.
+the replay check of the predictions served during the interval, and the weekly performance of the
+logged fraud predictions (realized once chargebacks matured, estimated before).
 
 A task fails (no retries: drift is a finding, not a glitch) when its checks are not ok; its log
 names what drifted, what is stale or skewed, which served features disagree with the offline
-rebuild, and where the HTML report is. The replay task is skipped when nothing was served.
+rebuild, which weeks' performance dropped, and where the HTML report is. The replay and
+performance tasks are skipped when nothing was served.
 Catchup is off by default (FEASTKIT_DAG_CATCHUP): backfill to check past days.
 """
 
@@ -54,8 +56,23 @@ def drift_check() -> None:
             except NothingLogged as exc:
                 raise AirflowSkipException(exc.message) from None
 
+    @task(execution_timeout=timedelta(hours=1))
+    def performance_check(data_interval_end=None) -> dict[str, Any]:
+        """monitoring.performance over the logged fraud predictions; skipped when none were logged."""
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        from feastkit.jobs import fail_fast, job_settings, run_performance_check
+        from feastkit.prediction_log import NothingLogged
+
+        with fail_fast():
+            try:
+                return run_performance_check(job_settings(), data_interval_end)
+            except NothingLogged as exc:
+                raise AirflowSkipException(exc.message) from None
+
     run_checks()
     replay_check()
+    performance_check()
 
 
 drift_check()

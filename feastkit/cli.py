@@ -464,7 +464,8 @@ def performance(settings: Settings, service: str | None, source: str, start: str
         cal = result.calibration
         ref = result.reference
         click.echo(f"{result.service} ({result.model_version}, scores from {result.source}): reference ROC AUC "
-                   f"{ref['roc_auc'].value:.3f}, calibration p={cal.spiegelhalter_p:.3g} ECE {cal.ece:.4f}"
+                   f"{ref['roc_auc'].value:.3f}, calibration p={cal.spiegelhalter_p:.3g} (above the threshold "
+                   f"p={cal.flagged_p:.3g}) ECE {cal.ece:.4f}"
                    f"{' -> isotonic' if cal.calibrated else ''}")
         for p in result.periods:
             shown = p.realized or p.estimated

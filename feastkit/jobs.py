@@ -10,7 +10,7 @@ import json
 import logging
 import os
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -391,6 +391,27 @@ def run_replay_check(settings: Settings, start: datetime | str, end: datetime | 
             f"{utc(end):%Y-%m-%d %H:%M}) UTC: {outcome.failing}",
             f"read the report at {summary['report_html']}: a stale materialization, an on-demand view "
             "changed without retraining or pushes missing offline are the usual causes; fix, then clear the task")
+    return summary
+
+
+def run_performance_check(settings: Settings, as_of: datetime | str) -> dict[str, Any]:
+    """Weekly performance of the logged fraud predictions of the `performance_lookback_days` before
+    `as_of`, with chargebacks known by then (realized once mature, estimated before); raises when a
+    week dropped. Raises `NothingLogged` when nothing was logged (the DAG skips the task)."""
+    from monitoring.performance import performance_check
+
+    end = utc(as_of)
+    start = end - timedelta(days=settings.performance_lookback_days)
+    outcome = performance_check(settings, source="log", start=start, end=end, as_of=end)
+    summary = {"services": {r.service: sum(p.rows for p in r.periods) for r in outcome.results},
+               "degraded": outcome.degraded, "report_html": str(outcome.report_html)}
+    log.info("performance as of %s: %s", end.isoformat(), json.dumps(summary))
+    if outcome.degraded:
+        raise FeastkitError(
+            f"model performance dropped in the weeks before {end:%Y-%m-%d %H:%M} UTC: {outcome.degraded}",
+            f"read the report at {summary['report_html']}: realized weeks are measured, later ones estimated "
+            "from the scores (a drop there means the features moved to where the model does worse); retrain "
+            "or investigate, then clear the task")
     return summary
 
 

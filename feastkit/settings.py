@@ -87,6 +87,7 @@ class Settings(BaseSettings):
     performance_maturity_days: float = 30.0
     performance_max_auc_drop: float = 0.05
     performance_max_rate_drop: float = 0.2
+    performance_lookback_days: float = 112.0   # the drift_check DAG's performance task: weeks of log read
 
     # Orchestration (dags/): cron schedules in UTC, first interval, catchup, promotion rule
     schedule_feature_pipeline: str = "0 * * * *"

@@ -13,8 +13,9 @@ reports:
   positive with weight p and as a negative with weight 1 - p, which gives the expected
   confusion matrix and the expected curves; the 95 % interval comes from labels drawn as
   Bernoulli(p). Before estimating, calibration is checked on the reference window (the model's
-  own evaluation window, labels mature): Spiegelhalter's z test and the expected calibration
-  error; when the test rejects, an isotonic map fitted on that window calibrates the scores;
+  own evaluation window, labels mature): Spiegelhalter's z test over every row, expected against
+  actual positives above the threshold, and the expected calibration error; when a test
+  rejects, an isotonic map fitted on that window calibrates the scores;
 - for mature weeks, the estimate's error against the realized value.
 
 The estimate assumes that P(label | features) is what it was on the reference window. It tracks
@@ -178,9 +179,12 @@ class Calibration:
     positives: int
     spiegelhalter_z: float
     spiegelhalter_p: float
+    flagged_rows: int          # rows at or above the threshold
+    flagged_z: float           # (positives - expected positives) / sd among them
+    flagged_p: float
     ece: float                 # expected calibration error of the raw scores (equal-count bins)
     ece_calibrated: float      # of the scores as used for estimating (in-sample when calibrated)
-    calibrated: bool           # an isotonic map was fitted because the test rejected
+    calibrated: bool           # an isotonic map was fitted because a test rejected
     bins: list[dict[str, float]] = field(default_factory=list)  # mean score vs label rate per bin
 
     def to_dict(self) -> dict[str, Any]:
@@ -213,8 +217,22 @@ def spiegelhalter(probabilities: np.ndarray, labels: np.ndarray) -> tuple[float,
     return z, float(2 * stats.norm.sf(abs(z)))
 
 
-def calibrate(scores: np.ndarray, labels: np.ndarray) -> tuple[Calibration, Any]:
-    """Check the reference window's calibration; the map from scores to probabilities to use."""
+def expected_positives_test(probabilities: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    """Do the rows hold as many positives as their probabilities add up to? z and two-sided p."""
+    variance = float((probabilities * (1 - probabilities)).sum())
+    if variance <= 0:
+        return math.nan, math.nan
+    z = float((labels - probabilities).sum()) / math.sqrt(variance)
+    return z, float(2 * stats.norm.sf(abs(z)))
+
+
+def calibrate(scores: np.ndarray, labels: np.ndarray, threshold: float = 0.5) -> tuple[Calibration, Any]:
+    """Check the reference window's calibration; the map from scores to probabilities to use.
+
+    Two tests, either of which rejecting at `CALIBRATION_ALPHA` fits an isotonic map: Spiegelhalter's
+    over every row, which the bulk of low scores dominates, and expected against actual positives
+    among the rows at or above the threshold, where precision and recall are decided.
+    """
     from sklearn.isotonic import IsotonicRegression
 
     scores, labels = np.asarray(scores, dtype="float64"), np.asarray(labels, dtype="float64")
@@ -223,15 +241,18 @@ def calibrate(scores: np.ndarray, labels: np.ndarray) -> tuple[Calibration, Any]
                             f"{len(labels):,} rows): calibration cannot be checked",
                             "use a longer reference window with mature labels (--reference-start/--reference-end)")
     z, p_value = spiegelhalter(scores, labels)
+    flagged = scores >= threshold
+    flagged_z, flagged_p = expected_positives_test(scores[flagged], labels[flagged])
     ece, table = expected_calibration_error(scores, labels)
-    needed = bool(math.isfinite(p_value) and p_value < CALIBRATION_ALPHA)
+    needed = any(math.isfinite(p) and p < CALIBRATION_ALPHA for p in (p_value, flagged_p))
     if needed:
         iso = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(scores, labels)
         mapping: Any = iso.predict
         after, _ = expected_calibration_error(mapping(scores), labels)
     else:
         mapping, after = (lambda s: np.asarray(s, dtype="float64")), ece
-    return Calibration(len(labels), int(labels.sum()), z, p_value, ece, after, needed, table), mapping
+    return Calibration(len(labels), int(labels.sum()), z, p_value, int(flagged.sum()), flagged_z, flagged_p,
+                       ece, after, needed, table), mapping
 
 
 # Weeks of scored rows ------------------------------------------------------------------------------
@@ -436,7 +457,8 @@ def service_performance(store: Any, settings: Any, service: str, source: str = "
     rng = np.random.default_rng(seed)
     reference = realized_metrics(reference_rows["score"].to_numpy(), reference_rows["label"].to_numpy(),
                                  bundle.threshold, rng)
-    calibration, to_probability = calibrate(reference_rows["score"].to_numpy(), reference_rows["label"].to_numpy())
+    calibration, to_probability = calibrate(reference_rows["score"].to_numpy(), reference_rows["label"].to_numpy(),
+                                            bundle.threshold)
     left_out = 0
     if source == "history":
         start = utc(start) if start is not None else ref_start
@@ -500,6 +522,17 @@ def performance_check(settings: Any, service: str | None = None, source: str = "
         raise FeastkitError(f"unknown feature service '{service}'", f"use one of {sorted(known)}")
     if maturity_days is not None and not maturity_days >= 0:
         raise FeastkitError(f"--maturity-days {maturity_days} is negative", "pass the days labels take to arrive, e.g. 30")
+    if source == "log":
+        from feastkit import prediction_log as fmt
+        from feastkit.prediction_log import NothingLogged
+
+        log_dir = Path(settings.prediction_log_dir)
+        logged = [s for s in ([service] if service else known) if fmt.log_files(log_dir, s, start, end)]
+        if not logged:
+            raise NothingLogged(f"no prediction log under {log_dir} for "
+                                f"{service or 'any fraud service'} in the interval asked about",
+                                "serve predictions first (the log is on by default), or score history "
+                                "(--source history)")
     services = [service] if service else fraud_services(store, settings.models_dir)
     if not services:
         raise FeastkitError("no fraud service has a promoted model", "run `feastkit train` first")
@@ -591,7 +624,8 @@ def render_html(document: dict[str, Any], results: list[ServicePerformance]) -> 
             f"{escape(service['as_of'])}, mature after {service['maturity_days']:g} days. Reference: the model's "
             f"evaluation window [{escape(service['reference']['start'])}, {escape(service['reference']['end'])}). "
             f"Calibration there: {cal['rows']:,} rows, {cal['positives']:,} positives, Spiegelhalter p = "
-            f"{cal['spiegelhalter_p']:.3g}, ECE {cal['ece']:.4f} ({escape(cal['method'])}"
+            f"{cal['spiegelhalter_p']:.3g}; at or above the threshold {cal['flagged_rows']:,} rows, expected vs "
+            f"actual positives p = {cal['flagged_p']:.3g}; ECE {cal['ece']:.4f} ({escape(cal['method'])}"
             + (f"; ECE after {cal['ece_calibrated']:.4f}, in-sample" if cal["calibrated"] else "") + "). "
             "A week is flagged when a metric's upper bound is further under the reference's than allowed ("
             + ", ".join(f"{METRIC_NAMES[k]} {v:g}" for k, v in service["max_drops"].items()) + ").</p>")

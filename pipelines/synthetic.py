@@ -225,10 +225,10 @@ def generate(config: SyntheticConfig) -> RawTables:
             ts[mimic] = np.minimum(_sample_times(rng, (ts[mimic] // NS_PER_DAY) * NS_PER_DAY, _LEGIT_HOURS),
                                    w1 - 1)
         if "merchant_mix" in config.drift:
-            # a covariate shift: 70 % of the window's transactions at ordinary merchants (risk below 3)
-            # vanish, legitimate and fraudulent alike, so risky merchants' share of traffic triples
+            # a covariate shift: 90 % of the window's transactions at ordinary merchants (risk below 3)
+            # vanish, legitimate and fraudulent alike, so risky merchants carry most of the traffic
             # while the odds of fraud at each merchant stay what they were
-            keep = ~(in_w & (risk[m] < 3.0) & (rng.random(len(ts)) < 0.7))
+            keep = ~(in_w & (risk[m] < 3.0) & (rng.random(len(ts)) < 0.9))
             ts, u, m, amount, channel, device, is_fraud = (a[keep] for a in
                                                             (ts, u, m, amount, channel, device, is_fraud))
 

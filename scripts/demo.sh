@@ -5,22 +5,22 @@ cd "$(dirname "$0")/.."
 PORT="${FEASTKIT_DEMO_PORT:-8000}"
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
-step "1/10 generate realistic raw events (seeded; 40 dirty rows; amount + night-hour drift in the last 7 days)"
+step "1/11 generate realistic raw events (seeded; 40 dirty rows; amount + night-hour drift in the last 7 days)"
 feastkit generate --drift amount,night
-step "2/10 register the feature repo with Feast (feast apply): views, their aggregations, services"
+step "2/11 register the feature repo with Feast (feast apply): views, their aggregations, services"
 feastkit apply
-step "3/10 validate + compute the declared point-in-time windowed features"
+step "3/11 validate + compute the declared point-in-time windowed features"
 feastkit compute
-step "4/10 build point-in-time training sets through Feast get_historical_features"
+step "4/11 build point-in-time training sets through Feast get_historical_features"
 for service in fraud_detection_v1 fraud_detection_v2 churn_prediction_v1; do
   feastkit training-set --service "$service" --rows 3
 done
-step "5/10 train, evaluate on the later window, save model bundles"
+step "5/11 train, evaluate on the later window, save model bundles"
 feastkit train
 feastkit leakage
-step "6/10 materialize into the online store (sqlite)"
+step "6/11 materialize into the online store (sqlite)"
 feastkit materialize
-step "7/10 start the prediction API and send requests"
+step "7/11 start the prediction API and send requests"
 # the replay check of step 10 covers this run's traffic only (the data was just regenerated)
 rm -rf "${FEASTKIT_PREDICTION_LOG_DIR:-${FEASTKIT_DATA_DIR:-data}/prediction_log}"
 LOG="$(mktemp)"
@@ -34,11 +34,13 @@ for _ in $(seq 1 120); do
 done
 curl -sf "http://127.0.0.1:$PORT/ready" >/dev/null || { echo "the server did not become ready:"; cat "$LOG"; exit 1; }
 feastkit demo-requests --url "http://127.0.0.1:$PORT"
-step "8/10 stop the server"
+step "8/11 stop the server"
 kill "$SERVER"; wait "$SERVER" 2>/dev/null || true
 trap - EXIT
 echo "server stopped. API docs while running: http://127.0.0.1:$PORT/docs  (make serve)"
-step "9/10 drift check: the last 7 days vs the 28 days before, through Feast (KS/PSI/chi-square + BH)"
+step "9/11 drift check: the last 7 days vs the 28 days before, through Feast (KS/PSI/chi-square + BH)"
 feastkit drift --current-days 7 --reference-days 28 --no-fail-on-drift
-step "10/10 replay check: the features this demo's predictions were served vs the same rebuilt offline (prediction log)"
+step "10/11 replay check: the features this demo's predictions were served vs the same rebuilt offline (prediction log)"
 feastkit replay-check
+step "11/11 model performance per week: realized where chargebacks matured (30 days), estimated from the calibrated scores (CBPE) where not"
+feastkit performance --no-fail-on-drop
