@@ -36,6 +36,7 @@ class Settings(BaseSettings):
     models_dir: Path | None = None
     reports_dir: Path | None = None
     prediction_log_dir: Path | None = None   # default <data_dir>/prediction_log
+    check_metrics_dir: Path | None = None    # the checks' Prometheus textfiles; default <reports_dir>/metrics
     profile: str = "local"
 
     redis_connection_string: str = "127.0.0.1:6379"
@@ -113,6 +114,8 @@ class Settings(BaseSettings):
             self.reports_dir = self.data_dir / "reports"
         if self.prediction_log_dir is None:
             self.prediction_log_dir = self.data_dir / "prediction_log"
+        if self.check_metrics_dir is None:
+            self.check_metrics_dir = self.reports_dir / "metrics"
         return self
 
     # Paths derived from data_dir ---------------------------------------------------------

@@ -194,6 +194,7 @@ def run_monitoring(settings: Settings, *, end: datetime | None = None, current_d
     from feastkit.clean import data_range
     from feastkit.recipes import trainable_services
     from feastkit.store import open_store, require_applied
+    from monitoring.check_metrics import write_monitoring_metrics
     from monitoring.report import write_reports
 
     unknown = sorted(set(checks) - set(CHECKS))
@@ -234,4 +235,5 @@ def run_monitoring(settings: Settings, *, end: datetime | None = None, current_d
     outcome.report_json, outcome.report_html, outcome.report = write_reports(
         settings.reports_dir, outcome, thresholds=thresholds, generated_at=started,
         checks=list(checks))
+    write_monitoring_metrics(settings, outcome)
     return outcome

@@ -42,6 +42,7 @@ import pandas as pd
 from scipy import stats
 
 from feastkit.errors import FeastkitError
+from monitoring.check_metrics import write_performance_metrics
 
 METRICS = ("roc_auc", "pr_auc", "precision", "recall")
 METRIC_NAMES = {"roc_auc": "ROC AUC", "pr_auc": "PR AUC", "precision": "precision at threshold",
@@ -540,6 +541,7 @@ def performance_check(settings: Any, service: str | None = None, source: str = "
     results = [service_performance(store, settings, name, source, start, end, as_of, maturity, max_auc_drop,
                                    max_rate_drop) for name in services]
     json_path, html_path = write_performance_reports(Path(settings.reports_dir), results)
+    write_performance_metrics(settings, results)
     return PerformanceOutcome(results, json_path, html_path)
 
 
@@ -585,7 +587,9 @@ def plot_periods(result: ServicePerformance) -> str:
             centre = np.array([g.value for g in got])
             low = np.array([g.value if g.low is None else g.low for g in got])
             high = np.array([g.value if g.high is None else g.high for g in got])
-            ax.errorbar([p.start for p in mature], centre, yerr=[centre - low, high - centre], fmt="o",
+            # a percentile bootstrap interval need not hold the point (few positives): no negative bars
+            ax.errorbar([p.start for p in mature], centre,
+                        yerr=[np.maximum(centre - low, 0), np.maximum(high - centre, 0)], fmt="o",
                         color="#e6550d", capsize=2, label="realized, 95 %")
         ref = result.reference[metric].value
         if ref is not None:

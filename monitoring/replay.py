@@ -30,6 +30,7 @@ from feastkit.recipes import AS_OF_OFFSET, recipe_of
 from feastkit.services import build_training_set, describe_service
 from feastkit.settings import Settings
 from feastkit.times import utc
+from monitoring.check_metrics import write_replay_metrics
 from monitoring.skew import ABS_TOLERANCE, FeatureSkew, same_value
 
 MAX_EXAMPLES = 5
@@ -216,6 +217,7 @@ def replay_check(settings: Settings, start: datetime | None, end: datetime | Non
                             "serve predictions first (the log is on by default) or pick the hours it covers")
     results = [replay_service(store, log_dir, name, start, end, rate) for name in services]
     json_path, html_path = write_replay_reports(Path(settings.reports_dir), results)
+    write_replay_metrics(settings, results)
     return ReplayOutcome(results, json_path, html_path)
 
 

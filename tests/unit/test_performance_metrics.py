@@ -136,3 +136,23 @@ def test_weeks_are_iso_weeks_in_utc_and_only_old_enough_ones_are_mature(zone: st
     assert [p.mature for p in periods] == [True, True, False]
     assert periods[2].realized is None and periods[2].error is None
     assert periods[0].error is not None and set(periods[0].error) == {"roc_auc", "pr_auc", "precision", "recall"}
+
+
+def test_the_plot_draws_an_interval_that_does_not_hold_its_point() -> None:
+    """A percentile bootstrap interval can miss its point estimate (few positives in a week):
+    the report still draws (found on a small deployment's last week)."""
+    from monitoring.performance import (
+        Calibration,
+        Estimate,
+        PeriodPerformance,
+        ServicePerformance,
+        plot_periods,
+    )
+
+    outside = {m: Estimate(0.9, 0.5, 0.8) for m in ("roc_auc", "pr_auc", "precision", "recall")}
+    inside = {m: Estimate(0.7, 0.6, 0.8) for m in outside}
+    start = datetime(2026, 3, 2, tzinfo=UTC)
+    period = PeriodPerformance(start, start + timedelta(days=7), 100, True, 3, outside, inside)
+    result = ServicePerformance("s", "v", "history", 0.5, start, timedelta(days=30), {}, start, start, inside,
+                                Calibration(1, 1, 0, 1, 1, 0, 1, 0, 0, False), [period])
+    assert len(plot_periods(result)) > 1000
