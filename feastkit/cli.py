@@ -58,7 +58,7 @@ def generate(settings: Settings, users: int, merchants: int, days: int, start: s
         n_users=users, n_merchants=merchants, days=days, start=parse_time(start, "start"), seed=seed,
         txn_per_user_per_day=txn_rate, drift=tuple(k for k in drift.split(",") if k),
         drift_start=parse_time(drift_start, "drift-start"), drift_days=drift_days, bad_rows=bad_rows)
-    counts = write(make(config), settings.raw_dir)
+    counts = write(make(config), settings.raw_dir, config)
     click.echo(f"raw data in {settings.raw_dir}: " + ", ".join(f"{k}={v:,}" for k, v in counts.items()))
     if config.drift_window:
         a, b = config.drift_window
@@ -344,6 +344,8 @@ def drift(settings: Settings, service: str | None, end: str | None, current_days
             click.echo(f"  model score ({run.model_version}): mean {p.mean_reference:.4f} -> "
                        f"{p.mean_current:.4f}, KS {p.ks_statistic:.3f}, PSI {p.psi:.3f}"
                        f"{'  DRIFT' if p.drifted else ''}")
+    for note in outcome.notes:
+        click.echo(f"note: {note}")
     click.echo(f"report: {outcome.report_html}")
     click.echo(f"json:   {outcome.report_json}")
     if outcome.drifted and fail_on_drift:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -87,6 +88,7 @@ class MonitoringOutcome:
     freshness: list[ViewFreshness] = field(default_factory=list)
     skew: dict[str, list[FeatureSkew]] = field(default_factory=dict)
     report: dict[str, Any] = field(default_factory=dict, repr=False)
+    notes: list[str] = field(default_factory=list)   # e.g. injected drift that no feature reads
 
     @property
     def ok(self) -> bool:
@@ -168,6 +170,59 @@ def feature_entity_keys(store: FeatureStore, refs: dict[str, str], columns: list
     return out
 
 
+def _reads(text: str | None, column: str) -> bool:
+    return bool(text) and re.search(rf"\b{re.escape(column)}\b", text) is not None
+
+
+def features_reading(specs: list[Any], odfv_request_fields: dict[str, set[str]], table: str,
+                     columns: list[str]) -> set[str]:
+    """The views (and on-demand views) whose declared features read any of `columns` of the raw
+    `table`: through an aggregation's column or filter, a derived expression, or the event
+    time that every window of that table is cut by; on-demand views through a request field of
+    the same name (the request carries the transaction's own values)."""
+    readers: set[str] = set()
+    for spec in specs:
+        sources = {src.name: src for src in spec.sources if src.table == table}
+        if not sources:
+            continue
+        if any(src.timestamp in columns for src in sources.values()):
+            readers.add(spec.name)
+        for agg in spec.aggregations:
+            if agg.source in sources and any(agg.column == c or _reads(agg.where, c) for c in columns):
+                readers.add(spec.name)
+        if any(_reads(f.expression, c) for f in spec.features for c in columns):
+            readers.add(spec.name)
+    if table == "transactions":
+        readers.update(name for name, fields in odfv_request_fields.items() if fields & set(columns))
+    return readers
+
+
+def unseen_drift_notes(settings: Settings, store: FeatureStore, drift: list[ServiceDrift]) -> list[str]:
+    """For drift the data generator recorded as injected (`<raw>/injected_drift.json`): each kind
+    whose raw columns no checked feature reads, said plainly instead of passing as "no drift"."""
+    import json
+
+    from feastkit.store import repo_specs
+
+    manifest = Path(settings.raw_dir) / "injected_drift.json"
+    if not manifest.is_file() or not drift:
+        return []
+    injected = json.loads(manifest.read_text())
+    specs = repo_specs(settings.repo_path)
+    odfvs = {v.name: {f.name for source in v.source_request_sources.values() for f in source.schema}
+             for v in store.list_on_demand_feature_views()}
+    checked = {ref.split(":", 1)[0] for d in drift for ref in d.refs.values()}
+    notes = []
+    for kind, shifts in injected.get("shifts", {}).items():
+        readers = set().union(*(features_reading(specs, odfvs, table, cols) for table, cols in shifts.items()))
+        if not readers & checked:
+            where = ", ".join(f"{table}.{c}" for table, cols in shifts.items() for c in cols)
+            notes.append(f"drift '{kind}' was injected in [{injected['start'][:10]}, {injected['end'][:10]}) "
+                         f"but changes only {where}, which no feature of the checked services reads: "
+                         "nothing here can flag it (declare a feature over it to monitor it)")
+    return notes
+
+
 def default_windows(end: datetime, current_days: int, reference_days: int) -> tuple[Window, Window]:
     """Current = the last `current_days` before `end`; reference = the `reference_days` before that."""
     if current_days <= 0 or reference_days <= 0:
@@ -231,7 +286,8 @@ def run_monitoring(settings: Settings, *, end: datetime | None = None, current_d
     drifted = [ref for d in drift for ref in d.drifted]
     stale = [f.view for f in freshness if f.stale]
     skewed = sorted({f.feature for results in skew.values() for f in results if f.mismatches})
-    outcome = MonitoringOutcome(drifted, stale, skewed, Path(), Path(), drift, freshness, skew)
+    outcome = MonitoringOutcome(drifted, stale, skewed, Path(), Path(), drift, freshness, skew,
+                                notes=unseen_drift_notes(settings, store, drift))
     outcome.report_json, outcome.report_html, outcome.report = write_reports(
         settings.reports_dir, outcome, thresholds=thresholds, generated_at=started,
         checks=list(checks))

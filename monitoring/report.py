@@ -36,7 +36,7 @@ def build_document(outcome: MonitoringOutcome, thresholds: DriftThresholds, gene
         "thresholds": {"alpha": thresholds.alpha, "ks_statistic": thresholds.ks_statistic,
                        "psi": thresholds.psi, "null_rate_change": thresholds.null_rate_change},
         "summary": {"ok": outcome.ok, "drifted": outcome.drifted, "stale": outcome.stale,
-                    "skewed": outcome.skewed},
+                    "skewed": outcome.skewed, "notes": outcome.notes},
         "drift": [d.to_dict() for d in outcome.drift],
         "freshness": [f.to_dict() for f in outcome.freshness],
         "skew": [{"feature_service": service, "features": [f.to_dict() for f in results]}
@@ -218,6 +218,7 @@ def render_html(document: dict[str, Any], drift: list[ServiceDrift]) -> str:
     parts = [f"<h1>feastkit monitoring report</h1><div class='meta'>generated "
              f"{html.escape(document['generated_at'])} · checks: {', '.join(document['checks'])}</div>",
              status]
+    parts.extend(f"<p class='note'><b>Note:</b> {html.escape(n)}</p>" for n in s.get("notes", []))
     if s["drifted"]:
         parts.append("<p>Drifted: " + ", ".join(
             f'<a href="#{_anchor(r)}">{html.escape(r)}</a>' for r in s["drifted"]) + "</p>")

@@ -16,6 +16,16 @@ MERCHANT_CATEGORIES = ("grocery", "fuel", "restaurants", "electronics", "travel"
                        "gaming", "pharmacy", "gift_cards", "utilities")
 ACTIVITY_TYPES = ("purchase", "view", "return")
 DRIFT_KINDS = ("amount", "night", "channel", "basket", "concept", "merchant_mix")
+# the raw columns each drift kind changes: the drift check says when no feature reads them
+DRIFT_SHIFTS = {
+    "amount": {"transactions": ["amount"]},
+    "night": {"transactions": ["event_timestamp"]},
+    "channel": {"transactions": ["channel"]},
+    "basket": {"activity": ["amount"]},
+    "concept": {"transactions": ["amount", "merchant_id", "channel", "device_id", "event_timestamp"]},
+    "merchant_mix": {"transactions": ["merchant_id"]},
+}
+DRIFT_MANIFEST = "injected_drift.json"
 
 NS_PER_SECOND = 1_000_000_000
 NS_PER_DAY = 86_400 * NS_PER_SECOND
@@ -346,9 +356,28 @@ def inject_bad_rows(tables: RawTables, n: int, rng: np.random.Generator) -> None
     tables.transactions = pd.concat([tx, bad], ignore_index=True)
 
 
-def write(tables: RawTables, raw_dir: Path) -> dict[str, int]:
-    """Write each raw table as parquet under raw_dir; return row counts."""
+def write_drift_manifest(config: SyntheticConfig, raw_dir: Path) -> Path | None:
+    """Record which drift kinds were injected, where, and which raw columns they change
+    (`<raw>/injected_drift.json`, removed when there is none), for the drift check to read."""
+    import json
+
+    path = Path(raw_dir) / DRIFT_MANIFEST
+    window = config.drift_window
+    if window is None:
+        path.unlink(missing_ok=True)
+        return None
+    path.write_text(json.dumps({"kinds": list(config.drift), "start": window[0].isoformat(),
+                                "end": window[1].isoformat(),
+                                "shifts": {k: DRIFT_SHIFTS[k] for k in config.drift}}, indent=2))
+    return path
+
+
+def write(tables: RawTables, raw_dir: Path, config: SyntheticConfig | None = None) -> dict[str, int]:
+    """Write each raw table as parquet under raw_dir (and, given the config, its drift manifest);
+    return row counts."""
     raw_dir.mkdir(parents=True, exist_ok=True)
+    if config is not None:
+        write_drift_manifest(config, raw_dir)
     counts = {}
     for name, frame in tables.items():
         frame = frame.copy()

@@ -131,7 +131,7 @@ def build_features(settings: Settings, config: SyntheticConfig = SMALL) -> tuple
     from pipelines.aggregates import compute_features
     from pipelines.validation import validate_all
 
-    write(generate(config), settings.raw_dir)
+    write(generate(config), settings.raw_dir, config)
     validate_all(settings.raw_dir, settings.clean_dir, settings.quarantine_dir, as_of=validation_as_of(config))
     start, end = data_range(settings.clean_dir)
     compute_features(repo_specs(settings.repo_path), settings.clean_dir, settings.features_dir, start, end)

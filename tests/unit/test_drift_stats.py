@@ -195,3 +195,41 @@ def test_plots_render_for_awkward_distributions(kind: str, reference: np.ndarray
 
     png = base64.b64decode(plot_feature("x", kind, pd.Series(reference), pd.Series(current), "x"))
     assert png.startswith(b"\x89PNG") and len(png) > 5000
+
+
+def test_kish_effective_size_weighs_entities_by_their_rows() -> None:
+    from monitoring.drift import kish_effective_size
+
+    assert kish_effective_size(np.repeat(np.arange(50), 20)) == 50  # equal clusters: the entity count
+    assert kish_effective_size(np.arange(7)) == 7                   # one row each: the row count
+    assert kish_effective_size(np.array([], dtype=int)) == 0
+    # 220 merchants, the top one with 28 % of the rows and the top five with 64 %: about 8, not 220
+    counts = np.array([280, 120, 100, 80, 60] + [2] * 215)
+    units = np.repeat(np.arange(len(counts)), counts)
+    assert 6 <= kish_effective_size(units) <= 10
+    assert kish_effective_size(units) == round(counts.sum() ** 2 / (counts ** 2).sum())
+
+
+def test_a_few_heavy_entities_moving_a_little_is_not_drift() -> None:
+    """Merchant-like clusters: the top five carry most rows and their values wander a little
+    between windows. Counting distinct entities (220) flagged it; Kish's size (about 8) does not,
+    while a real shift of every entity is still flagged."""
+    rng = np.random.default_rng(4)
+    counts = np.array([2800, 1200, 1000, 800, 600] + [20] * 215)
+    value = rng.lognormal(3.5, 0.4, size=len(counts))
+    units = np.repeat(np.arange(len(counts)), counts)
+
+    def window(level: np.ndarray, share: float) -> tuple[pd.Series, pd.Series]:
+        take = rng.random(len(units)) < share
+        return pd.Series(np.repeat(level, counts)[take]), pd.Series(units[take])
+
+    ref, ref_units = window(value, 0.8)
+    wander, wander_units = window(value * rng.normal(1.0, 0.04, size=len(counts)), 0.2)
+    result = compare_frames(pd.DataFrame({"f": ref, "m": ref_units}), pd.DataFrame({"f": wander, "m": wander_units}),
+                            ["f"], entity_keys={"f": ["m"]})[0]
+    assert result.ks_statistic > 0.1  # the effect looks large: a few big atoms moved
+    assert result.n_effective_reference < 15 and not result.drifted, result.to_dict()
+    shifted, shifted_units = window(value * 1.8, 0.2)
+    real = compare_frames(pd.DataFrame({"f": ref, "m": ref_units}), pd.DataFrame({"f": shifted, "m": shifted_units}),
+                          ["f"], entity_keys={"f": ["m"]})[0]
+    assert real.drifted, real.to_dict()
