@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 DEV_INSTALLED := $(VENV)/.installed-dev
 
-.PHONY: install demo test test-unit test-integration lint serve bench bench-batch bench-aggregates bench-serving bench-drift airflow clean
+.PHONY: install demo test test-unit test-integration lint serve bench bench-batch bench-aggregates bench-serving bench-drift bench-drift-alarms bench-performance-estimate airflow clean
 
 $(INSTALLED): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found — install Python 3.11 or run 'make PYTHON=/path/to/python3.11 ...'"; exit 1; }
@@ -47,7 +47,7 @@ serve: $(INSTALLED)
 	$(BIN)/feastkit serve
 
 ## Benchmarks print same-run ratios against baselines; scale with ARGS="--help" to see flags.
-bench: bench-batch bench-aggregates bench-serving bench-drift
+bench: bench-batch bench-aggregates bench-serving bench-drift bench-drift-alarms bench-performance-estimate
 
 bench-batch: $(DEV_INSTALLED)
 	@bash scripts/ensure-services.sh
@@ -62,6 +62,13 @@ bench-aggregates: $(DEV_INSTALLED)
 
 bench-drift: $(DEV_INSTALLED)
 	$(PY) bench/drift.py $(ARGS)
+
+## Quality, not speed: drift false alarms over clean seeds and power per drift kind; CBPE's error.
+bench-drift-alarms: $(DEV_INSTALLED)
+	$(PY) bench/drift_false_alarms.py $(ARGS)
+
+bench-performance-estimate: $(DEV_INSTALLED)
+	$(PY) bench/performance_estimate.py $(ARGS)
 
 ## Airflow standalone on this repo's DAGs, with AIRFLOW_HOME in .airflow/ (gitignored).
 airflow: $(DEV_INSTALLED)
