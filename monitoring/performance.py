@@ -523,20 +523,19 @@ def performance_check(settings: Any, service: str | None = None, source: str = "
         raise FeastkitError(f"unknown feature service '{service}'", f"use one of {sorted(known)}")
     if maturity_days is not None and not maturity_days >= 0:
         raise FeastkitError(f"--maturity-days {maturity_days} is negative", "pass the days labels take to arrive, e.g. 30")
-    if source == "log":
+    services = [service] if service else fraud_services(store, settings.models_dir)
+    if not services:
+        raise FeastkitError("no fraud service has a promoted model", "run `feastkit train` first")
+    if source == "log":  # the services with logged predictions in the interval, or nothing to check
         from feastkit import prediction_log as fmt
         from feastkit.prediction_log import NothingLogged
 
         log_dir = Path(settings.prediction_log_dir)
-        logged = [s for s in ([service] if service else known) if fmt.log_files(log_dir, s, start, end)]
-        if not logged:
-            raise NothingLogged(f"no prediction log under {log_dir} for "
-                                f"{service or 'any fraud service'} in the interval asked about",
-                                "serve predictions first (the log is on by default), or score history "
-                                "(--source history)")
-    services = [service] if service else fraud_services(store, settings.models_dir)
-    if not services:
-        raise FeastkitError("no fraud service has a promoted model", "run `feastkit train` first")
+        services = [s for s in services if fmt.log_files(log_dir, s, start, end)]
+        if not services:
+            raise NothingLogged(f"no prediction log under {log_dir} for {service or 'any fraud service'} "
+                                "in the interval asked about", "serve predictions first (the log is on by "
+                                "default), or score history (--source history)")
     maturity = None if maturity_days is None else timedelta(days=maturity_days)
     results = [service_performance(store, settings, name, source, start, end, as_of, maturity, max_auc_drop,
                                    max_rate_drop) for name in services]

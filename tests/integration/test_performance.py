@@ -197,6 +197,14 @@ def test_logged_predictions_are_labelled_by_their_own_chargebacks(deployment: De
     early, _ = scored_log(settings.prediction_log_dir, clean, SERVICE, bundle.version, start, end,
                           deployment.data_end)
     assert int(early["label"].sum()) < len(fraud)
+    # the command's path over the log: every served row in one week, labels as of the as-of time
+    from monitoring.performance import performance_check
+
+    outcome = performance_check(settings, None, "log", start, end, as_of, store=deployment.store)
+    assert [r.service for r in outcome.results] == [SERVICE]  # the only fraud service with a log
+    (result,) = outcome.results
+    assert sum(p.rows for p in result.periods) == len(sample) and result.left_out_rows == 0
+    assert sum(p.positives_known for p in result.periods) == len(fraud)
     # rows logged by another model version are left out, and counted
     _, other = scored_log(settings.prediction_log_dir, clean, SERVICE, "some-other-version", start, end, as_of)
     assert other == len(sample)
