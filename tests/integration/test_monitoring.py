@@ -93,19 +93,25 @@ def _check_html(path: Path, drifted: list[str]) -> None:
     assert parser.png == len(drifted)
 
 
-def test_injected_drift_is_found_through_feast(tmp_path: Path) -> None:
-    """Generated data with amount and night drift in the last 7 days: those features, no others."""
+def _drift_of_generated(tmp_path: Path, config: object) -> tuple[Settings, object]:
+    """Generated data through the pipeline and `feast apply`, then the drift check of fraud_detection_v1."""
     from feastkit.store import apply_repo
     from monitoring import run_monitoring
-    from pipelines.synthetic import SyntheticConfig
 
-    config = SyntheticConfig(n_users=400, n_merchants=50, days=130, seed=5, drift=("amount", "night"),
-                             start=datetime(2026, 1, 1, tzinfo=UTC))
     copy_repo_definitions(tmp_path / "repo")
     settings = make_settings(tmp_path)
     build_features(settings, config)
     apply_repo(settings)
-    outcome = run_monitoring(settings, feature_service="fraud_detection_v1", checks=("drift",))
+    return settings, run_monitoring(settings, feature_service="fraud_detection_v1", checks=("drift",))
+
+
+def test_injected_drift_is_found_through_feast(tmp_path: Path) -> None:
+    """Generated data with amount and night drift in the last 7 days: those features, no others."""
+    from pipelines.synthetic import SyntheticConfig
+
+    config = SyntheticConfig(n_users=400, n_merchants=50, days=130, seed=5, drift=("amount", "night"),
+                             start=datetime(2026, 1, 1, tzinfo=UTC))
+    _, outcome = _drift_of_generated(tmp_path, config)
     (run,) = outcome.drift
     flagged = {f.feature for f in run.features if f.drifted}
     assert flagged >= MUST_FLAG, f"missed {sorted(MUST_FLAG - flagged)}"
@@ -121,17 +127,12 @@ def test_injected_drift_is_found_through_feast(tmp_path: Path) -> None:
 def test_drift_that_no_feature_reads_is_said_not_passed_silently(tmp_path: Path) -> None:
     """`--drift channel` changes transactions.channel, which no declared feature reads: the report
     and the command say so, while amount drift, which features read, gets no such note."""
-    from feastkit.store import apply_repo
     from monitoring import run_monitoring
     from pipelines.synthetic import SyntheticConfig
 
     config = SyntheticConfig(n_users=200, n_merchants=30, days=60, seed=2, drift=("channel", "amount"),
                              start=datetime(2026, 1, 1, tzinfo=UTC))
-    copy_repo_definitions(tmp_path / "repo")
-    settings = make_settings(tmp_path)
-    build_features(settings, config)
-    apply_repo(settings)
-    outcome = run_monitoring(settings, feature_service="fraud_detection_v1", checks=("drift",))
+    settings, outcome = _drift_of_generated(tmp_path, config)
     assert len(outcome.notes) == 1, outcome.notes
     assert "drift 'channel'" in outcome.notes[0] and "transactions.channel" in outcome.notes[0]
     assert "no feature of the checked services reads" in outcome.notes[0]
