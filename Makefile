@@ -29,7 +29,7 @@ demo: $(INSTALLED)
 ## PostgreSQL, started if they are down).
 test: lint
 	@bash scripts/ensure-services.sh
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --durations=25
 
 test-unit: $(DEV_INSTALLED)
 	$(BIN)/pytest -q tests/unit

@@ -236,10 +236,11 @@ def exported(deployment: Deployment, tmp_path_factory: pytest.TempPathFactory) -
         assert c.post("/v1/predict/fraud", json={**bodies[0], "amount": -1}).status_code == 422
         served = c.get("/metrics").text
     monitored = run_monitoring(settings, end=deployment.data_end, as_of=deployment.data_end + timedelta(days=30),
-                               store=deployment.store)
+                               feature_service="fraud_detection_v1", store=deployment.store)
     assert monitored.stale
     replay_check(settings, None, None, store=deployment.store)
-    performance = performance_check(settings, as_of=deployment.data_end + timedelta(days=61), store=deployment.store)
+    performance = performance_check(settings, "fraud_detection_v1", as_of=deployment.data_end + timedelta(days=61),
+                                    store=deployment.store)
     return settings, served, (monitored, performance)
 
 
