@@ -202,13 +202,13 @@ def unseen_drift_notes(settings: Settings, store: FeatureStore, drift: list[Serv
     whose raw columns no checked feature reads, said plainly instead of passing as "no drift"."""
     import json
 
-    from feastkit.store import repo_specs
+    from feastkit.store import applied_specs
 
     manifest = Path(settings.raw_dir) / "injected_drift.json"
     if not manifest.is_file() or not drift:
         return []
     injected = json.loads(manifest.read_text())
-    specs = repo_specs(settings.repo_path)
+    specs = applied_specs(store)  # what was applied is what the checked services read
     odfvs = {v.name: {f.name for source in v.source_request_sources.values() for f in source.schema}
              for v in store.list_on_demand_feature_views()}
     checked = {ref.split(":", 1)[0] for d in drift for ref in d.refs.values()}

@@ -308,13 +308,10 @@ def weekly_performance(scored: pd.DataFrame, threshold: float, to_probability: A
         return []
     rng = np.random.default_rng(seed)
     times = pd.to_datetime(scored["time"], utc=True)
-    weeks = times.map(week_start)
     periods = []
-    for start in sorted(weeks.unique()):
-        part = scored[(weeks == start).to_numpy()]
-        part_times = times[(weeks == start).to_numpy()]
-        start = pd.Timestamp(start).to_pydatetime()
-        end = min(start + timedelta(days=7), pd.Timestamp(part_times.max()).to_pydatetime() + timedelta(microseconds=1))
+    for week, part in scored.assign(time=times).groupby(times.map(week_start).to_numpy(), sort=True):
+        start = pd.Timestamp(week).to_pydatetime()
+        end = min(start + timedelta(days=7), part["time"].max().to_pydatetime() + timedelta(microseconds=1))
         scores, labels = part["score"].to_numpy("float64"), part["label"].to_numpy("float64")
         mature = end + maturity <= as_of
         realized = realized_metrics(scores, labels, threshold, rng) if mature else None
@@ -330,14 +327,12 @@ SOURCES = ("history", "log")
 
 def data_end(clean_dir: Path) -> datetime:
     """The time of the last clean transaction: labels are known as of then by default."""
+    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    path = Path(clean_dir) / "transactions.parquet"
-    if not path.is_file():
-        raise FeastkitError(f"clean table 'transactions' not found at {path}", "run `feastkit compute` first")
-    column = pq.read_table(path, columns=["event_timestamp"]).column(0)
-    import pyarrow.compute as pc
+    from feastkit.clean import clean_table
 
+    column = pq.read_table(clean_table(Path(clean_dir), "transactions"), columns=["event_timestamp"]).column(0)
     return pd.Timestamp(pc.max(column).as_py()).tz_convert(UTC).to_pydatetime()
 
 

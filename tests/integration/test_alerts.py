@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -23,7 +22,7 @@ import pytest
 import yaml
 
 from feastkit.settings import Settings
-from tests.conftest import REPO_ROOT, Deployment
+from tests.conftest import REPO_ROOT, Deployment, free_port
 from tests.integration.serving_support import private_copy
 
 with warnings.catch_warnings():
@@ -200,12 +199,6 @@ def _family_names(text: str) -> set[str]:
     return {n for n in names if not n.endswith("_created")}  # prometheus-client's creation times
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def exported(deployment: Deployment, tmp_path_factory: pytest.TempPathFactory) -> tuple[Settings, str, object]:
     """A copy of the deployment that served traffic (its /metrics text) and ran every check, each
@@ -283,7 +276,7 @@ def test_a_real_prometheus_scrapes_them_runs_every_panel_and_fires(exported: tup
     http = ThreadingHTTPServer(("127.0.0.1", 0), partial(SimpleHTTPRequestHandler, directory=str(site)))
     threading.Thread(target=http.serve_forever, daemon=True).start()
     target = f"127.0.0.1:{http.server_address[1]}"
-    port = _free_port()
+    port = free_port()
     config = tmp_path / "prometheus.yml"
     config.write_text(json.dumps({
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"}, "rule_files": [str(RULES)],
