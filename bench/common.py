@@ -77,3 +77,28 @@ def table(title: str, contenders: list[Contender], floor: str, default: str,
                      f"| {rate} | {c.max_peak_mb:,.0f} | {vs_floor:.2f} | {rss_floor:.2f} | "
                      f"{speedup:.1f}x |")
     return "\n".join(lines)
+
+
+def applied_dataset(root: Path, config: object) -> tuple[object, object, object]:
+    """Generated data through the kit, as a deployment builds it: a copy of feature_repo/'s
+    definitions under `root`, the config's raw events, validation (every late label kept), the
+    declared views computed, `feast apply`. Returns (settings, open store, the data's end)."""
+    import shutil
+    from datetime import timedelta
+
+    from feastkit.clean import data_range
+    from feastkit.settings import Settings
+    from feastkit.store import apply_repo, open_store, repo_specs
+    from pipelines.aggregates import compute_features
+    from pipelines.synthetic import generate, write
+    from pipelines.validation import validate_all
+
+    project = Path(__file__).resolve().parents[1]
+    shutil.copytree(project / "feature_repo", root / "repo", ignore=shutil.ignore_patterns("data", "__pycache__"))
+    settings = Settings(project_root=project, data_dir=root / "data", repo_path=root / "repo", replay=True)
+    write(generate(config), settings.raw_dir, config)
+    validate_all(settings.raw_dir, settings.clean_dir, settings.quarantine_dir, as_of=config.end + timedelta(days=90))
+    start, end = data_range(settings.clean_dir)
+    compute_features(repo_specs(settings.repo_path), settings.clean_dir, settings.features_dir, start, end)
+    apply_repo(settings)
+    return settings, open_store(settings), end

@@ -14,35 +14,25 @@ import shutil
 import sys
 import tempfile
 from collections import Counter
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from feastkit.clean import data_range  # noqa: E402
-from feastkit.settings import Settings  # noqa: E402
-from feastkit.store import apply_repo, open_store, repo_specs  # noqa: E402
+from common import applied_dataset  # noqa: E402
+
 from monitoring.checks import run_monitoring  # noqa: E402
-from pipelines.aggregates import compute_features  # noqa: E402
-from pipelines.synthetic import SyntheticConfig, generate, write  # noqa: E402
+from pipelines.synthetic import SyntheticConfig  # noqa: E402
 
 
 def flagged(seed: int, drift: tuple[str, ...], users: int, workdir: Path) -> tuple[int, list[str]]:
     """(feature tests, flagged refs) of the drift check on one generated dataset."""
-    root = workdir / f"{'-'.join(drift) or 'clean'}-{seed}"
-    shutil.copytree(ROOT / "feature_repo", root / "repo", ignore=shutil.ignore_patterns("data", "__pycache__"))
-    settings = Settings(project_root=ROOT, data_dir=root / "data", repo_path=root / "repo", replay=True)
     config = SyntheticConfig(n_users=users, n_merchants=300, days=120, seed=seed, drift=drift, bad_rows=0,
                              start=datetime(2026, 1, 1, tzinfo=UTC))
-    write(generate(config), settings.raw_dir)
-    from pipelines.validation import validate_all
-
-    validate_all(settings.raw_dir, settings.clean_dir, settings.quarantine_dir, as_of=config.end + timedelta(days=90))
-    start, end = data_range(settings.clean_dir)
-    compute_features(repo_specs(settings.repo_path), settings.clean_dir, settings.features_dir, start, end)
-    apply_repo(settings)
-    outcome = run_monitoring(settings, end=config.end, checks=("drift",), store=open_store(settings))
+    root = workdir / f"{'-'.join(drift) or 'clean'}-{seed}"
+    settings, store, _ = applied_dataset(root, config)
+    outcome = run_monitoring(settings, end=config.end, checks=("drift",), store=store)
     tests = sum(len(d.features) for d in outcome.drift)
     shutil.rmtree(root, ignore_errors=True)
     return tests, outcome.drifted

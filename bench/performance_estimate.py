@@ -22,14 +22,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from feastkit.clean import data_range  # noqa: E402
-from feastkit.settings import Settings  # noqa: E402
-from feastkit.store import apply_repo, open_store, repo_specs  # noqa: E402
+from common import applied_dataset  # noqa: E402
+
 from monitoring.performance import METRICS, service_performance  # noqa: E402
-from pipelines.aggregates import compute_features  # noqa: E402
-from pipelines.synthetic import SyntheticConfig, generate, write  # noqa: E402
+from pipelines.synthetic import SyntheticConfig  # noqa: E402
 from pipelines.training import train_service  # noqa: E402
-from pipelines.validation import validate_all  # noqa: E402
 
 SERVICE = "fraud_detection_v1"
 SHIFT_START = datetime(2026, 4, 6, tzinfo=UTC)
@@ -38,18 +35,10 @@ SHIFT_DAYS = 21
 
 def run(kind: str, seed: int, users: int, workdir: Path) -> list[tuple[bool, dict]]:
     """(during the shift?, per-metric error and coverage) for each whole week of one dataset."""
-    root = workdir / f"{kind}-{seed}"
-    shutil.copytree(ROOT / "feature_repo", root / "repo", ignore=shutil.ignore_patterns("data", "__pycache__"))
-    settings = Settings(project_root=ROOT, data_dir=root / "data", repo_path=root / "repo", replay=True)
     config = SyntheticConfig(n_users=users, n_merchants=max(20, users // 12), days=112, seed=seed,
                              start=datetime(2026, 1, 5, tzinfo=UTC), drift=() if kind == "none" else (kind,),
                              drift_start=SHIFT_START, drift_days=SHIFT_DAYS, bad_rows=0)
-    write(generate(config), settings.raw_dir)
-    validate_all(settings.raw_dir, settings.clean_dir, settings.quarantine_dir, as_of=config.end + timedelta(days=90))
-    start, end = data_range(settings.clean_dir)
-    compute_features(repo_specs(settings.repo_path), settings.clean_dir, settings.features_dir, start, end)
-    apply_repo(settings)
-    store = open_store(settings)
+    settings, store, end = applied_dataset(workdir / f"{kind}-{seed}", config)
     train_service(store, SERVICE, settings.clean_dir, settings.models_dir, seed=seed)
     result = service_performance(store, settings, SERVICE, as_of=end + timedelta(days=45))
     weeks = []
