@@ -43,7 +43,8 @@ def cli(ctx: click.Context, debug: bool) -> None:
 @click.option("--seed", default=7, show_default=True, help="Random seed: same seed, same data.")
 @click.option("--txn-rate", default=1.0, show_default=True, help="Mean card transactions per user per day.")
 @click.option("--drift", default="", help="Comma-separated kinds to shift: amount,night,channel,basket "
-                                        "(feature drift), concept, merchant_mix (for the performance check).")
+                                        "(feature drift), night_spend (joint drift only), concept, "
+                                        "merchant_mix (for the performance check).")
 @click.option("--drift-start", default=None, help="Start of the drift window (default: last --drift-days).")
 @click.option("--drift-days", default=7, show_default=True, help="Length of the drift window in days.")
 @click.option("--bad-rows", default=40, show_default=True, help="Dirty rows to inject (validation demo).")
@@ -339,6 +340,11 @@ def drift(settings: Settings, service: str | None, end: str | None, current_days
         for f in run.features:
             if f.drifted:
                 click.echo(f"  DRIFT {run.refs[f.feature]}: {'; '.join(f.reasons)}")
+        for m in run.multivariate:
+            tops = ", ".join(t["feature"] for t in m.top_features[:3]) or "none"
+            click.echo(f"  {'DRIFT' if m.drifted else 'ok   '} multivariate ({m.entity or 'rows'}, "
+                       f"{len(m.features)} features): domain classifier AUROC {m.auc:.3f}, permutation p "
+                       f"{m.p_value:.3f}, best shuffle {m.null_auc_max:.3f}; most telling: {tops}")
         if run.prediction is not None:
             p = run.prediction
             click.echo(f"  model score ({run.model_version}): mean {p.mean_reference:.4f} -> "

@@ -81,6 +81,12 @@ class Settings(BaseSettings):
     # the replay check (docs/monitoring.md): a feature whose served values disagree with the offline
     # rebuild on more than this share of logged rows fails the check
     replay_max_mismatch_rate: float = 0.0
+    # the drift check's multivariate test (docs/monitoring.md): a domain classifier per entity's
+    # features, flagged when its out-of-fold AUROC beats every shuffled refit and reaches this.
+    # Off by default: it refits 80 classifiers per entity group, and its power on the kit's own
+    # data is not measured yet
+    drift_multivariate: bool = False
+    drift_multivariate_min_auc: float = 0.55
     # the performance check (docs/monitoring.md): a week's chargebacks are complete this many days
     # after it ends; a week whose ROC AUC, or precision or recall at the threshold (realized, or
     # estimated before the labels matured), has its upper 95 % bound further than these under the

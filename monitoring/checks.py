@@ -16,6 +16,11 @@ from feastkit.settings import Settings
 from feastkit.times import require_aware
 from monitoring.drift import DriftThresholds, FeatureDrift, compare_feature, compare_frames, decide
 from monitoring.freshness import ViewFreshness, check_freshness
+from monitoring.multivariate import (
+    MultivariateDrift,
+    MultivariateThresholds,
+    domain_classifier_test,
+)
 from monitoring.skew import FeatureSkew, check_skew
 
 if TYPE_CHECKING:
@@ -55,12 +60,14 @@ class ServiceDrift:
     model_version: str | None = None
     reference_frame: pd.DataFrame | None = field(default=None, repr=False)
     current_frame: pd.DataFrame | None = field(default=None, repr=False)
+    multivariate: list[MultivariateDrift] = field(default_factory=list)
 
     @property
     def drifted(self) -> list[str]:
         out = [self.refs[f.feature] for f in self.features if f.drifted]
         if self.prediction is not None and self.prediction.drifted:
             out.append(f"prediction:{self.feature_service}")
+        out.extend(multivariate_ref(self.feature_service, m.entity) for m in self.multivariate if m.drifted)
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -71,6 +78,8 @@ class ServiceDrift:
             "prediction": None if self.prediction is None else
             {"model_version": self.model_version, **self.prediction.to_dict()},
             "skipped": self.skipped,
+            "multivariate": [{"ref": multivariate_ref(self.feature_service, m.entity), **m.to_dict()}
+                             for m in self.multivariate],
             "drifted": self.drifted,
         }
 
@@ -124,10 +133,45 @@ def _bundle_for(settings: Settings, service: str) -> Any:
     return bundle if bundle.feature_service == service else None
 
 
+def multivariate_ref(service: str, entity: str) -> str:
+    """How a multivariate finding is named among the drifted refs."""
+    return f"multivariate:{service}:{entity or 'rows'}"
+
+
+def entity_groups(keys: dict[str, list[str]], columns: list[str]) -> list[tuple[list[str], list[str]]]:
+    """(join keys, columns) tested together: each entity's features, with the row-level
+    (request-time) features joining the entity that has the most features."""
+    by_entity: dict[tuple[str, ...], list[str]] = {}
+    for c in columns:
+        if c in keys:
+            by_entity.setdefault(tuple(keys[c]), []).append(c)
+    rows = [c for c in columns if c not in keys]
+    if not by_entity:
+        return [([], rows)]
+    main = max(by_entity, key=lambda k: len(by_entity[k]))
+    by_entity[main] = by_entity[main] + rows
+    return [(list(k), cols) for k, cols in by_entity.items()]
+
+
+def multivariate_between(reference: pd.DataFrame, current: pd.DataFrame, columns: list[str],
+                         keys: dict[str, list[str]], thresholds: MultivariateThresholds,
+                         seed: int = 0) -> list[MultivariateDrift]:
+    """The domain-classifier test per entity group, folds and shuffles grouped by the entity."""
+    out = []
+    for join_keys, cols in entity_groups(keys, columns):
+        groups = None
+        if join_keys:
+            groups = tuple(frame[join_keys].astype(str).agg("|".join, axis=1) for frame in (reference, current))
+        result = domain_classifier_test(reference, current, cols, thresholds, groups, seed)  # type: ignore[arg-type]
+        result.entity = ",".join(join_keys)
+        out.append(result)
+    return out
+
+
 def drift_between(store: FeatureStore, settings: Settings, service: str, reference: Window,
                   current: Window, thresholds: DriftThresholds | None = None,
                   max_rows: int = DEFAULT_MAX_ROWS, seed: int = 0,
-                  with_prediction: bool = True) -> ServiceDrift:
+                  with_prediction: bool = True, multivariate: bool | None = None) -> ServiceDrift:
     """Compare a feature service's features (and model score, when a bundle exists) across two windows."""
     from feastkit.services import describe_service
 
@@ -140,12 +184,16 @@ def drift_between(store: FeatureStore, settings: Settings, service: str, referen
     if not columns:
         raise FeastkitError(f"'{service}' has no feature drift can test (only absolute timestamps)",
                             "monitor a service with other features")
-    results = compare_frames(ref_frame, cur_frame, columns, thresholds,
-                             entity_keys=feature_entity_keys(store, refs, columns))
+    keys = feature_entity_keys(store, refs, columns)
+    results = compare_frames(ref_frame, cur_frame, columns, thresholds, entity_keys=keys)
     out = ServiceDrift(service, Window(reference.start, reference.end, len(ref_frame)),
                        Window(current.start, current.end, len(cur_frame)), results, refs,
                        [refs[c] for c in spec.feature_columns if c not in columns],
                        reference_frame=ref_frame[columns].copy(), current_frame=cur_frame[columns].copy())
+    if settings.drift_multivariate if multivariate is None else multivariate:
+        out.multivariate = multivariate_between(
+            ref_frame, cur_frame, columns, keys,
+            MultivariateThresholds(alpha=thresholds.alpha, min_auc=settings.drift_multivariate_min_auc), seed)
     bundle = _bundle_for(settings, service) if with_prediction else None
     if bundle is not None:
         ref_scores, _ = bundle.predict_proba(ref_frame)

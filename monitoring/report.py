@@ -180,6 +180,63 @@ def _num(value: Any, digits: int = 3) -> str:
     return html.escape(str(value))
 
 
+def plot_joint(x_name: str, y_name: str, reference: pd.DataFrame, current: pd.DataFrame, title: str) -> str:
+    """Two features against each other, reference beside current, as a PNG (base64): how a
+    change in their relation looks when each feature's own distribution has not moved."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), dpi=100, sharex=True, sharey=True)
+    for ax, frame, label, color in ((axes[0], reference, "reference", REFERENCE_COLOR),
+                                    (axes[1], current, "current", CURRENT_COLOR)):
+        xy = frame[[x_name, y_name]].apply(pd.to_numeric, errors="coerce").dropna()
+        xy = xy.sample(n=min(len(xy), 3000), random_state=0)
+        ax.scatter(xy[x_name], xy[y_name], s=4, alpha=0.3, color=color)
+        ax.set_title(f"{label} (n={len(xy):,} shown)", fontsize=9)
+        ax.set_xlabel(x_name, fontsize=8)
+    axes[0].set_ylabel(y_name, fontsize=8)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _multivariate_section(service: dict[str, Any], run: ServiceDrift | None) -> str:
+    tests = service.get("multivariate") or []
+    if not tests:
+        return ""
+    rows = "".join(
+        f'<tr class="{"flag" if m["drifted"] else ""}"><td class="l">{html.escape(m["ref"])}</td>'
+        f'<td>{len(m["features"])}</td><td>{m["auc"]:.3f}</td><td>{m["p_value"]:.3f}</td>'
+        f'<td>{_num(m["null_auc_max"])}</td><td>{m["permutations"]}</td>'
+        f'<td class="l">{html.escape(", ".join(t["feature"] for t in m["top_features"][:3]))}</td>'
+        f'<td class="l">{html.escape("; ".join(m["reasons"]))}</td></tr>' for m in tests)
+    parts = ["<p class='note'>Multivariate: a domain classifier (boosted trees, out-of-fold, folds grouped "
+             "by entity) tries to tell current rows from reference rows; shuffled window labels, refitted, "
+             "give its null. It sees changes in how features go together that per-feature tests miss.</p>"
+             "<table><tr><th class='l'>test</th><th>features</th><th>AUROC</th><th>permutation p</th>"
+             "<th>best shuffle</th><th>shuffles</th><th class='l'>most telling</th>"
+             f"<th class='l'>why flagged</th></tr>{rows}</table>"]
+    for m in tests:
+        if not m["drifted"]:
+            continue
+        img = ""
+        top = [t["feature"] for t in m["top_features"][:2]]
+        if run is not None and run.reference_frame is not None and len(top) == 2 \
+                and all(c in run.reference_frame for c in top):
+            png = plot_joint(top[0], top[1], run.reference_frame, run.current_frame,
+                             f"{m['ref']}: AUROC {m['auc']:.3f}, permutation p {m['p_value']:.3f}")
+            img = (f'<img alt="{html.escape(m["ref"])}: {html.escape(top[0])} vs {html.escape(top[1])}" '
+                   f'data-feature="{html.escape(m["ref"])}" src="data:image/png;base64,{png}">')
+        parts.append(f'<h3 id="{_anchor(m["ref"])}">{html.escape(m["ref"])}</h3>'
+                     f'<div class="note">{html.escape("; ".join(m["reasons"]))}</div>{img}')
+    return "".join(parts)
+
+
 def _anchor(text: str) -> str:
     return "f-" + "".join(c if c.isalnum() else "-" for c in text)
 
@@ -249,6 +306,7 @@ def render_html(document: dict[str, Any], drift: list[ServiceDrift]) -> str:
                        f'data-feature="{html.escape(f["ref"])}" src="data:image/png;base64,{png}">')
             parts.append(f'<h3 id="{_anchor(f["ref"])}">{html.escape(f["ref"])}</h3>'
                          f'<div class="note">{html.escape("; ".join(f["reasons"]))}</div>{img}')
+        parts.append(_multivariate_section(service, run))
     if "freshness" in document["checks"]:
         rows = "".join(
             f'<tr class="{"flag" if v["stale"] else ""}"><td class="l">{html.escape(v["view"])}</td>'

@@ -15,7 +15,7 @@ CHANNELS = ("pos", "web", "app")
 MERCHANT_CATEGORIES = ("grocery", "fuel", "restaurants", "electronics", "travel", "fashion",
                        "gaming", "pharmacy", "gift_cards", "utilities")
 ACTIVITY_TYPES = ("purchase", "view", "return")
-DRIFT_KINDS = ("amount", "night", "channel", "basket", "concept", "merchant_mix")
+DRIFT_KINDS = ("amount", "night", "channel", "basket", "concept", "merchant_mix", "night_spend")
 # the raw columns each drift kind changes: the drift check says when no feature reads them
 DRIFT_SHIFTS = {
     "amount": {"transactions": ["amount"]},
@@ -24,6 +24,7 @@ DRIFT_SHIFTS = {
     "basket": {"activity": ["amount"]},
     "concept": {"transactions": ["amount", "merchant_id", "channel", "device_id", "event_timestamp"]},
     "merchant_mix": {"transactions": ["merchant_id"]},
+    "night_spend": {"transactions": ["event_timestamp"]},
 }
 DRIFT_MANIFEST = "injected_drift.json"
 
@@ -105,6 +106,28 @@ def _sample_times(rng: np.random.Generator, day_start_ns: np.ndarray,
     hours = rng.choice(24, size=len(day_start_ns), p=hour_profile / hour_profile.sum())
     seconds = rng.integers(0, 3600, size=len(day_start_ns))
     return day_start_ns + (hours * 3600 + seconds) * NS_PER_SECOND
+
+
+def _night_spend(rng: np.random.Generator, ts: np.ndarray, spend_ratio: np.ndarray,
+                 eligible: np.ndarray, share: float = 0.6) -> np.ndarray:
+    """A change in correlation only: big purchases move to the night, small ones to the day.
+
+    Within each day, a random `share` of the eligible transactions trade timestamps among
+    themselves so that the largest spend ratio (amount over the user's usual amount) gets the
+    timestamp closest to 02:30 and so on. Each day keeps its multiset of timestamps, and every
+    transaction keeps its amount, so the hours and the amounts each keep their distribution;
+    only how they go together changes.
+    """
+    out = ts.copy()
+    chosen = np.flatnonzero(eligible & (rng.random(len(ts)) < share))
+    day = ts[chosen] // NS_PER_DAY
+    for d in np.unique(day):
+        idx = chosen[day == d]
+        offset = (ts[idx] - d * NS_PER_DAY) / (3600 * NS_PER_SECOND) - 2.5
+        distance_to_night = np.minimum(np.abs(offset), 24.0 - np.abs(offset))
+        by_night = ts[idx][np.argsort(distance_to_night, kind="stable")]
+        out[idx[np.argsort(-spend_ratio[idx], kind="stable")]] = by_night
+    return out
 
 
 def generate(config: SyntheticConfig) -> RawTables:
@@ -241,6 +264,10 @@ def generate(config: SyntheticConfig) -> RawTables:
             keep = ~(in_w & (risk[m] < 3.0) & (rng.random(len(ts)) < 0.9))
             ts, u, m, amount, channel, device, is_fraud = (a[keep] for a in
                                                             (ts, u, m, amount, channel, device, is_fraud))
+
+        if "night_spend" in config.drift:
+            legit = np.r_[np.ones(len(legit_ts), dtype=bool), np.zeros(len(f_ts), dtype=bool)]
+            ts = _night_spend(rng, ts, amount / base_amount[u], legit & in_w)
 
     order = np.argsort(ts, kind="stable")
     ts, u, m, amount, channel, device, is_fraud = (a[order] for a in

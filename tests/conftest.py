@@ -76,6 +76,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
     return {**os.environ, "FEASTKIT_DATA_DIR": str(settings.data_dir),
             "FEASTKIT_REPO_PATH": str(settings.repo_path), "FEASTKIT_MODELS_DIR": str(settings.models_dir),
             "FEASTKIT_PROFILE": settings.profile,
+            "FEASTKIT_DRIFT_MULTIVARIATE": str(settings.drift_multivariate).lower(),
             "FEASTKIT_REDIS_CONNECTION_STRING": settings.redis_connection_string,
             **({"FEASTKIT_REPLAY": str(settings.replay).lower()} if settings.replay is not None else {})}
 

@@ -275,3 +275,40 @@ def test_cli_exit_codes(monitored: Monitored) -> None:
     passing = subprocess.run([feastkit_bin(), "freshness", "--as-of", as_of, "--no-fail-on-stale"],
                              env=env, capture_output=True, text=True, timeout=300)
     assert passing.returncode == 0, passing.stderr
+
+
+def test_the_multivariate_test_runs_per_entity_and_reaches_the_reports(tmp_path: Path) -> None:
+    """With the multivariate test on, each entity's features (the request-time ones with the user's)
+    are tested together, grouped by that entity, and the results reach the JSON, the HTML and the
+    drifted list; `--drift night_spend` keeps every feature's own distribution, so no per-feature
+    test flags it."""
+    from feastkit.store import apply_repo
+    from monitoring import run_monitoring
+    from pipelines.synthetic import SyntheticConfig
+
+    config = SyntheticConfig(n_users=800, n_merchants=50, days=70, seed=3, drift=("night_spend",),
+                             start=datetime(2026, 1, 1, tzinfo=UTC))
+    copy_repo_definitions(tmp_path / "repo")
+    settings = make_settings(tmp_path, drift_multivariate=True)
+    build_features(settings, config)
+    apply_repo(settings)
+    outcome = run_monitoring(settings, feature_service="fraud_detection_v1", checks=("drift",))
+    (run,) = outcome.drift
+    assert [f.feature for f in run.features if f.drifted] == []
+    by_entity = {m.entity: m for m in run.multivariate}
+    assert set(by_entity) == {"user_id", "merchant_id"}
+    user, merchant = by_entity["user_id"], by_entity["merchant_id"]
+    assert "transaction_hour" in user.features and "merchant_txn_count_30d" not in user.features
+    assert set(merchant.features) == {c for c in run.refs if c.startswith("merchant_")}
+    assert user.permutations == merchant.permutations == 19
+    assert not merchant.drifted     # nothing changed at the merchants
+    flagged = [m for m in run.multivariate if m.drifted]
+    assert outcome.drifted == [f"multivariate:fraud_detection_v1:{m.entity}" for m in flagged]
+    document = json.loads(outcome.report_json.read_text())
+    assert {m["ref"] for m in document["drift"][0]["multivariate"]} == {
+        "multivariate:fraud_detection_v1:user_id", "multivariate:fraud_detection_v1:merchant_id"}
+    assert "domain classifier" in outcome.report_html.read_text()
+    _check_html(outcome.report_html, outcome.drifted)
+    # off (the default), there is no such test
+    assert run_monitoring(make_settings(tmp_path), feature_service="fraud_detection_v1",
+                          checks=("drift",)).drift[0].multivariate == []

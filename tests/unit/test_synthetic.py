@@ -197,3 +197,26 @@ def test_drift_window_can_start_anywhere() -> None:
 def test_invalid_configs_raise(kwargs: dict, words: str) -> None:
     with pytest.raises(FeastkitError, match=words):
         SyntheticConfig(**kwargs)
+
+
+def test_night_spend_changes_how_hours_and_amounts_go_together_and_neither_alone() -> None:
+    """Same seed with and without `night_spend`: the same amounts, the same timestamps on each day,
+    but in the drift window big spenders now hold the night timestamps."""
+    from datetime import UTC, datetime
+
+    from pipelines.synthetic import SyntheticConfig, generate
+
+    base = dict(n_users=300, n_merchants=30, days=30, seed=4, start=datetime(2026, 1, 1, tzinfo=UTC))
+    clean = generate(SyntheticConfig(**base)).transactions
+    drifted = generate(SyntheticConfig(**base, drift=("night_spend",))).transactions
+    assert sorted(clean["amount"]) == sorted(drifted["amount"])
+    assert sorted(clean["event_timestamp"]) == sorted(drifted["event_timestamp"])
+
+    def hours_from_night_of_big(frame: pd.DataFrame) -> float:
+        window = frame[frame["event_timestamp"] >= pd.Timestamp("2026-01-24", tz="UTC")]
+        big = window[window["amount"] >= window["amount"].quantile(0.8)]
+        t = big["event_timestamp"]
+        offset = (t.dt.hour + t.dt.minute / 60 - 2.5).abs()
+        return float(np.minimum(offset, 24 - offset).mean())
+
+    assert hours_from_night_of_big(drifted) < hours_from_night_of_big(clean) - 1.0
