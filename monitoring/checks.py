@@ -14,7 +14,14 @@ import pandas as pd
 from feastkit.errors import FeastkitError
 from feastkit.settings import Settings
 from feastkit.times import require_aware
-from monitoring.drift import DriftThresholds, FeatureDrift, compare_feature, compare_frames, decide
+from monitoring.drift import (
+    DriftThresholds,
+    FeatureDrift,
+    compare_feature,
+    compare_frames,
+    decide,
+    entity_units,
+)
 from monitoring.freshness import ViewFreshness, check_freshness
 from monitoring.multivariate import (
     MultivariateDrift,
@@ -159,10 +166,8 @@ def multivariate_between(reference: pd.DataFrame, current: pd.DataFrame, columns
     """The domain-classifier test per entity group, folds and shuffles grouped by the entity."""
     out = []
     for join_keys, cols in entity_groups(keys, columns):
-        groups = None
-        if join_keys:
-            groups = tuple(frame[join_keys].astype(str).agg("|".join, axis=1) for frame in (reference, current))
-        result = domain_classifier_test(reference, current, cols, thresholds, groups, seed)  # type: ignore[arg-type]
+        groups = (entity_units(reference, join_keys), entity_units(current, join_keys)) if join_keys else None
+        result = domain_classifier_test(reference, current, cols, thresholds, groups, seed)
         result.entity = ",".join(join_keys)
         out.append(result)
     return out

@@ -296,7 +296,8 @@ def decide(results: list[FeatureDrift], thresholds: DriftThresholds) -> list[Fea
     return results
 
 
-def _units(frame: pd.DataFrame, keys: list[str]) -> pd.Series:
+def entity_units(frame: pd.DataFrame, keys: list[str]) -> pd.Series:
+    """Each row's entity, from its join keys (one code per key combination within the frame)."""
     if len(keys) == 1:
         return frame[keys[0]]
     return pd.Series(pd.MultiIndex.from_frame(frame[keys]).factorize()[0], index=frame.index)
@@ -319,6 +320,6 @@ def compare_frames(reference: pd.DataFrame, current: pd.DataFrame, columns: list
     results = []
     for c in columns:
         keys = entity_keys.get(c)
-        units = (_units(reference, keys), _units(current, keys)) if keys else (None, None)
+        units = (entity_units(reference, keys), entity_units(current, keys)) if keys else (None, None)
         results.append(compare_feature(c, reference[c], current[c], categorical.get(c), *units))
     return decide(results, thresholds or DriftThresholds())

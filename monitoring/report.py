@@ -143,11 +143,7 @@ def plot_feature(name: str, kind: str, reference: pd.Series, current: pd.Series,
         ax.spines[["top", "right"]].set_visible(False)
         ax.tick_params(labelsize=8)
     fig.suptitle(title, fontsize=11, x=0.01, ha="left")
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
+    return _png(fig)
 
 
 # HTML --------------------------------------------------------------------------------------------
@@ -198,6 +194,13 @@ def plot_joint(x_name: str, y_name: str, reference: pd.DataFrame, current: pd.Da
         ax.set_xlabel(x_name, fontsize=8)
     axes[0].set_ylabel(y_name, fontsize=8)
     fig.suptitle(title, fontsize=9)
+    return _png(fig)
+
+
+def _png(fig: Any) -> str:
+    """A laid-out figure as base64 PNG, closed afterwards."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
