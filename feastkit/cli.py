@@ -8,6 +8,7 @@ import sys
 import traceback
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 import pandas as pd
@@ -16,6 +17,9 @@ from feastkit.errors import FeastkitError, explain, one_line
 from feastkit.scaffold import DEMO_SIZE
 from feastkit.settings import Settings, get_settings
 from feastkit.times import parse_interval, parse_time
+
+if TYPE_CHECKING:
+    from monitoring.multivariate import MultivariateDrift
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -308,6 +312,15 @@ def doctor(settings: Settings) -> None:
 # --- monitoring commands (drift, freshness, skew) ---
 
 
+def multivariate_line(m: MultivariateDrift) -> str:
+    """One line of `feastkit drift` for a domain-classifier test."""
+    tops = ", ".join(t["feature"] for t in m.top_features[:3]) or "none"
+    null = (f"permutation p {m.p_value:.3f} over {m.permutations} shuffle(s), best shuffle {m.null_auc_max:.3f}"
+            if m.p_value is not None and m.null_auc_max is not None else "below the AUROC bar, no shuffle needed")
+    return (f"  {'DRIFT' if m.drifted else 'ok   '} multivariate ({m.entity or 'rows'}, {len(m.features)} "
+            f"features): domain classifier AUROC {m.auc:.3f}, {null}; most telling: {tops}")
+
+
 @cli.command()
 @click.option("--service", default=None, help="Feature service (default: the fraud and churn services).")
 @click.option("--end", default=None, help="End of the current window, exclusive (default: end of the data).")
@@ -341,10 +354,7 @@ def drift(settings: Settings, service: str | None, end: str | None, current_days
             if f.drifted:
                 click.echo(f"  DRIFT {run.refs[f.feature]}: {'; '.join(f.reasons)}")
         for m in run.multivariate:
-            tops = ", ".join(t["feature"] for t in m.top_features[:3]) or "none"
-            click.echo(f"  {'DRIFT' if m.drifted else 'ok   '} multivariate ({m.entity or 'rows'}, "
-                       f"{len(m.features)} features): domain classifier AUROC {m.auc:.3f}, permutation p "
-                       f"{m.p_value:.3f}, best shuffle {m.null_auc_max:.3f}; most telling: {tops}")
+            click.echo(multivariate_line(m))
         if run.prediction is not None:
             p = run.prediction
             click.echo(f"  model score ({run.model_version}): mean {p.mean_reference:.4f} -> "

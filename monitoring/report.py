@@ -214,13 +214,14 @@ def _multivariate_section(service: dict[str, Any], run: ServiceDrift | None) -> 
         return ""
     rows = "".join(
         f'<tr class="{"flag" if m["drifted"] else ""}"><td class="l">{html.escape(m["ref"])}</td>'
-        f'<td>{len(m["features"])}</td><td>{m["auc"]:.3f}</td><td>{m["p_value"]:.3f}</td>'
+        f'<td>{len(m["features"])}</td><td>{m["auc"]:.3f}</td><td>{_num(m["p_value"])}</td>'
         f'<td>{_num(m["null_auc_max"])}</td><td>{m["permutations"]}</td>'
         f'<td class="l">{html.escape(", ".join(t["feature"] for t in m["top_features"][:3]))}</td>'
         f'<td class="l">{html.escape("; ".join(m["reasons"]))}</td></tr>' for m in tests)
     parts = ["<p class='note'>Multivariate: a domain classifier (boosted trees, out-of-fold, folds grouped "
              "by entity) tries to tell current rows from reference rows; shuffled window labels, refitted, "
-             "give its null. It sees changes in how features go together that per-feature tests miss.</p>"
+             "give its null (no shuffle runs for an AUROC below the bar, and they stop once the decision is "
+             "known). It sees changes in how features go together that per-feature tests miss.</p>"
              "<table><tr><th class='l'>test</th><th>features</th><th>AUROC</th><th>permutation p</th>"
              "<th>best shuffle</th><th>shuffles</th><th class='l'>most telling</th>"
              f"<th class='l'>why flagged</th></tr>{rows}</table>"]

@@ -300,8 +300,10 @@ def test_the_multivariate_test_runs_per_entity_and_reaches_the_reports(tmp_path:
     user, merchant = by_entity["user_id"], by_entity["merchant_id"]
     assert "transaction_hour" in user.features and "merchant_txn_count_30d" not in user.features
     assert set(merchant.features) == {c for c in run.refs if c.startswith("merchant_")}
-    assert user.permutations == merchant.permutations == 19
+    for m in (user, merchant):  # shuffles run only when the AUROC reaches the bar, and stop once decided
+        assert (m.permutations == 0 and m.p_value is None) if m.auc < 0.55 else 1 <= m.permutations <= 19
     assert not merchant.drifted     # nothing changed at the merchants
+    assert user.drifted             # how amounts and hours go together did (AUROC 0.60, p 0.05)
     flagged = [m for m in run.multivariate if m.drifted]
     assert outcome.drifted == [f"multivariate:fraud_detection_v1:{m.entity}" for m in flagged]
     document = json.loads(outcome.report_json.read_text())
