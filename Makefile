@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 DEV_INSTALLED := $(VENV)/.installed-dev
 
-.PHONY: install demo test test-unit test-integration lint serve bench bench-batch bench-aggregates bench-serving bench-drift bench-drift-alarms bench-performance-estimate airflow clean
+.PHONY: install demo test test-unit test-integration lint serve bench bench-batch bench-aggregates bench-serving bench-drift bench-drift-alarms bench-drift-evidently bench-performance-estimate airflow clean
 
 $(INSTALLED): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found — install Python 3.11 or run 'make PYTHON=/path/to/python3.11 ...'"; exit 1; }
@@ -66,6 +66,17 @@ bench-drift: $(DEV_INSTALLED)
 ## Quality, not speed: drift false alarms over clean seeds and power per drift kind; CBPE's error.
 bench-drift-alarms: $(DEV_INSTALLED)
 	$(PY) bench/drift_false_alarms.py $(ARGS)
+
+## The same, with the multivariate test, beside Evidently's default data-drift preset on the same
+## windows. Evidently lives in its own virtualenv (.venv-evidently): it is a yardstick, not a dependency.
+EVIDENTLY_VENV ?= .venv-evidently
+$(EVIDENTLY_VENV)/.installed:
+	$(PYTHON) -m venv $(EVIDENTLY_VENV)
+	$(EVIDENTLY_VENV)/bin/pip install --quiet "evidently==0.7.23" "pandas<3" pyarrow
+	@touch $@
+
+bench-drift-evidently: $(DEV_INSTALLED) $(EVIDENTLY_VENV)/.installed
+	$(PY) bench/drift_false_alarms.py --multivariate --evidently $(EVIDENTLY_VENV)/bin/python $(ARGS)
 
 bench-performance-estimate: $(DEV_INSTALLED)
 	$(PY) bench/performance_estimate.py $(ARGS)
