@@ -62,6 +62,11 @@ class Settings(BaseSettings):
     # freeze what start-up loaded (Feast, the registry, the models) out of the garbage collector's
     # full passes: they otherwise walk ~280k long-lived objects and stall requests (docs/serving.md)
     gc_freeze: bool = True
+    # how long a thread may hold the GIL before a waiting one gets it; 0 keeps Python's 5 ms. The
+    # prediction log's writer converting its queue makes a lone request wait up to that long: 0.5
+    # improved p99 at one request in flight, but the high-concurrency figures were no better
+    # (docs/serving.md "The prediction log's cost"), so it is a knob, not the default
+    switch_interval_ms: float = 0.0
     metrics_public: bool = False          # with API keys set, /metrics needs one unless this is true
     docs_public: bool = False             # with API keys set, /docs and /openapi.json need one unless this is true
     # Request times (docs/serving.md "Request times"): live serving answers 422 to a request time

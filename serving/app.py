@@ -9,6 +9,7 @@ eagerly unless one is passed, and refuses with a FeastkitError naming the proble
 import gc
 import logging
 import re
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -193,6 +194,8 @@ def create_app(settings: Settings | None = None, state: ServingState | None = No
         # This covers the event loop's thread; the scoring thread limits itself on first use
         # (serving.scoring.one_openmp_thread: OpenMP's limit is per thread).
         limits = threadpool_limits(limits=1, user_api="openmp")
+        if settings.switch_interval_ms > 0:
+            sys.setswitchinterval(settings.switch_interval_ms / 1000)
         if settings.gc_freeze:
             # everything loaded so far lives as long as the server: keep it out of the collector's
             # full passes (with the prediction log's queue churning objects they came every few

@@ -41,6 +41,8 @@ log = logging.getLogger(__name__)
 
 _US_PER_HOUR = 3_600_000_000
 CONVERT_SECONDS = 0.5  # queued predictions become Arrow this often (written every flush interval)
+CONVERT_CHUNK_ROWS = 64  # converted this many rows at a time, the GIL released between chunks
+CONVERT_PAUSE_SECONDS = 0.0002
 
 
 @dataclass
@@ -153,7 +155,11 @@ class PredictionLog:
         by_service: dict[str, list[LoggedGroup]] = {}
         for group in groups:
             by_service.setdefault(group.model.service, []).append(group)
-        for service, part in by_service.items():
+        chunks = [(service, part) for service, groups_of_service in by_service.items()
+                  for part in _chunks(groups_of_service, CONVERT_CHUNK_ROWS)]
+        for index, (service, part) in enumerate(chunks):
+            if index:
+                _let_requests_run()
             rows = sum(g.size for g in part)
             try:
                 table = self._table(part)
@@ -262,3 +268,26 @@ def _array(values: list[Any], type_: pa.DataType) -> pa.Array:
     except (pa.ArrowInvalid, pa.ArrowTypeError):  # e.g. numpy scalars or bools for a numeric field
         return pa.array([None if v is None else (v.item() if hasattr(v, "item") else v) for v in values]
                         ).cast(type_, safe=False)
+
+
+def _let_requests_run() -> None:
+    """Release the GIL for a moment between conversion chunks. Without it a request arriving
+    during a conversion waited for the interpreter's switch interval (5 ms): p99 at one request in
+    flight was 5.2 ms with the log on, 2.4 ms off (bench/serving.py)."""
+    time.sleep(CONVERT_PAUSE_SECONDS)
+
+
+def _chunks(groups: list[LoggedGroup], rows: int) -> list[list[LoggedGroup]]:
+    """Consecutive runs of whole groups of about `rows` rows (a group larger than that is one run)."""
+    out: list[list[LoggedGroup]] = []
+    current: list[LoggedGroup] = []
+    size = 0
+    for group in groups:
+        if current and size + group.size > rows:
+            out.append(current)
+            current, size = [], 0
+        current.append(group)
+        size += group.size
+    if current:
+        out.append(current)
+    return out

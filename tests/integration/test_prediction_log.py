@@ -125,6 +125,32 @@ def test_a_full_queue_drops_and_counts_and_requests_do_not_wait(
     assert _log(tmp_path / "log", "fraud_detection_v2").num_rows == 3  # written at shutdown
 
 
+def test_a_long_queue_converts_in_chunks_releasing_the_interpreter_between_them(
+        copy_settings: Settings, deployment: Deployment, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from serving import prediction_log as writer
+
+    converted: list[int] = []
+    pauses: list[int] = []
+    table = writer.PredictionLog._table
+    monkeypatch.setattr(writer.PredictionLog, "_table",
+                        lambda self, groups: converted.append(sum(g.size for g in groups)) or table(self, groups))
+    monkeypatch.setattr(writer, "_let_requests_run", lambda: pauses.append(len(converted)))
+    settings = _settings(copy_settings, tmp_path / "log", prediction_log_flush_seconds=3600.0,
+                         prediction_log_flush_rows=1_000_000)
+    monkeypatch.setattr(writer.PredictionLog, "start", lambda self: None)  # everything waits for shutdown
+    with TestClient(create_app(settings, ServingState.load(settings))) as c:
+        for i in range(150):
+            assert c.post("/v1/predict/fraud", json=fraud_body(deployment, transaction_id=f"t{i}")).status_code == 200
+        assert c.post("/v1/predict/fraud:batch", json={"transactions": [
+            fraud_body(deployment, transaction_id=f"b{i}") for i in range(100)]}).status_code == 200
+    logged = _log(tmp_path / "log", "fraud_detection_v2")
+    assert logged.num_rows == 250 and len(set(logged.column(fmt.REQUEST_ID).to_pylist())) == 151
+    # 150 single rows in runs of at most CONVERT_CHUNK_ROWS, the 100-row batch whole
+    assert sorted(converted) == sorted([writer.CONVERT_CHUNK_ROWS] * (150 // writer.CONVERT_CHUNK_ROWS)
+                                       + [150 % writer.CONVERT_CHUNK_ROWS, 100])
+    assert pauses == list(range(1, len(converted)))  # a pause before every chunk but the first
+
+
 def test_a_write_that_fails_is_counted_and_logged_and_predictions_go_on(
         copy_settings: Settings, deployment: Deployment, tmp_path: Path,
         caplog: pytest.LogCaptureFixture) -> None:
@@ -182,3 +208,21 @@ def test_a_server_killed_while_writing_leaves_only_whole_files(
     assert rows % 50 == 0  # whole groups only: nothing half-written
     assert not [p for p in (log_dir / "fraud_detection_v2").iterdir() if p.suffix == ".parquet"
                 and p not in files]
+
+
+def test_the_server_shortens_the_interpreter_switch_interval_as_set(
+        copy_settings: Settings, tmp_path: Path) -> None:
+    import sys
+
+    before = sys.getswitchinterval()
+    try:
+        sys.setswitchinterval(0.005)  # Python's default
+        settings = _settings(copy_settings, tmp_path / "log", switch_interval_ms=0.5)
+        with TestClient(create_app(settings, ServingState.load(settings))):
+            assert sys.getswitchinterval() == pytest.approx(0.0005)
+        sys.setswitchinterval(0.005)
+        settings = _settings(copy_settings, tmp_path / "log", switch_interval_ms=0)
+        with TestClient(create_app(settings, ServingState.load(settings))):
+            assert sys.getswitchinterval() == pytest.approx(0.005)  # 0: left as it was
+    finally:
+        sys.setswitchinterval(before)
