@@ -4,7 +4,8 @@ The scoring thread hands each scored group (one online read, one model call) to 
 append under a lock, nothing more. Past `FEASTKIT_PREDICTION_LOG_QUEUE_ROWS` waiting rows the
 group is not logged, and its rows are counted as dropped; requests never wait for the log. A
 writer thread turns the queue into one Arrow table per feature service (`feastkit.prediction_log`'s
-format) every half second, so the queue of Python objects stays short, and every
+format) every half second, 64 rows at a time with the GIL released in between, so the queue of
+Python objects stays short and a request never waits for a whole conversion, and every
 `FEASTKIT_PREDICTION_LOG_FLUSH_SECONDS` (or once `FEASTKIT_PREDICTION_LOG_FLUSH_ROWS` rows wait)
 writes what it converted: one file per request-time hour, each renamed into place. A failed write (disk full) is logged with its traceback and its rows counted as dropped.
 Shutdown (`close`) writes what is queued. Every submitted row ends in the metric
@@ -271,9 +272,9 @@ def _array(values: list[Any], type_: pa.DataType) -> pa.Array:
 
 
 def _let_requests_run() -> None:
-    """Release the GIL for a moment between conversion chunks. Without it a request arriving
-    during a conversion waited for the interpreter's switch interval (5 ms): p99 at one request in
-    flight was 5.2 ms with the log on, 2.4 ms off (bench/serving.py)."""
+    """Release the GIL for a moment between conversion chunks, so that a request arriving during
+    a conversion waits for one chunk rather than the whole queue (p99 at one request in flight had
+    been 5.2 ms with the log on, 2.4 ms off; docs/serving.md has what chunks gave)."""
     time.sleep(CONVERT_PAUSE_SECONDS)
 
 
