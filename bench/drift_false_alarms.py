@@ -72,10 +72,11 @@ def flagged(seed: int, drift: tuple[str, ...], users: int, workdir: Path, multiv
         jobs = []
         for d in outcome.drift:
             columns = [f.feature for f in d.features]
+            job = {"name": d.feature_service}
             for side, frame in (("reference", d.reference_frame), ("current", d.current_frame)):
-                frame[columns].to_parquet(root / f"{d.feature_service}-{side}.parquet")
-            jobs.append({"name": d.feature_service, "reference": str(root / f"{d.feature_service}-reference.parquet"),
-                         "current": str(root / f"{d.feature_service}-current.parquet")})
+                job[side] = str(root / f"{d.feature_service}-{side}.parquet")
+                frame[columns].to_parquet(job[side])
+            jobs.append(job)
         (root / "evidently-jobs.json").write_text(json.dumps(jobs))
         proc = subprocess.run([evidently, str(ROOT / "bench" / "evidently_drift.py"), str(root / "evidently-jobs.json")],
                               capture_output=True, text=True, check=False)

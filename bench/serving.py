@@ -346,6 +346,7 @@ def main() -> None:
                              "swung from 0.78x to 1.04x")
     args = parser.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
+    log_rounds = max(1, args.log_rounds)
 
     from feastkit.store import quiet_feast
 
@@ -398,7 +399,7 @@ def main() -> None:
         for index, level in enumerate(levels):
             pair = [("feastkit POST /v1/predict/fraud", ours_url, "/v1/predict/fraud", files / "feastkit.json"),
                     ("feastkit, prediction log off", nolog_url, "/v1/predict/fraud", files / "feastkit.json")]
-            for round_ in range(max(1, args.log_rounds)):
+            for round_ in range(log_rounds):
                 order = pair if (index + round_) % 2 == 0 else pair[::-1]  # alternate which runs first
                 extra = [("feast serve /get-online-features", feast_url, "/get-online-features",
                           files / "feast.json")] if round_ == 0 else []
@@ -427,7 +428,7 @@ def main() -> None:
         print("\nthroughput ratio feastkit / feast serve: " + ", ".join(
             f"c={c}: {ours_rows[c].rps / feast_rows[c].rps:.2f}x" for c in levels))
         print("p99 feastkit (ms): " + ", ".join(f"c={c}: {ours_rows[c].p99_ms:.2f}" for c in levels))
-        print(f"prediction log on / off, median of {max(1, args.log_rounds)} round(s): " + ", ".join(
+        print(f"prediction log on / off, median of {log_rounds} round(s): " + ", ".join(
             f"c={c}: p99 {statistics.median(r[0] for r in rounds[c]):.2f}x, "
             f"throughput {statistics.median(r[1] for r in rounds[c]):.2f}x" for c in levels))
         print("  per round (p99, throughput): " + "; ".join(
