@@ -283,6 +283,47 @@ def serving_app(settings: Settings | None = None, state: object | None = None) -
     return create_app(settings or get_settings(), state, freshness=check_freshness)  # type: ignore[arg-type]
 
 
+@cli.command()
+@click.option("--worker", "worker_spec", default="0/1", show_default=True,
+              help="i/N: this is worker i of N in the consumer group; it owns partitions i, i+N, ... "
+                   "of FEASTKIT_STREAM_PARTITIONS.")
+@click.option("--consumer", default=None, help="Consumer name in the group (default: the host name and "
+                                              "--worker); keep it stable across restarts.")
+@click.option("--exit-when-idle", type=float, default=None,
+              help="Stop after this many seconds without events (a backfill through the stream).")
+@click.pass_obj
+def stream(settings: Settings, worker_spec: str, consumer: str | None, exit_when_idle: float | None) -> None:
+    """Keep the stream-fed views fresh from the event stream (Redis Streams), equal to `compute`."""
+    import signal
+    import threading
+
+    from feastkit.store import open_store, require_applied
+    from pipelines.stream import StreamWorker, connect_stream, default_consumer, owned_partitions
+
+    try:
+        index, workers = (int(part) for part in worker_spec.split("/"))
+    except ValueError:
+        raise FeastkitError(f"--worker {worker_spec!r} is not i/N", "pass e.g. --worker 0/2") from None
+    partitions = owned_partitions(index, workers, settings.stream_partitions)
+    store = open_store(settings)
+    require_applied(store)
+    worker = StreamWorker(settings, store, connect_stream(settings), partitions=partitions,
+                          consumer=consumer or f"{default_consumer()}-{index}")
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    if settings.stream_metrics_port:
+        from prometheus_client import start_http_server
+
+        start_http_server(settings.stream_metrics_port, registry=worker.metrics.registry)
+    worker.start()
+    views = ", ".join(v.spec.name for v in worker.views)
+    click.echo(f"stream worker {worker.consumer}: {', '.join(p.stream for p in worker.partitions)} -> {views} "
+               f"(group {worker.group}, lateness {settings.stream_lateness})", err=True)
+    worker.run(stop, idle_exit_seconds=exit_when_idle)
+    click.echo(f"stream worker {worker.consumer} stopped", err=True)
+
+
 @cli.command("demo-requests")
 @click.option("--url", default="http://127.0.0.1:8000", show_default=True)
 @click.pass_obj

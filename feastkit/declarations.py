@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from feast.data_source import DataSource
 
 SPEC_TAG = "feastkit.spec"
+STREAM_EVENT_ID_TAG = "feastkit.stream_event_id"  # on a stream-fed view: the column identifying an event
 SPEC_VERSION = 1
 DAY = timedelta(days=1)
 HOUR = timedelta(hours=1)
@@ -411,6 +412,7 @@ def _field(name: str, dtype: str, description: str, default: str | None, aggrega
 def windowed_view(*, name: str, entity: Entity, events: Any, features: Sequence[Aggregation | Derived],
                   helpers: Sequence[Aggregation] = (), grid: timedelta | None = HOUR, ttl: timedelta,
                   lookback: timedelta | None = None, push_source: str | None = None,
+                  stream_event_id: str | None = None,
                   freshness_sla: str | None = None, description: str = "", owner: str = "",
                   tags: dict[str, str] | None = None, online: bool = True) -> FeatureView:
     """A Feast FeatureView of windowed aggregates of raw events, with its spec in the registry.
@@ -419,6 +421,9 @@ def windowed_view(*, name: str, entity: Entity, events: Any, features: Sequence[
     `helpers`: aggregations computed only for derived features. `lookback`: the longest window
     allowed (default: the longest declared), i.e. how much history each run reads.
     `push_source`: also accept fresh rows through a Feast PushSource of this name.
+    `stream_event_id`: the event column that identifies an event (a transaction id): the view is
+    stream-fed, and `feastkit stream` keeps it fresh from the event stream, deduplicating on it.
+    Needs `grid=None` and a `push_source` (the worker writes through it).
     """
     from feast import PushSource
 
@@ -466,6 +471,10 @@ def windowed_view(*, name: str, entity: Entity, events: Any, features: Sequence[
                                    "declare features with Aggregation(...) or Derived(...)")
     if not aggregations:
         raise DeclarationError(f"feature view '{name}' has no aggregation", "declare at least one Aggregation")
+    if stream_event_id is not None and (grid is not None or not push_source or len(sources) != 1):
+        raise DeclarationError(f"feature view '{name}': stream_event_id needs grid=None, a push_source and "
+                               "one event source", "declare the stream-fed view with one row per event, "
+                               "fed by one event source, with push_source='<name>'")
     longest = max(a.window_us for a in aggregations)
     spec = ViewSpec(name, "windowed", key, tuple(sources), grid_us, lookback_us or longest,
                     tuple(aggregations), tuple(outputs))
@@ -475,6 +484,8 @@ def windowed_view(*, name: str, entity: Entity, events: Any, features: Sequence[
     all_tags = {**(tags or {}), SPEC_TAG: spec.to_json(), "row_timestamp": spec.row_timestamp}
     if freshness_sla:
         all_tags["freshness_sla"] = freshness_sla
+    if stream_event_id is not None:
+        all_tags[STREAM_EVENT_ID_TAG] = stream_event_id
     return _declared_view_class()(name=name, entities=[entity], ttl=ttl, schema=fields, source=source,
                                   online=online, description=description, owner=owner, tags=all_tags)
 

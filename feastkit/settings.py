@@ -101,6 +101,23 @@ class Settings(BaseSettings):
     performance_max_rate_drop: float = 0.2
     performance_lookback_days: float = 112.0   # the drift_check DAG's performance task: weeks of log read
 
+    # The stream worker (`feastkit stream`, docs/streaming.md): events of each stream-fed view's source
+    # arrive on the Redis stream `<stream_prefix>{<source>}` (`{<source>.<p>}` for partition p of
+    # `stream_partitions`); workers in `stream_group` keep the views' windows, accept events up to
+    # `stream_lateness` behind the latest seen, and commit state, offline rows and acks together
+    stream_redis_url: str = "redis://127.0.0.1:6379/0"
+    stream_prefix: str = "feastkit:events:"
+    stream_group: str = "feastkit-stream"
+    stream_partitions: int = Field(1, ge=1, le=1024)
+    stream_lateness: str = "2m"
+    stream_batch_events: int = Field(1000, ge=1, le=100_000)
+    stream_commit_seconds: float = 1.0
+    stream_max_length: int = 1_000_000    # XADD trims each stream to about this many entries
+    stream_metrics_port: int = 0          # the worker's Prometheus endpoint (0: none)
+    # the prediction API appends every scored transaction to its source's stream, so the realtime
+    # counters follow the traffic being scored (on in the demo; the worker must run beside it)
+    stream_publish: bool = False
+
     # Orchestration (dags/): cron schedules in UTC, first interval, catchup, promotion rule
     schedule_feature_pipeline: str = "0 * * * *"
     schedule_train: str = "0 3 * * 1"
@@ -130,6 +147,11 @@ class Settings(BaseSettings):
         return self
 
     # Paths derived from data_dir ---------------------------------------------------------
+    @property
+    def stream_log_dir(self) -> Path:
+        """The stream worker's offline log: every row it wrote online, per view and day."""
+        return self.data_dir / "stream_log"
+
     @property
     def raw_dir(self) -> Path:
         return self.data_dir / "raw"

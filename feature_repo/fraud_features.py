@@ -90,8 +90,9 @@ user_realtime_activity = windowed_view(
                     description="Amount in those 10 minutes.", default="0"),
     ],
     push_source="user_realtime_push",
+    stream_event_id="transaction_id",  # stream-fed: `feastkit stream` keeps it fresh, deduplicating on this
     freshness_sla="15m",
-    description="Burst counters pushed by the payment stream; backfilled from transactions.",
+    description="Burst counters kept fresh by the stream worker (`feastkit stream`); backfilled from transactions.",
     owner="fraud-ml@feastkit.dev",
     tags={"domain": "fraud", "cadence": "streaming"},
 )

@@ -24,9 +24,9 @@ import json
 import logging
 import shutil
 import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import duckdb
@@ -43,7 +43,7 @@ from feastkit.atomic import (
     swap_folder,
 )
 from feastkit.clean import EVENT_TABLES, clean_table, data_range
-from feastkit.declarations import DeclarationError, ViewSpec
+from feastkit.declarations import DeclarationError, EventSource, ViewSpec
 from feastkit.errors import FeastkitError
 from feastkit.ledger import Ledger
 from feastkit.times import epoch_micros, micros, require_aware
@@ -141,7 +141,7 @@ class WindowedQuery:
     view's features."""
 
     events: str
-    stamps: RowStamps | EventStamps
+    stamps: RowStamps | EventStamps | ProbeStamps
     aggregates: tuple[Aggregate, ...]
     select: str
     stamp_shift: timedelta = timedelta(0)  # how far after its row's stamp each probe sits
@@ -230,9 +230,12 @@ def duckdb_type(feast_type: str) -> str:
     return _DUCKDB_TYPES[feast_type]
 
 
-def _events_sql(spec: ViewSpec, clean_dir: Path, lo: str, hi: str) -> tuple[str, dict[str, tuple[str, str | None]]]:
+def _events_sql(spec: ViewSpec, clean_dir: Path, lo: str, hi: str,
+                relation_of: Callable[[EventSource], str] | None = None
+                ) -> tuple[str, dict[str, tuple[str, str | None]]]:
     """The view's events (k, ts, value and filter columns) from its raw sources in [lo, hi), and per
-    aggregation the (value column, filter column) it reads there.
+    aggregation the (value column, filter column) it reads there. A source is read from its clean
+    table, or from the relation `relation_of(source)` names (the stream worker's buffered events).
 
     Several sources are stacked (UNION ALL BY NAME); an aggregation only sees the rows of its own
     source, and rows that no aggregation selects are left out, since they cannot change a value.
@@ -268,7 +271,8 @@ def _events_sql(spec: ViewSpec, clean_dir: Path, lo: str, hi: str) -> tuple[str,
         ts = f'"{source.timestamp}"'
         parts.append(f"""SELECT k, ts{''.join(', ' + c for c in selected)} FROM (
                            SELECT *, "{spec.entity_key}" AS k, make_timestamp(epoch_us({ts}::TIMESTAMPTZ)) AS ts
-                           FROM read_parquet('{clean_table(clean_dir, source.table)}')
+                           FROM {relation_of(source) if relation_of else
+                                 f"read_parquet('{clean_table(clean_dir, source.table)}')"}
                            WHERE {ts} >= {lo} AND {ts} < {hi}) {keep}""")
     return " UNION ALL BY NAME ".join(parts), reads
 
@@ -289,7 +293,8 @@ def _select_sql(spec: ViewSpec) -> str:
             "FROM (SELECT *, ts AS event_timestamp FROM {windowed})")
 
 
-def windowed_query(spec: ViewSpec, clean_dir: Path, start: datetime, end: datetime) -> WindowedQuery:
+def windowed_query(spec: ViewSpec, clean_dir: Path, start: datetime, end: datetime,
+                   relation_of: Callable[[EventSource], str] | None = None) -> WindowedQuery:
     """The engine's plan for one view and interval, derived from the view's declaration.
 
     On a grid, rows go where a value can change and at midnight heartbeats (`RowStamps`); a view
@@ -298,7 +303,7 @@ def windowed_query(spec: ViewSpec, clean_dir: Path, start: datetime, end: dateti
     """
     lo = f"TIMESTAMPTZ '{(start - spec.lookback - spec.grid - HOUR).isoformat()}'"
     hi = f"TIMESTAMPTZ '{end.isoformat()}'"
-    events, reads = _events_sql(spec, clean_dir, lo, hi)
+    events, reads = _events_sql(spec, clean_dir, lo, hi, relation_of)
     per_event = spec.grid_us == 0
     aggregates = []
     for agg in spec.aggregations:
@@ -317,6 +322,58 @@ def windowed_query(spec: ViewSpec, clean_dir: Path, start: datetime, end: dateti
     return WindowedQuery(events, stamps, tuple(aggregates), _select_sql(spec),
                          timedelta(microseconds=1) if per_event else timedelta(0))
 
+
+
+@dataclass(frozen=True)
+class ProbeStamps:
+    """Rows of an event-driven view at chosen (entity, event time in epoch us) points only, probed
+    one microsecond after each like `EventStamps` (the stream worker's new and corrected rows)."""
+
+    points: frozenset[tuple[object, int]]
+
+    def can_stamp(self) -> str:
+        return "TRUE"
+
+    def __call__(self, keys: np.ndarray, ts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        first = np.ones(len(ts), dtype=bool)
+        first[1:] = (keys[1:] != keys[:-1]) | (ts[1:] != ts[:-1])
+        keys, ts = keys[first], ts[first]
+        wanted = np.fromiter(((k, int(t)) in self.points for k, t in zip(keys.tolist(), ts.tolist(), strict=True)),
+                             dtype=bool, count=len(ts))
+        return keys[wanted], ts[wanted] + 1
+
+
+def rows_at(spec: ViewSpec, events: dict[str, pa.Table], points: frozenset[tuple[object, int]]) -> pa.Table:
+    """A per-event view's rows (`grid=None`) at the given (entity key, event time in epoch us)
+    points, from in-memory raw events, by the very query and window engine `feastkit compute` runs.
+
+    `events` maps each of the view's event sources to a table of its clean table's columns; the
+    stream worker passes the events it holds for the entities it updates. A point must be one of
+    those events' (key, time); the rows come out as `compute` writes them (key, event_timestamp,
+    features), sorted by key and time.
+    """
+    if spec.grid_us:
+        raise FeastkitError(f"feature view '{spec.name}' is on a grid, not a row per event",
+                            "only views declared with grid=None are computed per event")
+    if not points:
+        return pa.table({})
+    con = connect()
+    names = {}
+    for i, source in enumerate(spec.sources):
+        if source.name in events:
+            names[source.name] = f"stream_events_{i}"
+            con.register(names[source.name], events[source.name])
+    missing = [s.name for s in spec.sources if s.name not in names and
+               any(a.source == s.name for a in spec.aggregations)]
+    if missing:
+        raise FeastkitError(f"feature view '{spec.name}': no events given for source(s) {', '.join(missing)}",
+                            "pass a table of each event source the view aggregates")
+    times = [t for _, t in points]
+    start = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=min(times))
+    end = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=max(times) + 1)
+    query = windowed_query(spec, Path(), start, end, relation_of=lambda source: names[source.name])
+    select, _, _ = _windowed_rows(con, replace(query, stamps=ProbeStamps(points)), narrow=False)
+    return con.sql(f"SELECT * FROM ({select}) ORDER BY 1, 2").to_arrow_table()
 
 
 @dataclass(frozen=True)

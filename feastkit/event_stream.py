@@ -1,0 +1,82 @@
+"""The event stream's layout on Redis Streams: stream keys per source and partition, the entry format, publishing.
+
+One Redis stream per event source (`transactions`) and partition. An entry holds one event as a
+JSON object in its `event` field, with the source's column names (`transaction_id`, `user_id`,
+`amount`, `event_timestamp` as ISO 8601 with a timezone, ...). Events are partitioned by the
+entity key of the views the stream feeds (crc32 of its JSON text), so one entity's events always
+land in one partition, and the one worker owning that partition holds that entity's windows.
+
+Every key of a partition -- the stream, the worker's committed state, the dead-letter stream --
+shares one Redis Cluster hash tag, so a worker commits them in one MULTI/EXEC on any deployment.
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+EVENT_FIELD = "event"
+
+
+@dataclass(frozen=True)
+class StreamLayout:
+    """Where the events of one source go: `<prefix>{<source>}` or `<prefix>{<source>.<p>}` per partition."""
+
+    prefix: str
+    source: str
+    partitions: int = 1
+
+    def __post_init__(self) -> None:
+        if self.partitions < 1:
+            raise ValueError(f"a stream needs at least one partition, not {self.partitions}")
+
+    def stream_key(self, partition: int) -> str:
+        if not 0 <= partition < self.partitions:
+            raise ValueError(f"partition {partition} is outside 0..{self.partitions - 1}")
+        tag = self.source if self.partitions == 1 else f"{self.source}.{partition}"
+        return f"{self.prefix}{{{tag}}}"
+
+    def keys(self) -> list[str]:
+        return [self.stream_key(p) for p in range(self.partitions)]
+
+    def partition_of(self, entity_key: Any) -> int:
+        """The partition of an entity: the same for one key whichever process asks."""
+        if self.partitions == 1:
+            return 0
+        return zlib.crc32(json.dumps(entity_key).encode()) % self.partitions
+
+    @staticmethod
+    def state_key(stream_key: str, group: str) -> str:
+        """The hash holding a consumer group's committed windows for one partition (same hash tag)."""
+        return f"{stream_key}:state:{group}"
+
+    @staticmethod
+    def dead_letter_key(stream_key: str) -> str:
+        """Where events the worker cannot apply go, each with its reason (same hash tag)."""
+        return f"{stream_key}:dead"
+
+
+def encode_event(event: Mapping[str, Any]) -> dict[str, str]:
+    """An entry's fields for one event."""
+    return {EVENT_FIELD: json.dumps(event, separators=(",", ":"), allow_nan=False)}
+
+
+def publish(client: Any, layout: StreamLayout, entity_column: str, events: Iterable[Mapping[str, Any]],
+            max_length: int = 1_000_000) -> list[str]:
+    """Append events to their partitions' streams in one pipelined round trip; the entry ids, in order.
+
+    Each stream is trimmed to about `max_length` entries (`XADD ... MAXLEN ~`), so an unconsumed
+    stream cannot grow without bound.
+    """
+    pipe = client.pipeline(transaction=False)
+    count = 0
+    for event in events:
+        partition = layout.partition_of(event.get(entity_column))
+        pipe.xadd(layout.stream_key(partition), encode_event(event), maxlen=max_length, approximate=True)
+        count += 1
+    if not count:
+        return []
+    return [i.decode() if isinstance(i, bytes) else str(i) for i in pipe.execute()]
