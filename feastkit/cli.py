@@ -291,8 +291,11 @@ def serving_app(settings: Settings | None = None, state: object | None = None) -
                                               "--worker); keep it stable across restarts.")
 @click.option("--exit-when-idle", type=float, default=None,
               help="Stop after this many seconds without events (a backfill through the stream).")
+@click.option("--reset", is_flag=True, help="First delete the owned partitions' streams, dead letters and "
+                                          "committed windows (after regenerating the data, as the demo does).")
 @click.pass_obj
-def stream(settings: Settings, worker_spec: str, consumer: str | None, exit_when_idle: float | None) -> None:
+def stream(settings: Settings, worker_spec: str, consumer: str | None, exit_when_idle: float | None,
+           reset: bool) -> None:
     """Keep the stream-fed views fresh from the event stream (Redis Streams), equal to `compute`."""
     import signal
     import threading
@@ -309,6 +312,8 @@ def stream(settings: Settings, worker_spec: str, consumer: str | None, exit_when
     require_applied(store)
     worker = StreamWorker(settings, store, connect_stream(settings), partitions=partitions,
                           consumer=consumer or f"{default_consumer()}-{index}")
+    if reset:
+        worker.reset()
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
@@ -334,6 +339,30 @@ def demo_requests(settings: Settings, url: str) -> None:
 
     for title, request, response in run_examples(settings, url):
         click.echo(f"\n== {title}\n-> {json.dumps(request)}\n<- {json.dumps(response, indent=1)}")
+
+
+@cli.command("demo-burst")
+@click.option("--url", default="http://127.0.0.1:8000", show_default=True)
+@click.option("--service", default="fraud_detection_v2", show_default=True,
+              help="A feature service reading a stream-fed view.")
+@click.option("--count", default=5, show_default=True, help="Transactions in the burst.")
+@click.pass_obj
+def demo_burst(settings: Settings, url: str, service: str, count: int) -> None:
+    """Send a burst of one user's transactions and show the realtime counters follow it (the server
+    publishing scored transactions, `feastkit stream` running); exit 1 if they do not."""
+    from serving.examples import run_burst
+
+    seen = run_burst(settings, url, service, count)
+    for at, features, probability in seen:
+        shown = "  ".join(f"{k}={'missing (default 0)' if v is None else v}" for k, v in features.items())
+        click.echo(f"{at}  {shown}  probability={probability:.3f}")
+    # missing: no row within the view's TTL, i.e. no transaction in the window (served as 0)
+    counts = [next((v or 0 for k, v in f.items() if k.startswith("txn_count")), None) for _, f, _ in seen]
+    if counts != list(range(len(counts))):
+        click.echo(f"the realtime counters did not follow the burst: {counts}, expected 0..{count - 1} "
+                   "(is `feastkit stream` running, with FEASTKIT_STREAM_PUBLISH=true on the server?)", err=True)
+        sys.exit(1)
+    click.echo(f"{service} saw the burst as it happened: txn_count went {counts}")
 
 
 @cli.command()

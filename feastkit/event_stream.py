@@ -80,3 +80,35 @@ def publish(client: Any, layout: StreamLayout, entity_column: str, events: Itera
     if not count:
         return []
     return [i.decode() if isinstance(i, bytes) else str(i) for i in pipe.execute()]
+
+
+@dataclass(frozen=True)
+class StreamSource:
+    """An event source feeding stream-fed views: what a producer must send and how it is partitioned."""
+
+    name: str
+    entity_key: str
+    event_id: str
+    timestamp: str
+    value_columns: tuple[str, ...]   # the columns the views aggregate (each event must carry them)
+    views: tuple[str, ...]
+
+
+def stream_sources(feature_views: Iterable[Any]) -> list[StreamSource]:
+    """The sources of the views declared stream-fed (`stream_event_id=`), read from the registry."""
+    from feastkit.declarations import STREAM_EVENT_ID_TAG, ViewSpec
+
+    found: dict[str, StreamSource] = {}
+    for view in feature_views:
+        event_id = (view.tags or {}).get(STREAM_EVENT_ID_TAG)
+        spec = ViewSpec.of(view) if event_id else None
+        if spec is None or not spec.sources:
+            continue
+        source = spec.sources[0]
+        columns = tuple(sorted({a.column for a in spec.aggregations if a.column}))
+        known = found.get(source.name)
+        if known is not None:
+            columns = tuple(sorted({*known.value_columns, *columns}))
+        found[source.name] = StreamSource(source.name, spec.entity_key, event_id, source.timestamp, columns,
+                                          tuple(sorted({*(known.views if known else ()), view.name})))
+    return sorted(found.values(), key=lambda s: s.name)

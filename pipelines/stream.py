@@ -357,6 +357,12 @@ class StreamWorker:
             self._load(part)
         self.started = True
 
+    def reset(self) -> None:
+        """Delete the owned partitions' streams, dead letters and this group's committed windows."""
+        for part in self.partitions:
+            self.client.delete(part.stream, part.dead_key, part.state_key)
+        self.started = False
+
     def _load(self, part: Partition) -> None:
         part.entities.clear()
         part.changed.clear()
@@ -465,8 +471,8 @@ class StreamWorker:
             else:
                 report.dead += 1
             self.metrics.events.labels(part.stream, outcome).inc()
-            log.warning("stream event set aside", extra={"stream": part.stream, "entry": entry_id,
-                                                          "reason": reason, "detail": detail})
+            log.warning(f"stream event {entry_id} set aside ({reason}): {detail}",
+                        extra={"stream": part.stream, "entry": entry_id, "reason": reason})
         pipe.execute()
 
     def _write_rows(self, part: Partition, arrived: dict[Any, list[int]]) -> None:

@@ -25,6 +25,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from feastkit import __version__
+from feastkit.errors import FeastkitError
+from feastkit.event_stream import stream_sources
 from feastkit.settings import Settings, get_settings
 from serving.auth import Unauthorized, require_api_key
 from serving.features import OnlineStoreUnavailable, describe_error
@@ -38,6 +40,7 @@ from serving.routers.operations import operations_router
 from serving.routers.predict import predict_router
 from serving.routers.push import push_router
 from serving.scoring import PUSH_MODES, LoadedModel, Scoring, ServingState
+from serving.stream_publish import StreamPublisher
 
 __all__ = ["PUSH_MODES", "LoadedModel", "RequestContext", "ServingState", "create_app"]
 
@@ -162,6 +165,15 @@ class RequestContext:
         await send({"type": "http.response.body", "body": body.body})
 
 
+def stream_publisher(settings: Settings, state: ServingState, metrics: ServingMetrics) -> StreamPublisher:
+    """The publisher of scored transactions to the stream-fed views' sources (FEASTKIT_STREAM_PUBLISH)."""
+    sources = stream_sources(state.store.list_feature_views())
+    if not sources:
+        raise FeastkitError("FEASTKIT_STREAM_PUBLISH is on but no feature view is stream-fed",
+                            "declare one with stream_event_id= (and run `feastkit apply`), or turn it off")
+    return StreamPublisher(settings, sources, metrics)
+
+
 def create_app(settings: Settings | None = None, state: ServingState | None = None, *,
                freshness: FreshnessCheck | None = None) -> FastAPI:
     """Build the app over `state` (loaded and checked here when not given).
@@ -175,7 +187,8 @@ def create_app(settings: Settings | None = None, state: ServingState | None = No
         state = ServingState.load(settings)  # the routes are generated from it
     metrics = ServingMetrics()
     prediction_log = PredictionLog(settings, metrics) if settings.prediction_log else None
-    scoring = Scoring(state, metrics, prediction_log=prediction_log)
+    publisher = stream_publisher(settings, state, metrics) if settings.stream_publish else None
+    scoring = Scoring(state, metrics, prediction_log=prediction_log, publisher=publisher)
     # /ready answers from this probe's last ping (serving/readiness.py); every reader shares the
     # store and its read guard
     first = next(iter(state.models.values()))  # its reader is swapped when the registry changes
@@ -205,6 +218,8 @@ def create_app(settings: Settings | None = None, state: ServingState | None = No
         probe.start()
         if prediction_log is not None:
             prediction_log.start()
+        if publisher is not None:
+            publisher.start()
         # ready from the first request on when the store answers (bounded: a dead store starts not ready)
         await run_in_threadpool(probe.wait_first, settings.online_timeout_seconds + 1.0)
         try:
@@ -214,6 +229,8 @@ def create_app(settings: Settings | None = None, state: ServingState | None = No
             scoring.close()  # the scoring thread (started by the first prediction)
             if prediction_log is not None:
                 prediction_log.close()  # writes what is still queued
+            if publisher is not None:
+                publisher.close()  # appends what is still queued
             limits.restore_original_limits()
 
     # with keys set, the schema needs one too (unless FEASTKIT_DOCS_PUBLIC): it is added below

@@ -207,3 +207,46 @@ def run_examples(settings: Settings, url: str) -> list[tuple[str, dict[str, Any]
             response = client.post(path, json=body)
             out.append((title, body, {"status": response.status_code, **response.json()}))
     return out
+
+
+def run_burst(settings: Settings, url: str, service: str, count: int = 5,
+              pause: float = 1.0) -> list[tuple[str, Any, float]]:
+    """A burst of `count` transactions of one user, a minute apart, scored by a service that reads
+    the stream-fed realtime view: (request time, the realtime features it was scored with, the
+    probability). With the server publishing scored transactions and the stream worker running,
+    each one sees the ones before it (`pause` seconds apart, so the worker has applied them)."""
+    import time
+
+    from feastkit.declarations import STREAM_EVENT_ID_TAG
+    from feastkit.store import open_store
+
+    store = open_store(settings)
+    end = pd.Timestamp(pd.read_parquet(settings.clean_dir / "transactions.parquet",
+                                       columns=["event_timestamp"])["event_timestamp"].max())
+    _, path, body = _service_example(settings, store, service, end)
+    # after every other demo request (those are at most a day after the data's end)
+    start = end.floor("D") + pd.Timedelta(days=2, hours=10)
+    streamed = [view for view in _service_views(store, service) if (view.tags or {}).get(STREAM_EVENT_ID_TAG)]
+    realtime = [f.name for view in streamed for f in view.features]
+    if streamed:  # and after what an earlier burst left online (a read never sees a row stamped later)
+        key = streamed[0].join_keys[0]
+        got = store.get_online_features(features=[f"{streamed[0].name}:{realtime[0]}"],
+                                        entity_rows=[{key: body[key]}]).to_dict(include_event_timestamps=True)
+        stamps = [t for t in got.get(f"{realtime[0]}__ts", []) if t]
+        if stamps and pd.Timestamp(max(stamps), unit="s", tz="UTC") >= start:
+            start = pd.Timestamp(max(stamps), unit="s", tz="UTC").ceil("h") + pd.Timedelta(hours=1)
+    out = []
+    with httpx.Client(base_url=url, timeout=30) as client:
+        for i in range(count):
+            at = start + pd.Timedelta(minutes=i)
+            request = {**body, "as_of": _iso(at)}
+            for name in request:
+                if "epoch" in name:
+                    request[name] = type(body[name])(at.timestamp())
+            response = client.post(path, json=request)
+            response.raise_for_status()
+            answer = response.json()
+            seen = {name: (answer.get("features") or {}).get(name) for name in realtime}
+            out.append((_iso(at), seen, float(answer["probability"])))
+            time.sleep(pause)
+    return out

@@ -81,6 +81,11 @@ class ServingMetrics:
             "(closed).", ["outcome"], registry=r)
         self.log_queued = Gauge("feastkit_prediction_log_queued",
                                 "Predictions waiting to be written to the prediction log.", registry=r)
+        self.published = Counter(
+            "feastkit_stream_published",
+            "Scored transactions handed to the event stream (FEASTKIT_STREAM_PUBLISH), by outcome: "
+            "appended, or dropped because the queue was full (queue_full) or the broker failed "
+            "(broker_error).", ["outcome"], registry=r)
         self.breaker_open = Gauge(
             "feastkit_store_breaker_open",
             "1 while the fail-fast guard of reads or of pushes is open after a connectivity error.",

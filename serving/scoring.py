@@ -38,6 +38,7 @@ from serving.inference import Scorer
 from serving.logs import request_id_var
 from serving.prediction_log import LoggedGroup, PredictionLog
 from serving.push import PushTarget
+from serving.stream_publish import StreamPublisher
 
 if TYPE_CHECKING:
     from feast import FeatureStore
@@ -393,10 +394,11 @@ class Scoring:
     """Score + decide for the loaded models, recording the serving metrics of one app."""
 
     def __init__(self, state: ServingState, metrics: ServingMetrics, max_group_rows: int | None = None,
-                 prediction_log: PredictionLog | None = None) -> None:
+                 prediction_log: PredictionLog | None = None, publisher: StreamPublisher | None = None) -> None:
         self.state = state
         self.metrics = metrics
         self.prediction_log = prediction_log
+        self.publisher = publisher
         self.window_us = request_window(state.settings)
         self.worker = ScoringWorker(self, max_group_rows or state.settings.max_batch_size)
         self.watcher = RegistryWatcher(state, state.settings.registry_poll_seconds)
@@ -454,6 +456,14 @@ class Scoring:
         Live (not replay), request times outside the window around the server clock get 422."""
         check_request_times(as_of, self.window_us)
         return await self.worker.submit(_Job(model, rows, as_of, explain, labels, request_id=request_id_var.get()))
+
+    def publish(self, rows: list[dict[str, Any]], as_of: list[float], ids: list[str | None]) -> None:
+        """Hand scored transactions to the event stream (FEASTKIT_STREAM_PUBLISH): a queue append.
+        A row without an id of its own gets the request id and its position in the request."""
+        if self.publisher is None:
+            return
+        request_id = request_id_var.get() or "request"
+        self.publisher.offer(rows, as_of, [i if i is not None else f"{request_id}-{n}" for n, i in enumerate(ids)])
 
     def close(self) -> None:
         self.watcher.stop()

@@ -60,6 +60,8 @@ def _fraud_routes(router: APIRouter, model: LoadedModel, scoring: Scoring, batch
                          "transaction_epoch": at})
             epochs.append(at)
         decided = await scoring.decide_async(model, rows, epochs, explain, labels)
+        scoring.publish([{**row, "channel": b.channel, "device_id": b.device_id} for row, b in zip(rows, bodies, strict=True)],
+                        epochs, [b.transaction_id for b in bodies])
         return [FraudResponse(transaction_id=body.transaction_id, **fields)
                 for body, fields in zip(bodies, decided, strict=True)]
 
@@ -116,6 +118,7 @@ def _service_routes(router: APIRouter, model: LoadedModel, scoring: Scoring, max
             rows.append(row)
             as_of.append(epoch(at))
         decided = await scoring.decide_async(model, rows, as_of, explain, labels)
+        scoring.publish(rows, as_of, [None] * len(rows))
         return [{**contract.entity_keys(row), **fields} for row, fields in zip(rows, decided, strict=True)]
 
     async def predict(body: request_model, explain: bool = EXPLAIN) -> Any:  # type: ignore[valid-type]
