@@ -44,6 +44,7 @@ if TYPE_CHECKING:
 
 SPEC_TAG = "feastkit.spec"
 STREAM_EVENT_ID_TAG = "feastkit.stream_event_id"  # on a stream-fed view: the column identifying an event
+STREAM_LOG_TAG = "feastkit.stream_log"  # on a stream-fed view: the folder of the rows the stream worker wrote
 SPEC_VERSION = 1
 DAY = timedelta(days=1)
 HOUR = timedelta(hours=1)
@@ -318,6 +319,14 @@ def _settings_dirs() -> tuple[Path, Path]:
     return settings.clean_dir, settings.features_dir
 
 
+def stream_log_dir(view_name: str) -> Path:
+    """Where the stream worker logs a stream-fed view's rows (next to the feature tables; read by
+    the ASOF offline store with the view's table, so training sees what the stream served)."""
+    from feastkit.settings import get_settings
+
+    return get_settings().stream_log_dir / view_name
+
+
 def clean_events(name: str, timestamp_field: str = "event_timestamp", description: str = "",
                  table: str | None = None) -> DataSource:
     """A Feast FileSource over a clean event table (`<FEASTKIT_DATA_DIR>/clean/<table>.parquet`).
@@ -486,6 +495,7 @@ def windowed_view(*, name: str, entity: Entity, events: Any, features: Sequence[
         all_tags["freshness_sla"] = freshness_sla
     if stream_event_id is not None:
         all_tags[STREAM_EVENT_ID_TAG] = stream_event_id
+        all_tags[STREAM_LOG_TAG] = str(stream_log_dir(name))
     return _declared_view_class()(name=name, entities=[entity], ttl=ttl, schema=fields, source=source,
                                   online=online, description=description, owner=owner, tags=all_tags)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 import weakref
 from datetime import datetime
+from pathlib import Path
 from typing import Literal
 
 import ibis
@@ -79,12 +80,39 @@ def _feature_side_sql(feature_view: FeatureView, config: RepoConfig, columns: li
             ibis.literal("-infinity").cast(utc))
     selection.update({out: table[col] for col, out in columns})
     table = table.select(**selection)
+    logged = _stream_log(feature_view, key_map, columns, table.schema())
+    if logged is not None:
+        if not created:  # the table's rows lose every tie to a logged row of the same time
+            table = table.mutate(**{_CREATED: ibis.literal("-infinity").cast(utc)})
+            created = _CREATED
+        table = table.union(logged.select(*table.columns))
     earliest, latest = (times.utc(t) for t in entity_range)  # naive entity times are UTC, as Feast reads them
     keep = [table[_TS].notnull(), table[_TS] <= ibis.literal(latest, type=utc)]
     if feature_view.ttl:
         keep.append(table[_TS] >= ibis.literal(earliest - feature_view.ttl, type=utc))
     table = table.filter(*keep)
     return ibis.to_sql(table, dialect="duckdb"), key_map, bool(created)
+
+
+def _stream_log(feature_view: FeatureView, key_map: dict[str, str], columns: list[tuple[str, str]],
+                schema: ibis.Schema) -> ibis.Table | None:
+    """The rows the stream worker wrote for a stream-fed view (`feastkit stream`), shaped like the
+    view's side of the join, or None when it has none: training and the replay check then read
+    what the stream served, next to what `feastkit compute` wrote. For one (entity, time) the
+    latest `created` wins, and a logged row wins over the table's row (equal when both saw the
+    same transactions)."""
+    from feastkit.declarations import STREAM_LOG_TAG
+
+    folder = (feature_view.tags or {}).get(STREAM_LOG_TAG)
+    if not folder or not any(Path(folder).glob("date=*/part-*.parquet")):
+        return None
+    utc = dt.Timestamp(timezone="UTC")
+    log = ibis.read_parquet(str(Path(folder) / "date=*" / "part-*.parquet"), hive_partitioning=False)
+    selection = {entity_key: log[key].cast(schema[entity_key]) for key, entity_key in key_map.items()}
+    selection[_TS] = log["event_timestamp"].cast(utc)
+    selection[_CREATED] = log["created"].cast(utc)
+    selection.update({out: log[col].cast(schema[out]) for col, out in columns})
+    return log.select(**selection)
 
 
 def _asof_query(entity_name: str, entity_columns: list[str], event_timestamp_col: str,

@@ -149,7 +149,8 @@ class Settings(BaseSettings):
     # Paths derived from data_dir ---------------------------------------------------------
     @property
     def stream_log_dir(self) -> Path:
-        """The stream worker's offline log: every row it wrote online, per view and day."""
+        """The stream workers' offline logs: every row written online, per view and day (the applied
+        registry records each stream-fed view's folder, `feastkit.stream_log`)."""
         return self.data_dir / "stream_log"
 
     @property

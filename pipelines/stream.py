@@ -48,7 +48,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from feastkit.atomic import replacing
 from feastkit.clean import clean_table
-from feastkit.declarations import STREAM_EVENT_ID_TAG, DeclarationError, ViewSpec
+from feastkit.declarations import STREAM_EVENT_ID_TAG, STREAM_LOG_TAG, DeclarationError, ViewSpec
 from feastkit.errors import FeastkitError
 from feastkit.event_stream import EVENT_FIELD, StreamLayout
 from feastkit.settings import Settings
@@ -78,6 +78,7 @@ class StreamFedView:
     spec: ViewSpec
     push_source: str
     longest_window_us: int
+    log_dir: Path          # the offline log, as the registry records it
 
 
 @dataclass(frozen=True)
@@ -168,7 +169,11 @@ def stream_fed_views(store: Any) -> list[StreamFedView]:
             raise DeclarationError(f"feature view '{view.name}' is tagged stream-fed but has no per-event spec "
                                    "or push source", "declare it with windowed_view(grid=None, push_source=..., "
                                    "stream_event_id=...) and run `feast apply`")
-        fed.append(StreamFedView(spec, push, max(a.window_us for a in spec.aggregations)))
+        log_dir = (view.tags or {}).get(STREAM_LOG_TAG)
+        if not log_dir:
+            raise DeclarationError(f"feature view '{view.name}' has no {STREAM_LOG_TAG} tag",
+                                   "run `feastkit apply` with this feastkit (it records the view's stream log)")
+        fed.append(StreamFedView(spec, push, max(a.window_us for a in spec.aggregations), Path(log_dir)))
     pushes = [v.push_source for v in fed]
     shared = sorted({p for p in pushes if pushes.count(p) > 1})
     if shared:
@@ -535,9 +540,10 @@ class StreamWorker:
     def commit(self) -> None:
         """Offline rows to Parquet, then changed windows and acknowledgements to Redis, atomically."""
         started = time.perf_counter()
+        logs = {v.spec.name: v.log_dir for v in self.views}
         for view, tables in self.offline.items():
             if tables:
-                self._write_offline(view, pa.concat_tables(tables))
+                self._write_offline(view, logs[view], pa.concat_tables(tables))
         self.offline = {}
         for part in self.partitions:
             if not part.acks and not part.changed:
@@ -559,11 +565,11 @@ class StreamWorker:
         self._last_commit = time.monotonic()
         self.metrics.commit_seconds.observe(time.perf_counter() - started)
 
-    def _write_offline(self, view: str, table: pa.Table) -> None:
+    def _write_offline(self, view: str, log_dir: Path, table: pa.Table) -> None:
         days = pc.strftime(table.column("event_timestamp"), format="%Y-%m-%d").to_pylist()
         for day in sorted(set(days)):
             part = table.filter(pc.equal(pa.array(days), day))
-            target = self.settings.stream_log_dir / view / f"date={day}" / \
+            target = log_dir / f"date={day}" / \
                 f"part-{self._last_created}-{uuid.uuid4().hex[:8]}.parquet"
             with replacing(target) as tmp:
                 pq.write_table(part, tmp)
@@ -599,11 +605,10 @@ class StreamWorker:
         return out
 
 
-def read_stream_log(log_dir: Path, view: str) -> pa.Table:
+def read_stream_log(folder: Path) -> pa.Table:
     """A view's offline log as rows: the latest `created` per (entity, event time), sorted."""
     import duckdb
 
-    folder = log_dir / view
     files = sorted(folder.glob("date=*/part-*.parquet"))
     if not files:
         return pa.table({})

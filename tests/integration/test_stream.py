@@ -10,7 +10,7 @@ import signal
 import subprocess
 import time
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +54,8 @@ def stream_env(settings: Settings) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def project(deployment: Deployment, tmp_path_factory: pytest.TempPathFactory) -> Settings:
-    """Its own applied repo and sqlite online store over the deployment's clean tables."""
+    """Its own applied repo, sqlite online store and stream log over copies of the deployment's clean
+    and feature tables."""
     from feastkit.store import apply_repo
 
     require_redis()
@@ -63,6 +64,7 @@ def project(deployment: Deployment, tmp_path_factory: pytest.TempPathFactory) ->
     copy_repo_definitions(root / "repo")
     settings = stream_settings(root)
     shutil.copytree(deployment.settings.clean_dir, settings.clean_dir)
+    shutil.copytree(deployment.settings.features_dir, settings.features_dir, symlinks=True)
     apply_repo(settings)
     return settings
 
@@ -98,8 +100,6 @@ def perturbed(events: list[dict[str, Any]], seed: int = 3) -> list[dict[str, Any
 
 def batch_rows(settings: Settings, events: list[dict[str, Any]], out: Path) -> pa.Table:
     """What `feastkit compute` writes for the realtime view over exactly these transactions."""
-    from datetime import datetime
-
     from feastkit.store import applied_specs, open_store
     from pipelines.aggregates import compute_view
 
@@ -224,7 +224,10 @@ def test_a_day_through_the_stream_equals_compute_online_and_offline(
 
     # the offline log holds exactly the batch table's rows
     batch = batch_rows(settings, sent, tmp_path / "whole-day")
-    logged = read_stream_log(settings.stream_log_dir, VIEW)
+    logged = read_stream_log(settings.stream_log_dir / VIEW)
+    stamps = logged.column("event_timestamp")
+    bounds = pc.min_max(batch.column("event_timestamp"))
+    logged = logged.filter(pc.and_(pc.greater_equal(stamps, bounds["min"]), pc.less_equal(stamps, bounds["max"])))
     assert logged.num_rows == batch.num_rows == len({e["transaction_id"] for e in sent}) - _shared_times(sent)
     assert logged.cast(batch.schema).equals(batch)
 
@@ -243,7 +246,7 @@ def _shared_times(events: list[dict[str, Any]]) -> int:
 
 def test_duplicates_lateness_and_restart_in_process(project: Settings, tmp_path: Path) -> None:
     """Counts by outcome, a window that expires, and a restart that neither loses nor doubles."""
-    from datetime import UTC, datetime
+    from datetime import UTC
 
     from feastkit.store import open_store
     from pipelines.stream import StreamWorker
@@ -301,3 +304,77 @@ def test_duplicates_lateness_and_restart_in_process(project: Settings, tmp_path:
     assert sorted(again.partitions[0].entities[user]) == ["t4", "t6"]
     assert again.step().entries == 0
     assert len(json.loads(client.hget(again.partitions[0].state_key, json.dumps(user)))) == 2
+
+
+def test_the_api_appends_what_it_scores_and_the_next_prediction_sees_it(
+        project: Settings, deployment: Deployment) -> None:
+    """FEASTKIT_STREAM_PUBLISH: a scored transaction reaches the stream, the worker applies it, and
+    fraud_detection_v2 scores the user's next transaction with it counted. A broker that is down
+    costs the predictions nothing: the lost events are counted."""
+    import warnings
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from feastkit.store import open_store
+    from pipelines.stream import StreamWorker
+    from serving.app import ServingState, create_app
+    from tests.integration.test_serving_production import fraud_body
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from starlette.testclient import TestClient
+
+    settings = project.model_copy(update={"stream_publish": True, "fraud_service": "fraud_detection_v2",
+                                          "stream_prefix": f"test-{uuid.uuid4().hex[:6]}:"})
+    if not settings.models_dir.exists():  # the deployment's bundles: same definitions, same fingerprints
+        shutil.copytree(deployment.settings.models_dir, settings.models_dir)
+    client = redis.Redis(db=STREAM_DB)
+    stream = StreamLayout(settings.stream_prefix, "transactions").stream_key(0)
+    first = fraud_body(deployment, transaction_id="loop-1")
+    later = {**first, "transaction_id": "loop-2",
+             "timestamp": (datetime.fromisoformat(first["timestamp"].replace("Z", "+00:00"))
+                           + timedelta(minutes=1)).isoformat()}
+
+    def published(c: TestClient) -> dict[str, float]:
+        return {s.labels["outcome"]: s.value for f in text_string_to_metric_families(c.get("/metrics").text)
+                for s in f.samples if s.name == "feastkit_stream_published_total"}
+
+    with TestClient(create_app(settings, ServingState.load(settings))) as c:
+        assert c.post("/v1/predict/fraud?explain=true", json=first).status_code == 200
+        deadline = time.monotonic() + 10
+        while client.xlen(stream) == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        (_, fields), = client.xrange(stream)
+        event = json.loads(fields[b"event"])
+        assert event["transaction_id"] == "loop-1" and event["user_id"] == first["user_id"]
+        assert event["amount"] == first["amount"] and event["channel"] == first["channel"]
+        assert datetime.fromisoformat(event["event_timestamp"]) == \
+            datetime.fromisoformat(first["timestamp"].replace("Z", "+00:00"))
+        worker = StreamWorker(settings, open_store(settings), client, consumer="loop")
+        worker.start()
+        assert worker.step().accepted == 1
+        answer = c.post("/v1/predict/fraud?explain=true", json=later).json()
+        assert answer["features"]["txn_count_10m"] == 1, answer
+        assert answer["features"]["amount_sum_10m"] == first["amount"]
+        assert published(c).get("appended", 0) >= 1 and "broker_error" not in published(c)
+        worker.commit()
+
+    # training reads what the stream served: the logged row, though compute never saw loop-1
+    import pandas as pd
+
+    at = pd.Timestamp(later["timestamp"]) - pd.Timedelta(microseconds=1)
+    store = open_store(settings)
+    offline = store.get_historical_features(
+        entity_df=pd.DataFrame({"user_id": [first["user_id"]], "event_timestamp": [at]}),
+        features=[f"{VIEW}:{f}" for f in FEATURES]).to_df()
+    assert (offline["txn_count_10m"].tolist(), offline["amount_sum_10m"].tolist()) == ([1], [first["amount"]])
+
+    down = settings.model_copy(update={"stream_redis_url": "redis://127.0.0.1:1/0"})
+    with TestClient(create_app(down, ServingState.load(down))) as c:
+        answers = [c.post("/v1/predict/fraud", json={**first, "transaction_id": f"x{i}"}).status_code
+                   for i in range(3)]
+        assert answers == [200, 200, 200]
+        deadline = time.monotonic() + 15
+        while published(c).get("broker_error", 0) < 3 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert published(c).get("broker_error") == 3.0
