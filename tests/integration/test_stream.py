@@ -26,6 +26,7 @@ from tests.conftest import (
     Deployment,
     copy_repo_definitions,
     feastkit_bin,
+    free_port,
     make_settings,
     require_redis,
     settings_env,
@@ -144,9 +145,20 @@ def wait_committed(client: redis.Redis, stream: str, group: str, timeout: float 
     raise AssertionError(f"the worker did not catch up with {stream}: {client.xinfo_groups(stream)}")
 
 
-def start_worker(settings: Settings, log: Path) -> subprocess.Popen:
-    return subprocess.Popen([feastkit_bin(), "stream", "--consumer", "worker-a"], env=stream_env(settings),
+def start_worker(settings: Settings, log: Path, metrics_port: int = 0) -> subprocess.Popen:
+    env = {**stream_env(settings), "FEASTKIT_STREAM_METRICS_PORT": str(metrics_port)}
+    return subprocess.Popen([feastkit_bin(), "stream", "--consumer", "worker-a"], env=env,
                             stdout=log.open("a"), stderr=subprocess.STDOUT)
+
+
+def worker_counts(port: int) -> dict[str, float]:
+    """feastkit_stream_events_total by outcome, scraped from a running worker."""
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    return {s.labels["outcome"]: s.value for f in text_string_to_metric_families(text) for s in f.samples
+            if s.name == "feastkit_stream_events_total"}
 
 
 def test_a_day_through_the_stream_equals_compute_online_and_offline(
@@ -184,7 +196,8 @@ def test_a_day_through_the_stream_equals_compute_online_and_offline(
         want = {u: v[1:] for u, v in expected.items()}
         assert got == want, (label, {u: (got[u], want[u]) for u in want if got[u] != want[u]})
 
-    worker = start_worker(settings, log)
+    port = free_port()
+    worker = start_worker(settings, log, port)
     try:
         send(thirds[0])
         for payload, _ in bad[:3]:
@@ -195,6 +208,9 @@ def test_a_day_through_the_stream_equals_compute_online_and_offline(
         too_late = {**day[0], "transaction_id": 6, "event_timestamp": day[0]["event_timestamp"]}
         client.xadd(stream, encode_event(too_late))  # hours behind the latest event seen by now
         check("first-third")
+        unique = len({e["transaction_id"] for e in thirds[0]})
+        assert worker_counts(port) == {"accepted": unique, "duplicate": len(thirds[0]) - unique,
+                                       "late": 1, "dead_letter": 5}
 
         # SIGKILL mid-way through the second third: the restart resumes from the last commit
         send(thirds[1])
