@@ -343,7 +343,8 @@ class ProbeStamps:
         return keys[wanted], ts[wanted] + 1
 
 
-def rows_at(spec: ViewSpec, events: dict[str, pa.Table], points: frozenset[tuple[object, int]]) -> pa.Table:
+def rows_at(spec: ViewSpec, events: dict[str, pa.Table], points: frozenset[tuple[object, int]],
+            con: duckdb.DuckDBPyConnection | None = None) -> pa.Table:
     """A per-event view's rows (`grid=None`) at the given (entity key, event time in epoch us)
     points, from in-memory raw events, by the very query and window engine `feastkit compute` runs.
 
@@ -357,12 +358,22 @@ def rows_at(spec: ViewSpec, events: dict[str, pa.Table], points: frozenset[tuple
                             "only views declared with grid=None are computed per event")
     if not points:
         return pa.table({})
-    con = connect()
+    con = con or connect()
     names = {}
     for i, source in enumerate(spec.sources):
         if source.name in events:
             names[source.name] = f"stream_events_{i}"
             con.register(names[source.name], events[source.name])
+    try:
+        return _rows_at(con, spec, names, points)
+    finally:
+        for name in names.values():
+            con.unregister(name)
+        con.unregister("windowed_stream")
+
+
+def _rows_at(con: duckdb.DuckDBPyConnection, spec: ViewSpec, names: dict[str, str],
+             points: frozenset[tuple[object, int]]) -> pa.Table:
     missing = [s.name for s in spec.sources if s.name not in names and
                any(a.source == s.name for a in spec.aggregations)]
     if missing:

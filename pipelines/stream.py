@@ -7,8 +7,8 @@ recomputes the rows the batch changed with `pipelines.aggregates.rows_at` -- the
 window engine `feastkit compute` runs, so streaming equals batch by construction, not by a
 second implementation. Then:
 
-- online: each changed entity's latest row, through the view's Feast push source, i.e. the
-  guarded online stores' atomic newer-wins write (an older row never overwrites a newer one);
+- online: each changed entity's latest row, written as materialization writes it (the guarded
+  online stores' atomic newer-wins write: an older row never overwrites a newer one);
 - offline log: every new or corrected row, with the time it was computed (`created`), as Parquet
   under `<data>/stream_log/<view>/`; the latest `created` per (entity, event time) is the row;
 - commit: every `stream_commit_seconds`, the offline rows are written, then the windows of the
@@ -46,14 +46,16 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from feastkit import feast_compat
 from feastkit.atomic import replacing
 from feastkit.clean import clean_table
 from feastkit.declarations import STREAM_EVENT_ID_TAG, STREAM_LOG_TAG, DeclarationError, ViewSpec
 from feastkit.errors import FeastkitError
 from feastkit.event_stream import EVENT_FIELD, StreamLayout
+from feastkit.feast_compat import arrow_to_protos
 from feastkit.settings import Settings
 from feastkit.times import epoch_micros
-from pipelines.aggregates import rows_at
+from pipelines.aggregates import connect, rows_at
 
 log = logging.getLogger(__name__)
 
@@ -333,6 +335,13 @@ class StreamWorker:
         self.partitions = [Partition(k, StreamLayout.state_key(k, self.group), StreamLayout.dead_letter_key(k))
                            for k in (self.layout.stream_key(p) for p in owned)]
         self.metrics = metrics or StreamMetrics()
+        self._online = feast_compat.online_store(store)
+        self._feature_views = {}
+        for view in self.views:
+            feature_view = store.get_feature_view(view.spec.name)
+            self._feature_views[view.spec.name] = (
+                feature_view, {e.name: e.dtype.to_value_type() for e in feature_view.entity_columns})
+        self._con = connect()
         self.offline: dict[str, list[pa.Table]] = {}
         self._last_commit = time.monotonic()
         self._last_sweep = time.monotonic()
@@ -483,8 +492,6 @@ class StreamWorker:
     def _write_rows(self, part: Partition, arrived: dict[Any, list[int]]) -> None:
         """Recompute the rows the new events change -- each one's own, and the entity's later rows
         whose window holds it -- push each entity's latest online, and log them all offline."""
-        from feast.data_source import PushMode
-
         held = [(t, row) for key in arrived for t, row in part.entities[key].values()]
         events = {self.schema.source: self.schema.table(held)}
         created = self._created_us()
@@ -499,22 +506,33 @@ class StreamWorker:
                     before = bisect.bisect_right(new, t)  # the new events at or before t
                     if before and t - new[before - 1] <= view.longest_window_us:
                         points.add((key, t))
-            rows = rows_at(view.spec, events, frozenset(points))
+            rows = rows_at(view.spec, events, frozenset(points), con=self._con)
             if not rows.num_rows:
                 continue
             keys = rows.column(view.spec.entity_key).to_pylist()
             stamps = pc.cast(rows.column("event_timestamp"), pa.int64()).to_pylist()
             newest = [i for i, (k, t) in enumerate(zip(keys, stamps, strict=True)) if t == latest[k]]
             if newest:
-                online = rows.take(pa.array(newest)).to_pandas()
-                self.store.push(view.push_source, online, to=PushMode.ONLINE)
-                self.metrics.rows.labels(view.spec.name, "online").inc(len(newest))
-                now = self.clock()
-                for t in online["event_timestamp"]:
-                    self.metrics.event_age.labels(view.spec.name).observe(max(0.0, now - t.timestamp()))
+                self._write_online(view, rows.take(pa.array(newest)))
+                now_us = self.clock() * 1e6
+                for i in newest:
+                    self.metrics.event_age.labels(view.spec.name).observe(max(0.0, (now_us - stamps[i]) / 1e6))
             stamped = rows.append_column(CREATED, pa.array([created] * rows.num_rows, pa.int64())
                                          .cast(pa.timestamp("us", tz="UTC")))
             self.offline.setdefault(view.spec.name, []).append(stamped)
+
+    def _write_online(self, view: StreamFedView, rows: pa.Table) -> None:
+        """Each entity's latest row into the online store the way materialization writes: the
+        guarded stores' column-wise newer-wins write (Feast's rows for types it does not cover).
+        What the view's push source would do, without Feast reading the registry on every call."""
+        feature_view, join_keys = self._feature_views[view.spec.name]
+        config = self.store.config
+        for batch in rows.to_batches(max_chunksize=10_000):
+            write_arrow = getattr(self._online, "online_write_arrow", None)
+            if write_arrow is None or not write_arrow(config, feature_view, batch, join_keys, None):
+                self._online.online_write_batch(config=config, table=feature_view,
+                                                data=arrow_to_protos(batch, feature_view, join_keys), progress=None)
+        self.metrics.rows.labels(view.spec.name, "online").inc(rows.num_rows)
 
     def _created_us(self) -> int:
         self._last_created = max(self._last_created + 1, int(self.clock() * 1_000_000))
