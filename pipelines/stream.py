@@ -403,6 +403,7 @@ class StreamWorker:
                 report = self.step(block_ms=block_ms)
                 if time.monotonic() - self._last_commit >= self.settings.stream_commit_seconds:
                     self.commit()
+                    self.lag()
             except Exception as exc:  # the store or Redis failed: reprocess from the last commit
                 self._recover(exc)
                 stop.wait(1.0)

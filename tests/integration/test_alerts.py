@@ -64,7 +64,47 @@ def _cases() -> list[dict]:
     fraud = "/v1/predict/fraud"
     request = {**SERVER, "route": fraud, "method": "POST"}
     healthy = {**SERVER, "instance": "b:8000"}
+    worker = {"job": "feastkit-stream", "instance": "w:9100"}
+    stream = "feastkit:events:{transactions}"
+    age = "feastkit_stream_event_age_seconds_bucket"
+    view = {**worker, "view": "user_realtime_activity"}
     return [
+        {"input_series": [
+            _series("feastkit_stream_published_total", {**SERVER, "outcome": "appended"}, "0+50x20"),
+            _series("feastkit_stream_published_total", {**SERVER, "outcome": "broker_error"}, "0x5 7x15"),
+            _series("feastkit_stream_published_total", {**healthy, "outcome": "broker_error"}, "0x20"),
+            _series("feastkit_stream_lag_entries", {**worker, "stream": stream}, "20000x10"),
+            _series("feastkit_stream_lag_entries", {**worker, "stream": "feastkit:events:{other}"}, "12x10"),
+            _series("feastkit_stream_errors_total", {**worker, "kind": "ConnectionError"}, "0x2 1+1x10"),
+            _series("feastkit_stream_events_total", {**worker, "stream": stream, "outcome": "accepted"},
+                    "0+100x20"),
+            _series("feastkit_stream_events_total", {**worker, "stream": stream, "outcome": "late"}, "0x5 2x15"),
+            _series("feastkit_stream_events_total", {**worker, "stream": stream, "outcome": "duplicate"},
+                    "0x5 9x15"),
+            _series(age, {**view, "le": "1"}, "0x30"), _series(age, {**view, "le": "60"}, "0+10x30"),
+            _series(age, {**view, "le": "+Inf"}, "0+10x30"),
+            _series(age, {**worker, "view": "fresh", "le": "1"}, "0+10x30"),
+            _series(age, {**worker, "view": "fresh", "le": "60"}, "0+10x30"),
+            _series(age, {**worker, "view": "fresh", "le": "+Inf"}, "0+10x30")],
+         "alert_rule_test": [
+             {"eval_time": "10m", "alertname": "FeastkitStreamPublishDropping", "exp_alerts": [
+                 _alert("FeastkitStreamPublishDropping", "ticket",
+                        "a:8000 dropped scored transactions bound for the event stream (broker_error)",
+                        outcome="broker_error", **SERVER)]},
+             {"eval_time": "6m", "alertname": "FeastkitStreamLagging", "exp_alerts": [
+                 _alert("FeastkitStreamLagging", "page", f"the stream worker is 20000 entries behind on {stream}",
+                        stream=stream, **worker)]},
+             {"eval_time": "9m", "alertname": "FeastkitStreamErrors", "exp_alerts": [
+                 _alert("FeastkitStreamErrors", "page",
+                        "the stream worker on w:9100 keeps failing batches (ConnectionError)",
+                        kind="ConnectionError", **worker)]},
+             {"eval_time": "10m", "alertname": "FeastkitStreamEventsSetAside", "exp_alerts": [
+                 _alert("FeastkitStreamEventsSetAside", "ticket",
+                        f"events on {stream} went to the dead-letter stream (late)", stream=stream, outcome="late",
+                        **worker)]},
+             {"eval_time": "20m", "alertname": "FeastkitStreamEventsLate", "exp_alerts": [
+                 _alert("FeastkitStreamEventsLate", "ticket", "events of user_realtime_activity reach the online "
+                        "store more than 10 s after they happened", view="user_realtime_activity", **worker)]}]},
         {"input_series": [_series("up", SERVER, "0x10"), _series("up", healthy, "1x10")],
          "alert_rule_test": [{"eval_time": "5m", "alertname": "FeastkitServerDown", "exp_alerts": [
              _alert("FeastkitServerDown", "page", "feastkit server a:8000 is not answering /metrics", **SERVER)]}]},
@@ -242,7 +282,14 @@ def test_every_series_the_rules_and_the_dashboard_read_is_exported(exported: tup
     files = sorted(Path(settings.check_metrics_dir).glob("feastkit_*.prom"))
     assert [f.name for f in files] == [f"feastkit_{c}.prom" for c in
                                        ("drift", "freshness", "performance", "replay", "skew")]
-    available = _family_names(served) | set().union(*(_family_names(f.read_text()) for f in files))
+    # the stream worker's series (`feastkit stream`, its own endpoint): every family it declares
+    from prometheus_client import generate_latest
+
+    from pipelines.stream import StreamMetrics
+
+    worker = _family_names(generate_latest(StreamMetrics().registry).decode())
+    assert {"feastkit_stream_events_total", "feastkit_stream_lag_entries"} <= worker
+    available = _family_names(served) | worker | set().union(*(_family_names(f.read_text()) for f in files))
     for expression in _rule_expressions() + _dashboard_expressions():
         missing = _names_in(expression) - available
         assert not missing, (expression, missing)

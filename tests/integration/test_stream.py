@@ -23,11 +23,13 @@ import redis
 from feastkit.event_stream import StreamLayout, encode_event, publish
 from feastkit.settings import Settings
 from tests.conftest import (
+    ZONES,
     Deployment,
     copy_repo_definitions,
     feastkit_bin,
     free_port,
     make_settings,
+    process_timezone,
     require_redis,
     settings_env,
 )
@@ -260,8 +262,16 @@ def _shared_times(events: list[dict[str, Any]]) -> int:
     return len(unique) - len({(e["user_id"], e["event_timestamp"]) for e in unique.values()})
 
 
-def test_duplicates_lateness_and_restart_in_process(project: Settings, tmp_path: Path) -> None:
-    """Counts by outcome, a window that expires, and a restart that neither loses nor doubles."""
+@pytest.mark.parametrize("zone", ZONES)
+def test_duplicates_lateness_and_restart_in_process(project: Settings, tmp_path: Path, zone: str) -> None:
+    """Counts by outcome, a window that expires, and a restart that neither loses nor doubles; in a
+    process running in UTC, west and east of it (the windows, the lateness and the online store's
+    newer-wins guard compare exact UTC microseconds)."""
+    with process_timezone(zone):
+        _duplicates_lateness_and_restart(project, tmp_path, ZONES.index(zone))
+
+
+def _duplicates_lateness_and_restart(project: Settings, tmp_path: Path, day: int) -> None:
     from datetime import UTC
 
     from feastkit.store import open_store
@@ -272,7 +282,7 @@ def test_duplicates_lateness_and_restart_in_process(project: Settings, tmp_path:
     store = open_store(settings)
     layout = StreamLayout(settings.stream_prefix, "transactions")
     user = pq.read_table(settings.clean_dir / "users.parquet").column("user_id")[0].as_py()
-    base = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
+    base = datetime(2026, 6, 1 + day, 12, 0, tzinfo=UTC)  # each zone's run after the one before
 
     def event(i: int, seconds: float, amount: float = 10.0) -> dict[str, Any]:
         return {"transaction_id": f"t{i}", "user_id": user, "merchant_id": 1, "amount": amount,
