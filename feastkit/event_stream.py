@@ -87,28 +87,39 @@ class StreamSource:
     """An event source feeding stream-fed views: what a producer must send and how it is partitioned."""
 
     name: str
-    entity_key: str
+    table: str                       # its clean table (the events' columns and types)
+    entity_key: str                  # the key the stream is partitioned by
     event_id: str
     timestamp: str
     value_columns: tuple[str, ...]   # the columns the views aggregate (each event must carry them)
-    views: tuple[str, ...]
 
 
 def stream_sources(feature_views: Iterable[Any]) -> list[StreamSource]:
-    """The sources of the views declared stream-fed (`stream_event_id=`), read from the registry."""
-    from feastkit.declarations import STREAM_EVENT_ID_TAG, ViewSpec
+    """The sources of the views declared stream-fed (`stream_event_id=`), read from the registry.
 
-    found: dict[str, StreamSource] = {}
+    The views of one source must agree on the entity key (its stream is partitioned by it) and on
+    the event id; a DeclarationError names the source otherwise.
+    """
+    from feastkit.declarations import STREAM_EVENT_ID_TAG, DeclarationError, ViewSpec
+
+    by_source: dict[str, list[tuple[Any, str]]] = {}
     for view in feature_views:
         event_id = (view.tags or {}).get(STREAM_EVENT_ID_TAG)
         spec = ViewSpec.of(view) if event_id else None
-        if spec is None or not spec.sources:
-            continue
-        source = spec.sources[0]
-        columns = tuple(sorted({a.column for a in spec.aggregations if a.column}))
-        known = found.get(source.name)
-        if known is not None:
-            columns = tuple(sorted({*known.value_columns, *columns}))
-        found[source.name] = StreamSource(source.name, spec.entity_key, event_id, source.timestamp, columns,
-                                          tuple(sorted({*(known.views if known else ()), view.name})))
-    return sorted(found.values(), key=lambda s: s.name)
+        if spec is not None and spec.sources:
+            by_source.setdefault(spec.sources[0].name, []).append((spec, event_id))
+    found = []
+    for name, fed in sorted(by_source.items()):
+        keys = {spec.entity_key for spec, _ in fed}
+        if len(keys) != 1:
+            raise DeclarationError(f"the stream-fed views of source '{name}' have different entity keys "
+                                   f"({', '.join(sorted(keys))})", "a stream is partitioned by one entity key: "
+                                   "feed views of another entity from another source")
+        event_ids = {event_id for _, event_id in fed}
+        if len(event_ids) != 1:
+            raise DeclarationError(f"the stream-fed views of source '{name}' name different event ids "
+                                   f"({', '.join(sorted(event_ids))})", "declare one stream_event_id per source")
+        source = fed[0][0].sources[0]
+        columns = tuple(sorted({a.column for spec, _ in fed for a in spec.aggregations if a.column}))
+        found.append(StreamSource(name, source.table, keys.pop(), event_ids.pop(), source.timestamp, columns))
+    return found

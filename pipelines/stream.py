@@ -51,7 +51,7 @@ from feastkit.atomic import replacing
 from feastkit.clean import clean_table
 from feastkit.declarations import STREAM_EVENT_ID_TAG, STREAM_LOG_TAG, DeclarationError, ViewSpec
 from feastkit.errors import FeastkitError
-from feastkit.event_stream import EVENT_FIELD, StreamLayout
+from feastkit.event_stream import EVENT_FIELD, StreamLayout, StreamSource, stream_sources
 from feastkit.feast_compat import arrow_to_protos
 from feastkit.settings import Settings
 from feastkit.times import epoch_micros
@@ -81,6 +81,7 @@ class StreamFedView:
     push_source: str
     longest_window_us: int
     log_dir: Path          # the offline log, as the registry records it
+    feature_view: Any      # the applied Feast view (what online writes go to)
 
 
 @dataclass(frozen=True)
@@ -175,7 +176,7 @@ def stream_fed_views(store: Any) -> list[StreamFedView]:
         if not log_dir:
             raise DeclarationError(f"feature view '{view.name}' has no {STREAM_LOG_TAG} tag",
                                    "run `feastkit apply` with this feastkit (it records the view's stream log)")
-        fed.append(StreamFedView(spec, push, max(a.window_us for a in spec.aggregations), Path(log_dir)))
+        fed.append(StreamFedView(spec, push, max(a.window_us for a in spec.aggregations), Path(log_dir), view))
     pushes = [v.push_source for v in fed]
     shared = sorted({p for p in pushes if pushes.count(p) > 1})
     if shared:
@@ -192,26 +193,12 @@ def _filter_columns(spec: ViewSpec, names: set[str]) -> set[str]:
     return words & names
 
 
-def event_schema(store: Any, views: list[StreamFedView], clean_dir: Path) -> EventSchema:
-    """One source's event schema, from its stream-fed views and its clean table's columns."""
-    sources = {v.spec.sources[0].name for v in views}
-    if len(sources) != 1:
-        raise FeastkitError(f"one event schema per source, not for {sorted(sources)}")
-    keys = {v.spec.entity_key for v in views}
-    if len(keys) != 1:
-        raise DeclarationError(f"the stream-fed views of source '{sources.pop()}' have different entity keys "
-                               f"({', '.join(sorted(keys))})", "a stream is partitioned by one entity key: feed "
-                               "views of another entity from another source")
-    source = views[0].spec.sources[0]
-    key = keys.pop()
-    event_ids = {store.get_feature_view(v.spec.name).tags[STREAM_EVENT_ID_TAG] for v in views}
-    if len(event_ids) != 1:
-        raise DeclarationError(f"the stream-fed views of source '{source.name}' name different event ids "
-                               f"({', '.join(sorted(event_ids))})", "declare one stream_event_id per source")
+def event_schema(source: StreamSource, views: list[StreamFedView], clean_dir: Path) -> EventSchema:
+    """One source's event schema: the columns its stream-fed views read, typed as its clean table."""
     schema = pq.read_schema(clean_table(clean_dir, source.table))
     names = set(schema.names)
-    read = {a.column for v in views for a in v.spec.aggregations if a.column}
-    needed = {key, source.timestamp} | read
+    needed = {source.entity_key, source.timestamp, *source.value_columns}
+    required = set(needed)
     for view in views:
         needed |= _filter_columns(view.spec, names)
     unknown = sorted(needed - names)
@@ -219,8 +206,8 @@ def event_schema(store: Any, views: list[StreamFedView], clean_dir: Path) -> Eve
         raise DeclarationError(f"source '{source.name}': the stream-fed views read column(s) {', '.join(unknown)} "
                                f"its clean table {source.table} does not have", "fix the aggregations' columns")
     columns = {c: schema.field(c).type for c in schema.names if c in needed}
-    required = tuple(c for c in schema.names if c in {key, source.timestamp} | read)
-    return EventSchema(source.name, key, event_ids.pop(), source.timestamp, columns, required)
+    return EventSchema(source.name, source.entity_key, source.event_id, source.timestamp, columns,
+                       tuple(c for c in schema.names if c in required))
 
 
 class KnownEntities:
@@ -318,29 +305,22 @@ class StreamWorker:
         if not self.views:
             raise FeastkitError("no feature view is stream-fed", "declare one with windowed_view(grid=None, "
                                 "push_source=..., stream_event_id=...) and run `feastkit apply`")
-        by_source: dict[str, list[StreamFedView]] = {}
-        for view in self.views:
-            by_source.setdefault(view.spec.sources[0].name, []).append(view)
-        if len(by_source) > 1:
-            raise FeastkitError(f"stream-fed views read {len(by_source)} sources ({', '.join(sorted(by_source))})",
+        sources = stream_sources(v.feature_view for v in self.views)
+        if len(sources) > 1:
+            raise FeastkitError(f"stream-fed views read {len(sources)} sources ({', '.join(s.name for s in sources)})",
                                 "run one worker per source: this one reads one stream")
-        self.schema = event_schema(store, self.views, settings.clean_dir)
+        self.schema = event_schema(sources[0], self.views, settings.clean_dir)
         self.known = known_entities(store, self.schema.entity_key, settings.clean_dir)
         self.layout = StreamLayout(settings.stream_prefix, self.schema.source, settings.stream_partitions)
         self.lateness_us = int(parse_duration(settings.stream_lateness).total_seconds() * 1_000_000)
         self.hold_us = self.lateness_us + max(v.longest_window_us for v in self.views)
         self.group = settings.stream_group
-        self.consumer = consumer or f"{socket.gethostname()}"
+        self.consumer = consumer or default_consumer()
         owned = partitions if partitions is not None else list(range(self.layout.partitions))
         self.partitions = [Partition(k, StreamLayout.state_key(k, self.group), StreamLayout.dead_letter_key(k))
                            for k in (self.layout.stream_key(p) for p in owned)]
         self.metrics = metrics or StreamMetrics()
         self._online = feast_compat.online_store(store)
-        self._feature_views = {}
-        for view in self.views:
-            feature_view = store.get_feature_view(view.spec.name)
-            self._feature_views[view.spec.name] = (
-                feature_view, {e.name: e.dtype.to_value_type() for e in feature_view.entity_columns})
         self._con = connect()
         self.offline: dict[str, list[pa.Table]] = {}
         self._last_commit = time.monotonic()
@@ -526,7 +506,8 @@ class StreamWorker:
         """Each entity's latest row into the online store the way materialization writes: the
         guarded stores' column-wise newer-wins write (Feast's rows for types it does not cover).
         What the view's push source would do, without Feast reading the registry on every call."""
-        feature_view, join_keys = self._feature_views[view.spec.name]
+        feature_view = view.feature_view
+        join_keys = {e.name: e.dtype.to_value_type() for e in feature_view.entity_columns}
         config = self.store.config
         for batch in rows.to_batches(max_chunksize=10_000):
             write_arrow = getattr(self._online, "online_write_arrow", None)

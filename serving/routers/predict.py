@@ -60,8 +60,8 @@ def _fraud_routes(router: APIRouter, model: LoadedModel, scoring: Scoring, batch
                          "transaction_epoch": at})
             epochs.append(at)
         decided = await scoring.decide_async(model, rows, epochs, explain, labels)
-        scoring.publish([{**row, "channel": b.channel, "device_id": b.device_id} for row, b in zip(rows, bodies, strict=True)],
-                        epochs, [b.transaction_id for b in bodies])
+        scoring.publish([{**row, "channel": b.channel, "device_id": b.device_id}
+                         for row, b in zip(rows, bodies, strict=True)], epochs, [b.transaction_id for b in bodies])
         return [FraudResponse(transaction_id=body.transaction_id, **fields)
                 for body, fields in zip(bodies, decided, strict=True)]
 

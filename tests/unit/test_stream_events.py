@@ -115,3 +115,30 @@ def test_a_stream_fed_view_needs_one_row_per_event_and_a_push_source() -> None:
         with pytest.raises(DeclarationError, match="stream_event_id needs grid=None, a push_source"):
             windowed_view(name="rt", entity=user, events=events, ttl=timedelta(minutes=10), features=count,
                           stream_event_id="transaction_id", **bad)
+
+
+def test_stream_sources_describe_what_producers_send_and_refuse_disagreeing_views() -> None:
+    from feast import Entity, FileSource
+
+    from feastkit.declarations import Aggregation, windowed_view
+    from feastkit.event_stream import stream_sources
+
+    user = Entity(name="user", join_keys=["user_id"])
+    merchant = Entity(name="merchant", join_keys=["merchant_id"])
+    events = FileSource(name="transactions", path="/data/clean/transactions.parquet",
+                        timestamp_field="event_timestamp")
+    minutes = timedelta(minutes=10)
+
+    def view(name: str, entity: Entity, event_id: str = "transaction_id", column: str = "amount") -> object:
+        return windowed_view(name=name, entity=entity, events=events, grid=None, ttl=minutes,
+                             features=[Aggregation(f"{name}_sum", "sum", minutes, column)],
+                             push_source=f"{name}_push", stream_event_id=event_id)
+
+    (source,) = stream_sources([view("a", user), view("b", user, column="fee")])
+    assert (source.name, source.table, source.entity_key, source.event_id, source.timestamp,
+            source.value_columns) == ("transactions", "transactions", "user_id", "transaction_id",
+                                      "event_timestamp", ("amount", "fee"))
+    with pytest.raises(DeclarationError, match="different entity keys"):
+        stream_sources([view("a", user), view("b", merchant)])
+    with pytest.raises(DeclarationError, match="different event ids"):
+        stream_sources([view("a", user), view("b", user, event_id="payment_id")])
