@@ -517,6 +517,21 @@ def replay_check(settings: Settings, start: str | None, end: str | None, service
         sys.exit(1)
 
 
+@cli.command("compact-log")
+@click.option("--service", default=None, help="Feature service (default: every service with a prediction log).")
+@click.option("--before", default=None,
+              help="Merge the hours that end by this time (UTC; default: the start of the current hour).")
+@click.pass_obj
+def compact_log(settings: Settings, service: str | None, before: str | None) -> None:
+    """Merge each past hour of the prediction log into one file (rows, order and columns kept)."""
+    from feastkit.jobs import run_compact_log
+
+    summary = run_compact_log(settings, parse_time(before, "before"), service)
+    for name, hours in summary["services"].items():
+        click.echo(f"{name}: {hours['hours']} hour(s) merged, {hours['files_in']:,} file(s) -> {hours['hours']}, "
+                   f"{hours['rows']:,} row(s) kept; {hours['leftovers']} file(s) of an interrupted run removed")
+
+
 @cli.command()
 @click.option("--service", default=None, help="Fraud feature service (default: every one with a promoted model).")
 @click.option("--source", type=click.Choice(["history", "log"]), default="history", show_default=True,

@@ -394,6 +394,29 @@ def run_replay_check(settings: Settings, start: datetime | str, end: datetime | 
     return summary
 
 
+def run_compact_log(settings: Settings, before: datetime | str | None = None,
+                    service: str | None = None) -> dict[str, Any]:
+    """Merge every hour of the prediction log that ends by `before` (default: the current hour's
+    start) into one file per service and hour; what was merged, per service."""
+    from feastkit import prediction_log as fmt
+
+    log_dir = Path(settings.prediction_log_dir)
+    services = [service] if service else fmt.logged_services(log_dir)
+    if service and service not in fmt.logged_services(log_dir):
+        raise FeastkitError(f"no prediction log for {service} under {log_dir}",
+                            f"use one of {fmt.logged_services(log_dir)} or leave --service out")
+    summary: dict[str, Any] = {"services": {}}
+    for name in services:
+        merged = fmt.compact_log(log_dir, name, utc(before) if before is not None else None,
+                                 settings.lock_timeout_seconds)
+        summary["services"][name] = {"hours": sum(1 for m in merged if m.files_in),
+                                     "files_in": sum(m.files_in for m in merged),
+                                     "rows": sum(m.rows for m in merged if m.files_in),
+                                     "leftovers": sum(m.leftovers for m in merged)}
+    log.info("prediction log compaction: %s", json.dumps(summary))
+    return summary
+
+
 def run_performance_check(settings: Settings, as_of: datetime | str) -> dict[str, Any]:
     """Weekly performance of the logged fraud predictions of the `performance_lookback_days` before
     `as_of`, with chargebacks known by then (realized once mature, estimated before); raises when a

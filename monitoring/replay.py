@@ -19,8 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 from feast import FeatureStore
 
 from feastkit import prediction_log as fmt
@@ -90,12 +88,11 @@ def _relative_error(served: Any, offline: Any) -> float | None:
 
 def read_log(log_dir: Path, service: str, start: datetime, end: datetime) -> pd.DataFrame:
     """The logged rows of `service` with request times in [start, end)."""
-    files = fmt.log_files(log_dir, service, start, end)
-    if not files:
+    table = fmt.read_log_table(log_dir, service, start, end)
+    if table is None:
         raise NothingLogged(f"no prediction log for {service} in [{start:%Y-%m-%d %H:%M}, {end:%Y-%m-%d %H:%M}) UTC "
                             f"under {fmt.service_log_dir(log_dir, service)}",
                             "serve predictions with FEASTKIT_PREDICTION_LOG on, or pick the hours the log covers")
-    table = pa.concat_tables([pq.read_table(f) for f in files], promote_options="permissive")
     frame = table.to_pandas()
     times = pd.to_datetime(frame[fmt.REQUEST_TIME], utc=True)
     return frame[(times >= pd.Timestamp(start)) & (times < pd.Timestamp(end))].reset_index(drop=True)

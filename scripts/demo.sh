@@ -57,6 +57,7 @@ echo "stopped. API docs while running: http://127.0.0.1:$PORT/docs  (make serve;
 step "9/11 drift check: the last 7 days vs the 28 days before, through Feast (KS/PSI/chi-square + BH)"
 feastkit drift --current-days 7 --reference-days 28 --no-fail-on-drift
 step "10/11 replay check: the features this demo's predictions were served vs the same rebuilt offline (prediction log)"
+feastkit compact-log  # the server wrote a file per flush: each past hour becomes one (rows kept)
 feastkit replay-check
 step "11/11 model performance per week: realized where chargebacks matured (30 days), estimated from the calibrated scores (CBPE) where not"
 feastkit performance --no-fail-on-drop

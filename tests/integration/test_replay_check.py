@@ -18,8 +18,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from feastkit import prediction_log as fmt
 from feastkit.errors import FeastkitError
-from feastkit.jobs import run_replay_check
+from feastkit.jobs import run_compact_log, run_replay_check
 from feastkit.prediction_log import NothingLogged
 from feastkit.settings import Settings
 from monitoring.replay import ServiceReplay, replay_service
@@ -100,11 +101,14 @@ def _copy(deployment: Deployment, tmp_path: Path, service: str = "fraud_detectio
 
 
 def test_clean_traffic_replays_with_no_mismatch(deployment: Deployment, traffic, tmp_path: Path) -> None:
-    settings = _copy(deployment, tmp_path)
+    # a write per scored group: many small files per hour, as a busy server leaves them
+    settings = _copy(deployment, tmp_path).model_copy(update={"prediction_log_flush_rows": 1})
     _serve(settings, *traffic)
     store = ServingState.load(settings).models["fraud_detection_v1"].reader.store
+    assert len(fmt.log_files(settings.prediction_log_dir, "fraud_detection_v1")) >= 2
+    results = {}
     for service, rows in (("fraud_detection_v1", len(traffic[0])), ("churn_prediction_v1", len(traffic[1]))):
-        result = replay_service(store, settings.prediction_log_dir, service, *_window(deployment))
+        result = results[service] = replay_service(store, settings.prediction_log_dir, service, *_window(deployment))
         assert result.rows == rows
         assert result.features and not result.failing, [f.to_dict() for f in result.features if f.mismatches]
         # the replay really compared values: every known entity's row carries a value on both sides
@@ -122,6 +126,13 @@ def test_clean_traffic_replays_with_no_mismatch(deployment: Deployment, traffic,
     report = json.loads(next(settings.reports_dir.glob("replay-*.json")).read_text())
     assert {s["service"] for s in report["services"]} == {"fraud_detection_v1", "churn_prediction_v1"}
     assert next(settings.reports_dir.glob("replay-*.html")).read_text().count("<table>") == 2
+    # merged into a file per hour, the log replays to the same findings
+    summary = run_compact_log(settings)
+    assert summary["services"]["fraud_detection_v1"]["rows"] == len(traffic[0])
+    for service, before in results.items():
+        assert len(fmt.log_files(settings.prediction_log_dir, service)) == 1
+        after = replay_service(store, settings.prediction_log_dir, service, *_window(deployment))
+        assert [f.to_dict() for f in after.features] == [f.to_dict() for f in before.features]
 
 
 def test_a_stale_materialization_is_caught(deployment: Deployment, traffic, tmp_path: Path) -> None:
