@@ -2,7 +2,7 @@
 
 Each runs in its own process, against the same small Feast repo and online store:
 
-    python -m tests.integration.race_worker push<j>|replay <work dir> <backend> <redis db> <zone,...> <pushers>
+    python -m tests.integration.race_worker push<j>|replay <work dir> <sqlite|redis|redis-cluster> <redis db> <zone,...> <pushers>
 
 For each zone in turn (TZ set and `time.tzset()` called, in the folder <work dir>/<round>):
 `push<j>` pushes the newer row of its share of the keys (every `pushers`-th key of a random order;
@@ -68,14 +68,21 @@ def objects(work: Path) -> list:
     return [user, view]
 
 
+CLUSTER_NODES = "FEASTKIT_TEST_CLUSTER_NODES"  # "host:port,..." of the Redis Cluster under test
+
+
 def open_store(work: Path, backend: str, redis_db: int):
     """The repo in `work` (its own registry, sqlite file and, on Redis, project name)."""
     from feast import FeatureStore, RepoConfig
 
-    online = ({"type": "feastkit.online_stores.MonotonicSqliteOnlineStore", "path": str(work / "online.db")}
-              if backend == "sqlite" else
-              {"type": "feastkit.online_stores.FastRedisOnlineStore",
-               "connection_string": f"127.0.0.1:6379,db={redis_db}"})
+    if backend == "sqlite":
+        online = {"type": "feastkit.online_stores.MonotonicSqliteOnlineStore", "path": str(work / "online.db")}
+    elif backend == "redis-cluster":  # the nodes of the test's local cluster
+        online = {"type": "feastkit.online_stores.FastRedisOnlineStore", "redis_type": "redis_cluster",
+                  "connection_string": os.environ[CLUSTER_NODES]}
+    else:
+        online = {"type": "feastkit.online_stores.FastRedisOnlineStore",
+                  "connection_string": f"127.0.0.1:6379,db={redis_db}"}
     registry = {"path": str(work / "registry.db"), "cache_ttl_seconds": 3600,  # read once per writer
                 "registry_store_type": "feastkit.registry_stores.AtomicFileRegistryStore"}
     config = RepoConfig(project=f"{PROJECT}_{work.name}", provider="local", repo_path=str(work), registry=registry,

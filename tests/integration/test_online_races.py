@@ -1,4 +1,4 @@
-"""Newer-wins online writes under concurrent writers and in any process timezone, on real sqlite and Redis.
+"""Newer-wins online writes under concurrent writers and in any process timezone, on real sqlite, Redis and a Redis Cluster.
 
 Pushers (Feast's `push` of each key's newer row, in small batches, several processes on Redis)
 and a replayer (Feast's `materialize` of one older hour after another, every key in one large
@@ -17,6 +17,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -30,18 +31,36 @@ ZONES = ["UTC", "America/Los_Angeles", "Asia/Tokyo"]
 REDIS_DB = int(os.environ.get("FEASTKIT_TEST_RACES_REDIS_DB", "12"))  # this module's own Redis database (flushed)
 
 
-PUSHERS = {"sqlite": 1, "redis": 3}  # pusher processes
+PUSHERS = {"sqlite": 1, "redis": 3, "redis-cluster": 3}  # pusher processes
 
 
-def _worker(role: str, work: Path, backend: str) -> subprocess.Popen:
+def _worker(role: str, work: Path, backend: str, env: dict[str, str]) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "tests.integration.race_worker", role, str(work), backend,
                              str(REDIS_DB), ",".join(ZONES), str(PUSHERS[backend])], cwd=REPO_ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "redis"])
-def test_concurrent_pushes_and_replays_leave_the_newest_value(backend: str, tmp_path: Path) -> None:
+@pytest.fixture
+def cluster_nodes(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """On the redis-cluster backend, a local cluster of this test's own (3 masters + 3 replicas)."""
+    if request.node.callspec.params["backend"] != "redis-cluster":
+        yield ""
+        return
+    from tests.integration.redis_cluster import LocalRedisCluster
+
+    cluster = LocalRedisCluster.start_new(tmp_path_factory.mktemp("race-cluster"))
+    try:
+        yield cluster.connection_string
+    finally:
+        cluster.stop()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "redis", "redis-cluster"])
+def test_concurrent_pushes_and_replays_leave_the_newest_value(backend: str, cluster_nodes: str, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     """In each zone: 2,000 keys, each pushed once (newer) while older hours are replayed."""
+    monkeypatch.setenv(race_worker.CLUSTER_NODES, cluster_nodes)  # for the stores opened here and the writers
+    env = dict(os.environ)
     if backend == "redis":
         import redis
 
@@ -53,7 +72,7 @@ def test_concurrent_pushes_and_replays_leave_the_newest_value(backend: str, tmp_
         race_worker.old_rows().to_parquet(folder / "facts.parquet")
         race_worker.open_store(folder, backend, REDIS_DB).apply(race_worker.objects(folder))
     roles = [f"push{j}" for j in range(PUSHERS[backend])] + ["replay"]
-    workers = {role: _worker(role, tmp_path, backend) for role in roles}
+    workers = {role: _worker(role, tmp_path, backend, env) for role in roles}
     for i in range(len(ZONES)):  # each round starts when every writer is set up for it
         for role, proc in workers.items():
             while not (tmp_path / str(i) / f"{role}.ready").exists():

@@ -138,6 +138,34 @@ def test_the_server_predicts_and_takes_pushes_on_the_cluster_and_older_events_ne
         assert c.post("/v1/predict/fraud?explain=true", json=body).json()["features"]["txn_count_10m"] == 9
 
 
+def test_a_batch_reads_each_node_in_one_round_trip(on_cluster: Deployment, deployment: Deployment,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    import redis.connection
+
+    users = [int(u) for u in latest_offline(on_cluster, "user_transaction_stats", "user_id").index[-30:]]
+    bodies = [fraud_body(deployment, user_id=u, merchant_id=501 + i, transaction_id=f"b{i}")
+              for i, u in enumerate(users)]
+    with _client(on_cluster.settings) as c:
+        assert c.post("/v1/predict/fraud", json=bodies[0]).status_code == 200  # connections made
+        trips: dict[int, int] = {}
+        original = redis.connection.AbstractConnection.send_packed_command
+
+        def counted(connection: redis.connection.AbstractConnection, command: object,
+                    check_health: bool = True) -> None:
+            packed = command if isinstance(command, bytes | bytearray | memoryview) else b"".join(command)
+            if b"HMGET" in bytes(packed):  # feature reads (the readiness probe pings meanwhile)
+                trips[connection.port] = trips.get(connection.port, 0) + 1
+            return original(connection, command, check_health)
+
+        monkeypatch.setattr(redis.connection.AbstractConnection, "send_packed_command", counted)
+        batch = c.post("/v1/predict/fraud:batch", json={"transactions": bodies})
+        monkeypatch.undo()
+    assert batch.status_code == 200, batch.text
+    assert all("txn_count_30d" not in p["missing_features"] for p in batch.json()["predictions"])
+    # 30 users and 30 merchants over 3 masters: every master read, each in one pipelined round trip
+    assert len(trips) == 3 and set(trips.values()) == {1}, trips
+
+
 def test_a_master_killed_under_traffic_gives_200_or_a_fast_503_and_the_server_recovers(
         on_cluster: Deployment, cluster: LocalRedisCluster, single: PrivateRedis, deployment: Deployment,
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
