@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -66,7 +67,7 @@ class NothingLogged(FeastkitError):
 MICROS = pa.timestamp("us", tz="UTC")
 _HOUR_NAME = re.compile(r"^(\d{8}T\d{2})-[0-9a-f]+\.parquet$")
 COMPACTED_FROM = b"feastkit.compacted_from"  # footer key: the file names a merged file holds
-READ_ATTEMPTS = 20  # a listing read under a running compaction is retried this often
+READ_ATTEMPTS = 200  # a listing outrun by compactions is read again this often, waiting a little longer each time
 COMPACTION_ROW_GROUP_ROWS = 65_536
 
 
@@ -124,6 +125,7 @@ def log_files(log_dir: Path, service: str, start: datetime | None = None,
         except FileNotFoundError:  # a compaction removed a file being listed: list again
             if attempt == READ_ATTEMPTS - 1:
                 raise
+            _back_off(attempt)
     raise AssertionError("unreachable")
 
 
@@ -141,7 +143,13 @@ def read_log_table(log_dir: Path, service: str, start: datetime | None = None,
         except FileNotFoundError:
             if attempt == READ_ATTEMPTS - 1:
                 raise
+            _back_off(attempt)
     raise AssertionError("unreachable")
+
+
+def _back_off(attempt: int) -> None:
+    """Wait before listing again (compactions merging without pause can outrun a reader many times)."""
+    time.sleep(min(0.002 * (attempt + 1), 0.05))
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,6 @@ from zoneinfo import ZoneInfo
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from click.testing import CliRunner
 
 from feastkit import prediction_log as fmt
 from feastkit.errors import FeastkitError
@@ -149,14 +148,13 @@ def test_readers_see_every_row_once_while_a_server_writes_and_two_compactions_me
 
 
 def test_the_command_merges_every_service_and_says_what_it_did(tmp_path: Path) -> None:
-    from feastkit.cli import cli
-
     for index in range(6):
         write_file(tmp_path / "log", index)
     env = {**os.environ, "FEASTKIT_DATA_DIR": str(tmp_path / "data"), "FEASTKIT_PREDICTION_LOG_DIR": str(tmp_path / "log")}
-    result = CliRunner().invoke(cli, ["compact-log", "--before", "2026-01-02T00:00Z"], env=env)
-    assert result.exit_code == 0, result.output
-    assert f"{SERVICE}: 3 hour(s) merged, 6 file(s) -> 3, 30 row(s) kept" in result.output
+    result = subprocess.run([sys.executable, "-m", "feastkit.cli", "compact-log", "--before", "2026-01-02T00:00Z"],
+                            env=env, cwd=REPO, capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"{SERVICE}: 3 hour(s) merged, 6 file(s) -> 3, 30 row(s) kept" in result.stdout
     unknown = subprocess.run([sys.executable, "-m", "feastkit.cli", "compact-log", "--service", "nope"], env=env,
                              cwd=REPO, capture_output=True, text=True, check=False)
     assert unknown.returncode == 2 and "no prediction log for nope" in unknown.stderr, unknown.stderr
