@@ -166,6 +166,51 @@ def test_a_batch_reads_each_node_in_one_round_trip(on_cluster: Deployment, deplo
     assert len(trips) == 3 and set(trips.values()) == {1}, trips
 
 
+def test_materialization_writes_each_master_through_its_own_pipeline_and_follows_redirects(
+        on_cluster: Deployment, cluster: LocalRedisCluster, single: PrivateRedis,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from redis.cluster import ClusterPipeline, RedisCluster
+
+    from feastkit import online_stores
+    from feastkit.store import materialize_servable
+
+    expected = _all_hashes(single.client())
+    cluster_pipelines = []
+    real_execute = ClusterPipeline.execute
+    monkeypatch.setattr(ClusterPipeline, "execute",
+                        lambda self, *a, **k: cluster_pipelines.append(1) or real_execute(self, *a, **k))
+    via_cluster: list[int] = []  # calls sent again through the cluster client
+    real_run = online_stores._run_script
+
+    def run(client: object, commands: list, redirected: list | None) -> int:
+        if isinstance(client, RedisCluster):
+            via_cluster.append(len(commands))
+        return real_run(client, commands, redirected)
+
+    monkeypatch.setattr(online_stores, "_run_script", run)
+    cluster.flush()
+    materialize_servable(on_cluster.settings, on_cluster.data_end, store=on_cluster.store)
+    assert cluster.keys() == expected
+    # every call went to the master serving its slot, in that master's own pipeline
+    assert cluster_pipelines == [] and via_cluster == []
+    # a stale slot map: every call sent to a master that does not serve its key is answered MOVED,
+    # and goes again through the cluster client
+    real_route = RedisCluster.get_node_from_key
+    misrouted = []
+
+    def wrong_master(self: RedisCluster, key: object, replica: bool = False) -> object:
+        right = real_route(self, key, replica)
+        misrouted.append(key)
+        return next(n for n in self.get_primaries() if n.name != right.name)
+
+    monkeypatch.setattr(RedisCluster, "get_node_from_key", wrong_master)
+    cluster.flush()
+    materialize_servable(on_cluster.settings, on_cluster.data_end, store=on_cluster.store)
+    monkeypatch.undo()
+    assert len(misrouted) == sum(via_cluster) >= len(expected) and cluster_pipelines  # every call redirected
+    assert cluster.keys() == expected
+
+
 def test_a_master_killed_under_traffic_gives_200_or_a_fast_503_and_the_server_recovers(
         on_cluster: Deployment, cluster: LocalRedisCluster, single: PrivateRedis, deployment: Deployment,
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
