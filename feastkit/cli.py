@@ -528,6 +528,9 @@ def compact_log(settings: Settings, service: str | None, before: str | None) -> 
 
     summary = run_compact_log(settings, parse_time(before, "before"), service)
     for name, hours in summary["services"].items():
+        if not hours["hours"] and not hours["leftovers"]:
+            click.echo(f"{name}: nothing to merge (every past hour is one file)")
+            continue
         click.echo(f"{name}: {hours['hours']} hour(s) merged, {hours['files_in']:,} file(s) -> {hours['hours']}, "
                    f"{hours['rows']:,} row(s) kept; {hours['leftovers']} file(s) of an interrupted run removed")
 
