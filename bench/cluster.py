@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.serving import SERVICE, free_port, prepare, request_bodies  # noqa: E402
+from bench.serving import SERVICE, Row, _summary, free_port, prepare, request_bodies  # noqa: E402
 
 
 @dataclass
@@ -37,11 +37,6 @@ class Measured:
     batch_p99_ms: float
     bytes_per_key: float
     keys: int
-
-
-def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def _used_memory(clients: list) -> int:
@@ -64,19 +59,19 @@ def measure(settings, end, rows: list[dict], masters: list, iterations: int) -> 
     reader = ServiceReader.build(store, SERVICE)
     stamps = [r["transaction_epoch"] for r in rows]
 
-    def timed(size: int) -> list[float]:
-        out = []
+    def timed(size: int) -> Row:
+        latencies = []
+        started = time.perf_counter()
         for i in range(iterations):
             at = (i * size) % (len(rows) - size)
             t0 = time.perf_counter()
             reader.read(rows[at:at + size], stamps[at:at + size])
-            out.append((time.perf_counter() - t0) * 1000)
-        return out
+            latencies.append(time.perf_counter() - t0)
+        return _summary(f"read {size}", 1, latencies, time.perf_counter() - started)
 
     timed(1)  # warm: connections to every node made
     one, batch = timed(1), timed(64)
-    return Measured(materialize_s, statistics.median(one), _percentile(one, 0.99), statistics.median(batch),
-                    _percentile(batch, 0.99), used / max(keys, 1), keys)
+    return Measured(materialize_s, one.p50_ms, one.p99_ms, batch.p50_ms, batch.p99_ms, used / max(keys, 1), keys)
 
 
 def main() -> None:

@@ -401,14 +401,13 @@ def run_compact_log(settings: Settings, before: datetime | str | None = None,
     from feastkit import prediction_log as fmt
 
     log_dir = Path(settings.prediction_log_dir)
-    services = [service] if service else fmt.logged_services(log_dir)
-    if service and service not in fmt.logged_services(log_dir):
+    logged = fmt.logged_services(log_dir)
+    if service and service not in logged:
         raise FeastkitError(f"no prediction log for {service} under {log_dir}",
-                            f"use one of {fmt.logged_services(log_dir)} or leave --service out")
+                            f"use one of {logged} or leave --service out")
     summary: dict[str, Any] = {"services": {}}
-    for name in services:
-        merged = fmt.compact_log(log_dir, name, utc(before) if before is not None else None,
-                                 settings.lock_timeout_seconds)
+    for name in [service] if service else logged:
+        merged = fmt.compact_log(log_dir, name, before, settings.lock_timeout_seconds)
         summary["services"][name] = {"hours": sum(1 for m in merged if m.files_in),
                                      "files_in": sum(m.files_in for m in merged),
                                      "rows": sum(m.rows for m in merged if m.files_in),

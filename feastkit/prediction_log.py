@@ -30,9 +30,11 @@ import logging
 import re
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TypeVar
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -43,6 +45,7 @@ from feastkit.errors import FeastkitError
 from feastkit.times import utc
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # Feast's FieldStatus codes (feast/protos/feast/serving/ServingService.proto)
 PRESENT = 1
@@ -86,6 +89,12 @@ def file_name(hour: datetime, unique: str) -> str:
     return f"{hour.astimezone(UTC):%Y%m%dT%H}-{unique}.parquet"
 
 
+def new_file_name(hour: datetime) -> str:
+    """A name no other log file has, for rows of `hour`: the writing time in hex microseconds
+    (names sort in the order files were written), then a random part."""
+    return file_name(hour, f"{int(time.time() * 1e6):x}{uuid.uuid4().hex[:8]}")
+
+
 def _hour_files(log_dir: Path, service: str, start: datetime | None,
                 end: datetime | None) -> dict[datetime, list[Path]]:
     """Every log file of `service` whose hour overlaps [start, end), by hour, in name order."""
@@ -106,50 +115,52 @@ def compacted_from(file: Path) -> list[str]:
     return json.loads(held) if held else []
 
 
-def _current(files: list[Path]) -> tuple[list[Path], list[Path]]:
-    """An hour's files split into those to read and those a merged file there already holds.
-    Raises FileNotFoundError when one was removed while its footer was read."""
+def _current(files: list[Path]) -> tuple[list[Path], list[Path], set[str]]:
+    """An hour's files split into those to read and those a merged file there already holds, and
+    the names the hour's merged files hold. Raises FileNotFoundError when one was removed while its
+    footer was read."""
     if len(files) < 2:
-        return files, []
+        return files, [], set()
     held = {name for file in files for name in compacted_from(file)}
-    return [f for f in files if f.name not in held], [f for f in files if f.name in held]
+    return [f for f in files if f.name not in held], [f for f in files if f.name in held], held
+
+
+def _listing(log_dir: Path, service: str, start: datetime | None, end: datetime | None) -> list[Path]:
+    return [f for files in _hour_files(log_dir, service, start, end).values() for f in _current(files)[0]]
+
+
+def _outrunning_compactions(read: Callable[[], T]) -> T:
+    """`read()`, started over after a short wait, growing each time, whenever a compaction removed
+    a file it had listed (compactions merging without pause can outrun a reader many times)."""
+    for attempt in range(READ_ATTEMPTS):
+        try:
+            return read()
+        except FileNotFoundError:
+            if attempt == READ_ATTEMPTS - 1:
+                raise
+            time.sleep(min(0.002 * (attempt + 1), 0.05))
+    raise AssertionError("unreachable")
 
 
 def log_files(log_dir: Path, service: str, start: datetime | None = None,
               end: datetime | None = None) -> list[Path]:
     """The log files of `service` whose hours overlap [start, end), oldest first, leaving out files
     a merged file holds (each logged row is in exactly one of the files returned)."""
-    for attempt in range(READ_ATTEMPTS):
-        try:
-            return [f for files in _hour_files(log_dir, service, start, end).values() for f in _current(files)[0]]
-        except FileNotFoundError:  # a compaction removed a file being listed: list again
-            if attempt == READ_ATTEMPTS - 1:
-                raise
-            _back_off(attempt)
-    raise AssertionError("unreachable")
+    return _outrunning_compactions(lambda: _listing(log_dir, service, start, end))
 
 
 def read_log_table(log_dir: Path, service: str, start: datetime | None = None,
                    end: datetime | None = None) -> pa.Table | None:
     """Every row logged for `service` in files whose hours overlap [start, end), each once, or None
     when there are none; safe under a running compaction (a listing it outran is read again)."""
-    for attempt in range(READ_ATTEMPTS):
-        try:
-            files = log_files(log_dir, service, start, end)
-            if not files:
-                return None
-            tables = [pq.read_table(f).replace_schema_metadata(None) for f in files]
-            return pa.concat_tables(tables, promote_options="permissive")
-        except FileNotFoundError:
-            if attempt == READ_ATTEMPTS - 1:
-                raise
-            _back_off(attempt)
-    raise AssertionError("unreachable")
+    def read() -> pa.Table | None:
+        files = _listing(log_dir, service, start, end)
+        if not files:
+            return None
+        tables = [pq.read_table(f).replace_schema_metadata(None) for f in files]
+        return pa.concat_tables(tables, promote_options="permissive")
 
-
-def _back_off(attempt: int) -> None:
-    """Wait before listing again (compactions merging without pause can outrun a reader many times)."""
-    time.sleep(min(0.002 * (attempt + 1), 0.05))
+    return _outrunning_compactions(read)
 
 
 @dataclass(frozen=True)
@@ -164,7 +175,7 @@ class CompactedHour:
     leftovers: int = 0   # files an earlier, interrupted compaction had merged already, removed
 
 
-def compact_log(log_dir: Path, service: str, before: datetime | None = None,
+def compact_log(log_dir: Path, service: str, before: datetime | str | None = None,
                 lock_timeout: float = 600.0) -> list[CompactedHour]:
     """Merge each hour of `service`'s log that ends by `before` (default: the start of the current
     UTC hour) and has more than one file into one file; the rows, their order (files in name order,
@@ -178,7 +189,7 @@ def compact_log(log_dir: Path, service: str, before: datetime | None = None,
         for hour, files in _hour_files(log_dir, service, None, None).items():
             if hour + timedelta(hours=1) > before:  # not over yet
                 continue
-            current, leftovers = _current(files)  # only a compaction removes files, and it holds the lock
+            current, leftovers, held = _current(files)  # only a compaction removes files, and it holds the lock
             for file in leftovers:
                 file.unlink(missing_ok=True)
             if len(current) < 2:
@@ -186,7 +197,7 @@ def compact_log(log_dir: Path, service: str, before: datetime | None = None,
                     done.append(CompactedHour(service, hour, 0, pq.read_metadata(current[0]).num_rows,
                                               current[0], len(leftovers)))
                 continue
-            done.append(_merge(folder, service, hour, current, len(leftovers)))
+            done.append(_merge(folder, service, hour, current, held, len(leftovers)))
     return done
 
 
@@ -195,7 +206,9 @@ def logged_services(log_dir: Path) -> list[str]:
     return sorted(p.name for p in Path(log_dir).iterdir() if p.is_dir()) if Path(log_dir).is_dir() else []
 
 
-def _merge(folder: Path, service: str, hour: datetime, files: list[Path], leftovers: int) -> CompactedHour:
+def _merge(folder: Path, service: str, hour: datetime, files: list[Path], held: set[str],
+           leftovers: int) -> CompactedHour:
+    """`files` into one file; `held` are the names merged files among them already hold."""
     tables = [pq.read_table(f).replace_schema_metadata(None) for f in files]
     rows_in = sum(t.num_rows for t in tables)
     try:
@@ -206,10 +219,9 @@ def _merge(folder: Path, service: str, hour: datetime, files: list[Path], leftov
             f"({exc}); they were left as they are",
             "a feature changed its type between two servers' writes: read those files separately, or move the "
             "older ones out of the folder before compacting") from None
-    names = [f.name for f in files]
-    held = sorted({name for f in files for name in compacted_from(f)} | set(names))
-    table = table.replace_schema_metadata({COMPACTED_FROM: json.dumps(held).encode()})
-    target = folder / file_name(hour, f"{int(datetime.now(UTC).timestamp() * 1e6):x}{uuid.uuid4().hex[:8]}")
+    holds = sorted(held | {f.name for f in files})
+    table = table.replace_schema_metadata({COMPACTED_FROM: json.dumps(holds).encode()})
+    target = folder / new_file_name(hour)
     with replacing(target) as tmp:
         pq.write_table(table, tmp, row_group_size=COMPACTION_ROW_GROUP_ROWS)
         written = pq.read_metadata(tmp).num_rows

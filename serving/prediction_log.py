@@ -17,7 +17,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from itertools import chain
@@ -254,12 +253,11 @@ class PredictionLog:
         """The table cut by request-time hour, each piece with its file's path."""
         folder = fmt.service_log_dir(self.log_dir, service)
         hours = pc.divide(table.column(fmt.REQUEST_TIME).cast(pa.int64()), _US_PER_HOUR)
-        unique = f"{int(time.time() * 1e6):x}{uuid.uuid4().hex[:8]}"
         out = []
         for hour in sorted(set(hours.to_pylist())):
             piece = table.filter(pc.equal(hours, hour))
             start = datetime.fromtimestamp(hour * 3600, UTC)
-            out.append((piece, folder / fmt.file_name(start, unique)))
+            out.append((piece, folder / fmt.new_file_name(start)))
         return out
 
 

@@ -11,6 +11,12 @@ from pathlib import Path
 import redis
 from redis.cluster import ClusterNode, RedisCluster
 
+
+def all_hashes(client: redis.Redis) -> dict[bytes, dict[bytes, bytes]]:
+    """Every hash one Redis server holds, field by field."""
+    return {key: client.hgetall(key) for key in client.scan_iter(count=1000)}
+
+
 BUS_OFFSET = 10_000  # a node also listens on its port + 10000 (the cluster bus), so ports stay <= 55535
 
 
@@ -136,12 +142,7 @@ class LocalRedisCluster:
 
     def keys(self) -> dict[bytes, dict[bytes, bytes]]:
         """Every hash in the cluster, read from each master."""
-        out: dict[bytes, dict[bytes, bytes]] = {}
-        for port in self.masters():
-            node = redis.Redis(port=port)
-            for key in node.scan_iter(count=1000):
-                out[key] = node.hgetall(key)
-        return out
+        return {key: fields for port in self.masters() for key, fields in all_hashes(redis.Redis(port=port)).items()}
 
     def flush(self) -> None:
         for port in self.masters():

@@ -20,7 +20,7 @@ from feastkit.settings import Settings
 from serving.app import ServingState, create_app
 from serving.features import ServiceReader
 from tests.conftest import Deployment, copy_repo_definitions, make_settings, start_server
-from tests.integration.redis_cluster import LocalRedisCluster
+from tests.integration.redis_cluster import LocalRedisCluster, all_hashes
 from tests.integration.serving_support import PrivateRedis
 from tests.integration.test_online import latest_offline
 from tests.integration.test_serving_production import _at, _wait_for, fraud_body, known_user
@@ -71,14 +71,10 @@ def on_single(deployment: Deployment, single: PrivateRedis, tmp_path_factory: py
     return _materialized(deployment, tmp_path_factory.mktemp("on-single"), "redis", f"127.0.0.1:{single.port}")
 
 
-def _all_hashes(client: redis.Redis) -> dict[bytes, dict[bytes, bytes]]:
-    return {key: client.hgetall(key) for key in client.scan_iter(count=1000)}
-
-
 def test_the_cluster_holds_the_bytes_a_single_redis_holds(on_cluster: Deployment, on_single: Deployment,
                                                            cluster: LocalRedisCluster, single: PrivateRedis) -> None:
     assert on_cluster.store.config.online_store.redis_type.name == "redis_cluster"
-    expected = _all_hashes(single.client())
+    expected = all_hashes(single.client())
     assert len(expected) > 1000
     assert cluster.keys() == expected  # every key, field and value byte for byte
     # the keys really are spread: each master holds a share
@@ -174,7 +170,7 @@ def test_materialization_writes_each_master_through_its_own_pipeline_and_follows
     from feastkit import online_stores
     from feastkit.store import materialize_servable
 
-    expected = _all_hashes(single.client())
+    expected = all_hashes(single.client())
     cluster_pipelines = []
     real_execute = ClusterPipeline.execute
     monkeypatch.setattr(ClusterPipeline, "execute",
@@ -219,7 +215,7 @@ def test_a_master_killed_under_traffic_gives_200_or_a_fast_503_and_the_server_re
 
     cluster.flush()
     materialize_servable(on_cluster.settings, on_cluster.data_end, store=on_cluster.store)
-    expected = _all_hashes(single.client())
+    expected = all_hashes(single.client())
     assert cluster.keys() == expected
     timeout = 0.5
     monkeypatch.setenv("FEASTKIT_ONLINE_TIMEOUT_SECONDS", str(timeout))
