@@ -10,12 +10,19 @@ Contenders, each in its own process (so its peak RSS is its own), on the same cl
 
     python bench/aggregates.py                      # 2.5M events, 3 runs: about a minute
     python bench/aggregates.py --users 48000 --days 150 --runs 3   # 10M events: under a minute a run
+    python bench/aggregates.py --spark ...          # adds `spark-full`: the full run on local Spark
+
+`spark-full` (with --spark) is the full run on Spark in local mode (`local[2]`, --spark-buckets entity
+buckets; the spark profile's engine, `pipelines.spark_windows`). Its time leaves out the JVM's start;
+its peak memory is the Python driver's plus the JVM's (the executors' Python workers are not counted).
+On one machine Spark can only add cost: the ratio shows what the scale-out path costs here.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -83,6 +90,22 @@ def child(contender: str, work: Path) -> None:
         result = compute_features(clean, features, start=end - timedelta(hours=1), end=end)
         seconds = time.perf_counter() - started
         rows = sum(result.rows.values())
+    elif contender == "spark-full":
+        from pipelines.spark_windows import SparkWindowEngine, spark_session
+
+        buckets = int(os.environ.get("FEASTKIT_SPARK_BUCKETS", "16"))
+        spark = spark_session("local[2]", shuffle_partitions=buckets)
+        out = work / "features-spark"
+        shutil.rmtree(out, ignore_errors=True)
+        started = time.perf_counter()
+        result = compute_features(clean, out, engine=SparkWindowEngine(spark, buckets))
+        seconds = time.perf_counter() - started
+        rows = sum(result.rows.values())
+        jvm = Path(f"/proc/{spark.sparkContext._gateway.proc.pid}/status").read_text()
+        jvm_mb = int(next(line.split()[1] for line in jvm.splitlines() if line.startswith("VmHWM"))) / 1024
+        report({"seconds": seconds, "rows": rows, "extra_peak_mb": jvm_mb})
+        spark.stop()
+        return
     else:
         import duckdb
 
@@ -109,6 +132,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--runs", type=int, default=3, help="runs per contender (the median is shown)")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--workdir", type=Path, help="keep generated events here (reused when flags match)")
+    parser.add_argument("--spark", action="store_true", help="add the full run on local Spark (spark-full)")
+    parser.add_argument("--spark-buckets", type=int, default=16, help="entity buckets of the Spark run")
     args = parser.parse_args(argv)
     if min(args.users, args.days, args.runs) < 1:
         parser.error("users, days and runs must be positive")
@@ -121,13 +146,15 @@ def main(argv: list[str] | None = None) -> None:
         print(f"events: {events:,} ({counts['transactions']:,} transactions, {counts['activity']:,} "
               f"activity, {counts['fraud_labels']:,} labels), ready in {time.perf_counter() - started:.0f}s",
               flush=True)
-        contenders = {name: Contender(name) for name in CONTENDERS}
+        names = CONTENDERS + (("spark-full",) if args.spark else ())
+        contenders = {name: Contender(name) for name in names}
+        os.environ["FEASTKIT_SPARK_BUCKETS"] = str(args.spark_buckets)
         produced: dict[str, int] = {}
         for run in range(args.runs):
             for name, contender in contenders.items():
                 measured = run_child([__file__, "child", name, str(work)])
                 contender.seconds.append(measured["seconds"])
-                contender.peak_mb.append(measured["peak_rss_mb"])
+                contender.peak_mb.append(measured["peak_rss_mb"] + measured.get("extra_peak_mb", 0))
                 produced[name] = measured["rows"]
                 print(f"  run {run + 1}: {name:20s} {measured['seconds']:8.2f}s {measured['peak_rss_mb']:8.0f} MB",
                       flush=True)
@@ -140,6 +167,13 @@ def main(argv: list[str] | None = None) -> None:
                      f"{produced['incremental-hour']:,}, midnight hour {produced['incremental-midnight-hour']:,}")
         lines.append(f"- one incremental hour costs {share:.3f} of a full run (1/{1 / share:.0f}); "
                      f"the midnight hour {midnight:.3f} (1/{1 / midnight:.0f})")
+        if args.spark:
+            spark = contenders["spark-full"]
+            lines.append(f"- Spark (local[2], {args.spark_buckets} buckets) / local engine, full run: "
+                         f"{spark.median_s / contenders['full'].median_s:.2f}x the time, "
+                         f"{spark.max_peak_mb / contenders['full'].max_peak_mb:.2f}x the peak memory; "
+                         f"rows {'equal' if produced['spark-full'] == produced['full'] else 'DIFFER'} "
+                         f"({produced['spark-full']:,})")
         print("\n" + "\n".join(lines))
     finally:
         if args.workdir is None:

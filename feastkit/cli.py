@@ -105,13 +105,17 @@ def compute(settings: Settings, start: str | None, end: str | None, views: str, 
     """
     from feastkit.store import applied_specs, open_store
     from pipelines.aggregates import compute_features
+    from pipelines.spark_windows import window_engine
 
     a, b = parse_interval(start, end)
     specs = applied_specs(open_store(settings))
     if not skip_validation:
         _validate(settings, b)
+    engine = window_engine(settings)
     report = compute_features(specs, settings.clean_dir, settings.features_dir, a, b,
-                              [v for v in views.split(",") if v] or None, settings.lock_timeout_seconds)
+                              [v for v in views.split(",") if v] or None, settings.lock_timeout_seconds, engine)
+    if engine is not None:
+        click.echo(f"windowed views computed on {engine.describe()}")
     click.echo(f"features for [{report.start:%Y-%m-%d %H:%M}, {report.end:%Y-%m-%d %H:%M}) UTC "
                f"in {settings.features_dir}:")
     for line in report.lines():

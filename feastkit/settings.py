@@ -118,6 +118,14 @@ class Settings(BaseSettings):
     # counters follow the traffic being scored (on in the demo; the worker must run beside it)
     stream_publish: bool = False
 
+    # The batch plane on Spark (docs/scaling.md): each windowed view's rows are computed by Spark's
+    # executors, one entity bucket at a time, by the same window engine (`pipelines.spark_windows`).
+    # "" picks Spark for the `spark` profile and the local engine for every other profile
+    aggregate_engine: str = ""
+    spark_master: str = "local[2]"
+    spark_buckets: int = Field(16, ge=1, le=100_000)
+    spark_driver_memory: str = "2g"
+
     # Orchestration (dags/): cron schedules in UTC, first interval, catchup, promotion rule
     schedule_feature_pipeline: str = "0 * * * *"
     schedule_train: str = "0 3 * * 1"
@@ -183,6 +191,15 @@ class Settings(BaseSettings):
                 f"set FEASTKIT_PROFILE to 'local' or one of {known}",
             )
         return path
+
+    @property
+    def aggregate_engine_name(self) -> str:
+        """Where windowed views are computed: "local" or "spark" (FEASTKIT_AGGREGATE_ENGINE, else the profile's)."""
+        name = self.aggregate_engine.strip().lower() or ("spark" if self.profile == "spark" else "local")
+        if name not in ("local", "spark"):
+            raise FeastkitError(f"unknown aggregate engine {self.aggregate_engine!r}",
+                                "set FEASTKIT_AGGREGATE_ENGINE to 'local' or 'spark' (or leave it unset)")
+        return name
 
     @property
     def api_key_list(self) -> list[str]:

@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from typing import Protocol
 
 import duckdb
 import numpy as np
@@ -132,6 +133,15 @@ class RowStamps:
 
 def _sql_time(epoch_us: int) -> str:
     return f"TIMESTAMP '{datetime(1970, 1, 1) + timedelta(microseconds=epoch_us)}'"
+
+
+class RowsEngine(Protocol):
+    """Computes a windowed view's fresh rows somewhere else (`pipelines.spark_windows.SparkWindowEngine`)."""
+
+    def rows(self, con: duckdb.DuckDBPyConnection, spec: ViewSpec, clean_dir: Path, start: datetime,
+             end: datetime, narrow: bool, work_dir: Path) -> tuple[str, Callable[[], int], pa.Schema]:
+        """A SELECT on `con` of the rows, their count, and the engine's row schema before the view's SELECT."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -494,8 +504,8 @@ def _check_select(con: duckdb.DuckDBPyConnection, spec: ViewSpec, schema: pa.Sch
 
 
 def compute_view(spec: ViewSpec, clean_dir: Path, features_dir: Path, start: datetime,
-                 end: datetime, lock_timeout: float = DEFAULT_LOCK_TIMEOUT_SECONDS
-                 ) -> tuple[int, int, tuple[datetime, datetime]]:
+                 end: datetime, lock_timeout: float = DEFAULT_LOCK_TIMEOUT_SECONDS,
+                 engine: RowsEngine | None = None) -> tuple[int, int, tuple[datetime, datetime]]:
     """Compute one view's rows for [start, end) and merge them into its day files; (rows, files,
     the span entered in the interval ledger as computed, `feastkit.ledger`).
 
@@ -505,7 +515,8 @@ def compute_view(spec: ViewSpec, clean_dir: Path, features_dir: Path, start: dat
     rename, and a table rebuilt whole replaces the old one in one rename (`features/<view>` is a
     symlink to the folder of the current version). The ledger entry is made under the same lock,
     whoever runs the computation (a DAG task, `feastkit compute`, `run-interval`), so the next
-    materialization loads what was computed and not yet loaded.
+    materialization loads what was computed and not yet loaded. `engine` computes a windowed view's
+    fresh rows elsewhere (`pipelines.spark_windows`); None runs the window engine here.
     """
     start, end = require_aware(start, "interval start"), require_aware(end, "interval end")
     if end <= start:
@@ -523,10 +534,10 @@ def compute_view(spec: ViewSpec, clean_dir: Path, features_dir: Path, start: dat
             rows, files = _write_reference_view(spec, clean_dir, out_dir)
             _record_definition(out_dir, spec)
         elif any(out_dir.glob("part-*.parquet")) and _recorded_definition(out_dir) != spec.digest:
-            rows, files, span = _recompute_view(spec, clean_dir, features_dir, start, end)
+            rows, files, span = _recompute_view(spec, clean_dir, features_dir, start, end, engine)
             ledger.forget_loaded([spec.name])  # rows of the new definition are loaded nowhere yet
         else:
-            rows, files = _merge_interval(spec, clean_dir, out_dir, start, end)
+            rows, files = _merge_interval(spec, clean_dir, out_dir, start, end, engine)
         ledger.record_computed([spec.name], span)
         return rows, files, span
 
@@ -573,7 +584,7 @@ def _record_definition(out_dir: Path, spec: ViewSpec) -> None:
 
 
 def _recompute_view(spec: ViewSpec, clean_dir: Path, features_dir: Path, start: datetime,
-                    end: datetime) -> tuple[int, int, tuple[datetime, datetime]]:
+                    end: datetime, engine: RowsEngine | None) -> tuple[int, int, tuple[datetime, datetime]]:
     """Build the whole table under the current definition in a new version folder, then point the
     table at it in one rename: readers see the old table or the new one, never none or a mix.
     Returns (rows, files, the span computed)."""
@@ -581,7 +592,7 @@ def _recompute_view(spec: ViewSpec, clean_dir: Path, features_dir: Path, start: 
     lo, hi = min(lo, start), max(hi, end)
     fresh = _new_version(features_dir, spec.name)
     try:
-        rows, files = _merge_interval(spec, clean_dir, fresh, lo, hi)
+        rows, files = _merge_interval(spec, clean_dir, fresh, lo, hi, engine)
         _record_definition(fresh, spec)
         previous = swap_folder(features_dir / spec.name, fresh)
     except BaseException:
@@ -595,7 +606,7 @@ def _recompute_view(spec: ViewSpec, clean_dir: Path, features_dir: Path, start: 
 
 
 def _merge_interval(spec: ViewSpec, clean_dir: Path, out_dir: Path, start: datetime,
-                    end: datetime) -> tuple[int, int]:
+                    end: datetime, engine: RowsEngine | None = None) -> tuple[int, int]:
     out_dir.mkdir(parents=True, exist_ok=True)
     con = connect()
     # this run's own staging folder, beside the day files (so each move is a rename) and outside
@@ -604,10 +615,15 @@ def _merge_interval(spec: ViewSpec, clean_dir: Path, out_dir: Path, start: datet
     try:
         _check_declaration(con, spec, clean_dir)
         params = {"start": start, "end": end}
-        query = windowed_query(spec, clean_dir, start, end)
-        # events are computed on in UTC wall-clock TIMESTAMPs: TIMESTAMPTZ arithmetic goes through
-        # the ICU calendar and costs several times more; feature rows come out as TIMESTAMPTZ
-        fresh, counted, schema = _windowed_rows(con, query, narrow=end - start < spec.lookback)
+        narrow = end - start < spec.lookback
+        if engine is None:
+            # events are computed on in UTC wall-clock TIMESTAMPs: TIMESTAMPTZ arithmetic goes through
+            # the ICU calendar and costs several times more; feature rows come out as TIMESTAMPTZ
+            fresh, counted, schema = _windowed_rows(con, windowed_query(spec, clean_dir, start, end), narrow)
+            count: Callable[[], int] = lambda: counted[0]  # noqa: E731
+        else:
+            fresh, count, schema = engine.rows(con, spec, clean_dir, start, end, narrow, staging.with_name(
+                staging.name + "-engine"))
         _check_select(con, spec, schema)
         # the day of T (of T - 1us on a grid), from epoch microseconds, which needs no calendar
         day_expr = (f"(DATE '1970-01-01' + ((epoch_us(event_timestamp) - {int(spec.grid_us > 0)})"
@@ -646,7 +662,8 @@ def _merge_interval(spec: ViewSpec, clean_dir: Path, out_dir: Path, start: datet
     finally:
         con.close()
         shutil.rmtree(staging, ignore_errors=True)
-    return counted[0], len(touched)
+        shutil.rmtree(staging.with_name(staging.name + "-engine"), ignore_errors=True)
+    return count(), len(touched)
 
 
 def _write_reference_view(spec: ViewSpec, clean_dir: Path, out_dir: Path) -> tuple[int, int]:
@@ -673,19 +690,22 @@ def _write_reference_view(spec: ViewSpec, clean_dir: Path, out_dir: Path) -> tup
 
 def compute_features(specs: list[ViewSpec], clean_dir: Path, features_dir: Path, start: datetime | None = None,
                      end: datetime | None = None, views: list[str] | None = None,
-                     lock_timeout: float = DEFAULT_LOCK_TIMEOUT_SECONDS) -> ComputeReport:
+                     lock_timeout: float = DEFAULT_LOCK_TIMEOUT_SECONDS,
+                     engine: RowsEngine | None = None) -> ComputeReport:
     """Compute every (or the named) declared view for [start, end); defaults to the whole data range.
 
     `specs` come from the applied registry (`feastkit.declarations.specs_of(store.list_feature_views())`).
     The run holds the lock of the data folder holding clean_dir: a second run over the same data
     waits for it (up to `lock_timeout` seconds), so runs never rewrite the same files at once.
+    `engine` computes windowed views' rows elsewhere (Spark: `pipelines.spark_windows`).
     """
     with data_folder_lock(clean_dir.parent, "compute", lock_timeout):
-        return _compute_features(specs, clean_dir, features_dir, start, end, views, lock_timeout)
+        return _compute_features(specs, clean_dir, features_dir, start, end, views, lock_timeout, engine)
 
 
 def _compute_features(specs: list[ViewSpec], clean_dir: Path, features_dir: Path, start: datetime | None,
-                      end: datetime | None, views: list[str] | None, lock_timeout: float) -> ComputeReport:
+                      end: datetime | None, views: list[str] | None, lock_timeout: float,
+                      engine: RowsEngine | None) -> ComputeReport:
     by_name = {s.name: s for s in specs}
     unknown = sorted(set(views or []) - set(by_name))
     if unknown:
@@ -702,7 +722,7 @@ def _compute_features(specs: list[ViewSpec], clean_dir: Path, features_dir: Path
         if views and spec.name not in views:
             continue
         rows[spec.name], files[spec.name], computed[spec.name] = compute_view(
-            spec, clean_dir, features_dir, start, end, lock_timeout)
+            spec, clean_dir, features_dir, start, end, lock_timeout, engine)
     return ComputeReport(require_aware(start, "interval start"), require_aware(end, "interval end"), rows, files,
                          computed)
 

@@ -659,8 +659,14 @@ def test_a_push_that_cannot_write_opens_only_the_push_breaker(
     from feastkit.store import open_store
 
     copy_settings = private_copy(deployment, tmp_path, fraud_service="fraud_detection_v2")
+    # the push gives up on the lock after 2 s instead of the default 30 s
+    yaml = copy_settings.feature_store_yaml
+    yaml.write_text(yaml.read_text().replace("  path: data/online_store.db\n",
+                                             "  path: data/online_store.db\n  busy_timeout_seconds: 2\n", 1))
     state = ServingState.load(copy_settings)
-    configured = Path(open_store(copy_settings).config.online_store.path)
+    store = open_store(copy_settings)
+    assert store.config.online_store.busy_timeout_seconds == 2
+    configured = Path(store.config.online_store.path)
     db_path = str(configured if configured.is_absolute() else copy_settings.repo_path / configured)
     event = {"user_id": 515151, "txn_count_10m": 2, "amount_sum_10m": 8.0,
              "event_timestamp": _at(deployment, 0)}
@@ -668,8 +674,13 @@ def test_a_push_that_cannot_write_opens_only_the_push_breaker(
         locker = sqlite3.connect(db_path, timeout=0)
         try:
             locker.execute("BEGIN IMMEDIATE")  # holds the write lock; readers still read
+            started = time.monotonic()
             pushed = c.post("/v1/push/user_realtime_push", json={"events": [event]})
-            assert pushed.status_code == 503, pushed.text
+            # a push that got through must say how: after how long, and into which file
+            assert pushed.status_code == 503, (
+                f"{pushed.text} after {time.monotonic() - started:.2f}s; lock holder in transaction: "
+                f"{locker.in_transaction}; journal mode: {locker.execute('PRAGMA journal_mode').fetchall()}; "
+                f"online store file {state.store.config.online_store.path} (locked: {db_path})")
             assert db_path not in pushed.text and "locked" not in pushed.text
             again = c.post("/v1/push/user_realtime_push", json={"events": [event]})
             assert again.status_code == 503  # failing fast on the push breaker

@@ -1,0 +1,179 @@
+"""Windowed aggregates on Spark: the declared views' own window engine, run once per entity bucket.
+
+Spark reads each raw source a view aggregates, tags every event with a bucket of its entity key
+(`pmod(xxhash64(key), buckets)`) and hands each bucket's events, as one Arrow table, to
+`groupBy(bucket).applyInArrow`. The function there is the local engine itself: the view's events
+SQL over that bucket (DuckDB), `pipelines.windows` and the view's SELECT. A view's rows depend on
+one entity's events only, so the union of the buckets' rows is the local run's rows, bit for bit
+(`tests/integration/test_spark_aggregates.py`). Spark writes the rows as Parquet; the driver merges
+them into the view's day files exactly as a local run does (`pipelines.aggregates`), never holding
+them in memory.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import sys
+import uuid
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import duckdb
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from feastkit.clean import clean_table
+from feastkit.declarations import EventSource, ViewSpec
+from feastkit.errors import FeastkitError
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+
+log = logging.getLogger(__name__)
+
+_BUCKET = "_feastkit_bucket"
+_SOURCE = "_feastkit_source"
+# the Spark-side filter on event time only prunes; DuckDB applies the exact bounds inside a bucket
+_PRUNE_MARGIN = timedelta(seconds=1)
+
+
+def spark_session(master: str = "local[2]", driver_memory: str = "2g", app_name: str = "feastkit",
+                  shuffle_partitions: int = 16) -> SparkSession:
+    """A Spark session set up the way feastkit reads and writes: UTC, microsecond Parquet times, Arrow.
+
+    `master` is any Spark master URL (`local[2]`, `spark://host:7077`, `yarn`, `k8s://...`); the
+    executors need this project installed (`pip install feastkit[spark]`) to run the window engine.
+    """
+    try:
+        from pyspark.sql import SparkSession
+    except ImportError:
+        raise FeastkitError("the Spark engine needs pyspark", "pip install 'feastkit[spark]'") from None
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    builder = (SparkSession.builder.master(master).appName(app_name)
+               .config("spark.sql.session.timeZone", "UTC")
+               .config("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS")
+               .config("spark.sql.execution.arrow.pyspark.enabled", "true")
+               .config("spark.sql.shuffle.partitions", str(shuffle_partitions))
+               .config("spark.driver.memory", driver_memory)
+               .config("spark.ui.enabled", "false")
+               .config("spark.ui.showConsoleProgress", "false"))
+    try:
+        return builder.getOrCreate()
+    except Exception as exc:  # the JVM did not start (no Java, a bad master URL, a port taken)
+        raise FeastkitError(f"Spark did not start with master {master!r}: {' '.join(str(exc).split())[:300]}",
+                            "install Java 17 (JAVA_HOME) and check FEASTKIT_SPARK_MASTER") from None
+
+
+def _aggregated_sources(spec: ViewSpec) -> list[EventSource]:
+    used = {a.source for a in spec.aggregations}
+    return [s for s in spec.sources if s.name in used]
+
+
+def _bucket_rows(spec: ViewSpec, clean_dir: Path, start: datetime, end: datetime, narrow: bool,
+                 columns: tuple[tuple[str, ...], ...], schema: pa.Schema | None, events: pa.Table) -> pa.Table:
+    """One bucket's feature rows: its events of each source, split back out of the tagged union,
+    through the same plan, window engine and SELECT as a local run (runs on a Spark executor)."""
+    from pipelines.aggregates import _windowed_rows, connect, windowed_query
+
+    con = connect()
+    try:
+        relations: dict[str, str] = {}
+        for i, (source, names) in enumerate(zip(_aggregated_sources(spec), columns, strict=True)):
+            mine = events.filter(pc.equal(events.column(_SOURCE), i))
+            con.register(f"bucket_source_{i}", mine.select([f"s{i}_{c}" for c in names]).rename_columns(list(names)))
+            relations[source.name] = f"bucket_source_{i}"
+        query = windowed_query(spec, clean_dir, start, end, relation_of=lambda s: relations[s.name])
+        select, _, _ = _windowed_rows(con, query, narrow)
+        rows = con.sql(select).to_arrow_table()
+        return rows if schema is None else rows.cast(schema)
+    finally:
+        con.close()
+
+
+class SparkWindowEngine:
+    """Computes a view's fresh rows for an interval on Spark (see the module docstring)."""
+
+    def __init__(self, spark: SparkSession, buckets: int = 16) -> None:
+        if buckets < 1:
+            raise FeastkitError(f"spark buckets must be at least 1, got {buckets}",
+                                "set FEASTKIT_SPARK_BUCKETS to a positive number (about 2-4 per executor core)")
+        self.spark = spark
+        self.buckets = buckets
+
+    def describe(self) -> str:
+        return f"Spark ({self.spark.sparkContext.master}, {self.buckets} entity buckets)"
+
+    def _events(self, spec: ViewSpec, clean_dir: Path, lo: datetime, hi: datetime) -> tuple[DataFrame, list]:
+        from pyspark.sql import functions as F
+
+        frames, columns = [], []
+        for i, source in enumerate(_aggregated_sources(spec)):
+            path = clean_table(clean_dir, source.table)
+            frame = self.spark.read.parquet(str(path))
+            ts = F.col(f"`{source.timestamp}`")
+            frame = frame.where((ts >= F.lit(lo - _PRUNE_MARGIN)) & (ts < F.lit(hi + _PRUNE_MARGIN)))
+            if spec.entity_key not in frame.columns:
+                raise FeastkitError(f"feature view '{spec.name}': raw table '{source.table}' has no column "
+                                    f"'{spec.entity_key}'", "fix the entity's join key in feature_repo/")
+            bucket = F.pmod(F.xxhash64(F.col(f"`{spec.entity_key}`")), F.lit(self.buckets))
+            frames.append(frame.select(bucket.alias(_BUCKET), F.lit(i).alias(_SOURCE),
+                                       *[F.col(f"`{c}`").alias(f"s{i}_{c}") for c in frame.columns]))
+            columns.append(tuple(frame.columns))
+        union = functools.reduce(lambda a, b: a.unionByName(b, allowMissingColumns=True), frames)
+        return union, columns
+
+    def rows(self, con: duckdb.DuckDBPyConnection, spec: ViewSpec, clean_dir: Path, start: datetime,
+             end: datetime, narrow: bool, work_dir: Path) -> tuple[str, Callable[[], int], pa.Schema]:
+        """A SELECT of the view's fresh rows in [start, end) (in the local engine's order), a counter
+        of them, and the schema of the engine's rows before the view's SELECT (for its checks)."""
+        from pyspark.sql.pandas.types import from_arrow_schema, to_arrow_schema
+
+        from pipelines.aggregates import HOUR, _windowed_rows, windowed_query
+
+        lo, hi = start - spec.lookback - spec.grid - HOUR, end
+        union, columns = self._events(spec, clean_dir, lo, hi)
+        run = functools.partial(_bucket_rows, spec, clean_dir, start, end, narrow, tuple(columns))
+        # the rows' schema: the same plan over no events, on the driver
+        empty = to_arrow_schema(union.schema).empty_table()
+        schema = run(None, empty).schema
+        relations = {}
+        for i, (source, names) in enumerate(zip(_aggregated_sources(spec), columns, strict=True)):
+            con.register(f"probe_source_{i}", empty.select([f"s{i}_{c}" for c in names]).rename_columns(list(names)))
+            relations[source.name] = f"probe_source_{i}"
+        windowed_schema = _windowed_rows(con, windowed_query(spec, clean_dir, start, end,
+                                                             relation_of=lambda s: relations[s.name]), narrow)[2]
+        out = work_dir / f"spark-{uuid.uuid4().hex[:12]}"
+        grouped = union.groupBy(_BUCKET).applyInArrow(functools.partial(run, schema),
+                                                      schema=from_arrow_schema(schema))
+        try:
+            grouped.write.mode("overwrite").parquet(str(out))
+        except Exception as exc:
+            raise FeastkitError(f"feature view '{spec.name}': the Spark job over [{start.isoformat()}, "
+                                f"{end.isoformat()}) failed ({' '.join(str(exc).split())[:300]})",
+                                "see the Spark log above; run `feastkit validate` if a clean table is at fault") from None
+        files = sorted(out.glob("*.parquet"))
+        if not files:
+            con.register("spark_rows_none", schema.empty_table())
+            return "SELECT * FROM spark_rows_none", lambda: 0, windowed_schema
+        listed = ", ".join(repr(str(f)) for f in files)
+        count = con.execute(f"SELECT count(*) FROM read_parquet([{listed}])").fetchall()[0][0]
+        log.info("feature view %s: %d rows from %d Spark buckets", spec.name, count, self.buckets)
+        # the local engine's order: by entity, then time (rows arrive from the buckets in any order)
+        key = schema.names[0]
+        # (a subquery: the caller puts a day file's kept rows before these with UNION ALL)
+        return (f'SELECT * FROM (SELECT * FROM read_parquet([{listed}]) ORDER BY "{key}", event_timestamp)',
+                lambda: count, windowed_schema)
+
+
+def window_engine(settings: Any) -> SparkWindowEngine | None:
+    """The engine `settings` selects for windowed views: None for the local engine, else Spark's."""
+    if settings.aggregate_engine_name == "local":
+        return None
+    spark = spark_session(settings.spark_master, settings.spark_driver_memory,
+                          shuffle_partitions=settings.spark_buckets)
+    return SparkWindowEngine(spark, settings.spark_buckets)
