@@ -11,6 +11,7 @@ Contenders, each in its own process (so its peak RSS is its own), on the same cl
     python bench/aggregates.py                      # 2.5M events, 3 runs: about a minute
     python bench/aggregates.py --users 48000 --days 150 --runs 3   # 10M events: under a minute a run
     python bench/aggregates.py --spark ...          # adds `spark-full`: the full run on local Spark
+    python bench/aggregates.py --compute-buckets 8  # adds `full-bucketed`: 8 entity buckets in turn
 
 `spark-full` (with --spark) is the full run on Spark in local mode (`local[2]`, --spark-buckets entity
 buckets; the spark profile's engine, `pipelines.spark_windows`). Its time leaves out the JVM's start;
@@ -73,10 +74,16 @@ def child(contender: str, work: Path) -> None:
         return compute(specs, *args, **kwargs)
 
     clean, features = work / "clean", work / "features"
-    if contender == "full":
+    if contender in ("full", "full-bucketed"):
+        from pipelines.aggregates import BucketedWindowEngine
+
+        buckets = int(os.environ.get("FEASTKIT_COMPUTE_BUCKETS", "1"))
+        engine = BucketedWindowEngine(buckets) if contender == "full-bucketed" else None
+        if engine is not None:
+            features = work / "features-bucketed"
         shutil.rmtree(features, ignore_errors=True)
         started = time.perf_counter()
-        result = compute_features(clean, features)
+        result = compute_features(clean, features, engine=engine)
         seconds = time.perf_counter() - started
         rows = sum(result.rows.values())
     elif contender.startswith("incremental"):
@@ -133,6 +140,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--workdir", type=Path, help="keep generated events here (reused when flags match)")
     parser.add_argument("--spark", action="store_true", help="add the full run on local Spark (spark-full)")
+    parser.add_argument("--compute-buckets", type=int, default=0,
+                        help="add the full run of the local engine over this many entity buckets (full-bucketed)")
     parser.add_argument("--spark-buckets", type=int, default=16, help="entity buckets of the Spark run")
     args = parser.parse_args(argv)
     if min(args.users, args.days, args.runs) < 1:
@@ -146,7 +155,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"events: {events:,} ({counts['transactions']:,} transactions, {counts['activity']:,} "
               f"activity, {counts['fraud_labels']:,} labels), ready in {time.perf_counter() - started:.0f}s",
               flush=True)
-        names = CONTENDERS + (("spark-full",) if args.spark else ())
+        names = (CONTENDERS + (("full-bucketed",) if args.compute_buckets > 1 else ())
+                 + (("spark-full",) if args.spark else ()))
+        os.environ["FEASTKIT_COMPUTE_BUCKETS"] = str(max(args.compute_buckets, 1))
         contenders = {name: Contender(name) for name in names}
         os.environ["FEASTKIT_SPARK_BUCKETS"] = str(args.spark_buckets)
         produced: dict[str, int] = {}
@@ -167,6 +178,12 @@ def main(argv: list[str] | None = None) -> None:
                      f"{produced['incremental-hour']:,}, midnight hour {produced['incremental-midnight-hour']:,}")
         lines.append(f"- one incremental hour costs {share:.3f} of a full run (1/{1 / share:.0f}); "
                      f"the midnight hour {midnight:.3f} (1/{1 / midnight:.0f})")
+        if args.compute_buckets > 1:
+            bucketed = contenders["full-bucketed"]
+            lines.append(f"- the local engine over {args.compute_buckets} entity buckets / one pass, full run: "
+                         f"{bucketed.median_s / contenders['full'].median_s:.2f}x the time, "
+                         f"{bucketed.max_peak_mb / contenders['full'].max_peak_mb:.2f}x the peak memory; rows "
+                         f"{'equal' if produced['full-bucketed'] == produced['full'] else 'DIFFER'}")
         if args.spark:
             spark = contenders["spark-full"]
             lines.append(f"- Spark (local[2], {args.spark_buckets} buckets) / local engine, full run: "

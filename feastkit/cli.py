@@ -104,14 +104,13 @@ def compute(settings: Settings, start: str | None, end: str | None, views: str, 
     declared in feature_repo/); a view whose definition changed is recomputed whole.
     """
     from feastkit.store import applied_specs, open_store
-    from pipelines.aggregates import compute_features
-    from pipelines.spark_windows import window_engine
+    from pipelines.aggregates import compute_features, rows_engine
 
     a, b = parse_interval(start, end)
     specs = applied_specs(open_store(settings))
     if not skip_validation:
         _validate(settings, b)
-    engine = window_engine(settings)
+    engine = rows_engine(settings)
     report = compute_features(specs, settings.clean_dir, settings.features_dir, a, b,
                               [v for v in views.split(",") if v] or None, settings.lock_timeout_seconds, engine)
     if engine is not None:

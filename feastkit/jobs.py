@@ -220,13 +220,12 @@ def run_compute(settings: Settings, start: datetime | str, end: datetime | str) 
     Reruns and backfills replace exactly the rows the interval owns, so they are idempotent.
     """
     from feastkit.store import applied_specs, open_store
-    from pipelines.aggregates import compute_features
-    from pipelines.spark_windows import window_engine
+    from pipelines.aggregates import compute_features, rows_engine
 
     a, b = check_interval(start, end)
     specs = applied_specs(open_store(settings))
     computed = compute_features(specs, settings.clean_dir, settings.features_dir, a, b,
-                                lock_timeout=settings.lock_timeout_seconds, engine=window_engine(settings))
+                                lock_timeout=settings.lock_timeout_seconds, engine=rows_engine(settings))
     for line in computed.lines():
         log.info("features [%s, %s) %s", a.isoformat(), b.isoformat(), line)
     # compute_features entered each view's span in the interval ledger (feastkit.ledger)

@@ -122,6 +122,9 @@ class Settings(BaseSettings):
     # executors, one entity bucket at a time, by the same window engine (`pipelines.spark_windows`).
     # "" picks Spark for the `spark` profile and the local engine for every other profile
     aggregate_engine: str = ""
+    # the local engine over this many buckets of entities, one after another: memory follows a
+    # bucket's events (docs/scaling.md); 1 is one pass, faster while the events fit in memory
+    compute_buckets: int = Field(1, ge=1, le=100_000)
     spark_master: str = "local[2]"
     spark_buckets: int = Field(16, ge=1, le=100_000)
     spark_driver_memory: str = "2g"

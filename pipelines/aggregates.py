@@ -47,6 +47,7 @@ from feastkit.clean import EVENT_TABLES, clean_table, data_range
 from feastkit.declarations import DeclarationError, EventSource, ViewSpec
 from feastkit.errors import FeastkitError
 from feastkit.ledger import Ledger
+from feastkit.settings import Settings
 from feastkit.times import epoch_micros, micros, require_aware
 from pipelines.windows import (
     UTC_MICROS,
@@ -61,6 +62,7 @@ log = logging.getLogger(__name__)
 HOUR = timedelta(hours=1)
 DAY = timedelta(days=1)
 DEFINITION_FILE = "_definition.json"  # the spec a table's rows were computed under
+ENGINE_DAY = "_feastkit_day"  # the day folders a RowsEngine stages its rows in
 
 
 def connect() -> duckdb.DuckDBPyConnection:
@@ -138,9 +140,15 @@ def _sql_time(epoch_us: int) -> str:
 class RowsEngine(Protocol):
     """Computes a windowed view's fresh rows somewhere else (`pipelines.spark_windows.SparkWindowEngine`)."""
 
-    def rows(self, con: duckdb.DuckDBPyConnection, spec: ViewSpec, clean_dir: Path, start: datetime,
-             end: datetime, narrow: bool, work_dir: Path) -> tuple[str, Callable[[], int], pa.Schema]:
-        """A SELECT on `con` of the rows, their count, and the engine's row schema before the view's SELECT."""
+    def describe(self) -> str:
+        """Where the rows are computed, for people (`feastkit compute` prints it)."""
+        ...
+
+    def stage_rows(self, con: duckdb.DuckDBPyConnection, spec: ViewSpec, clean_dir: Path, start: datetime,
+                   end: datetime, narrow: bool, out: Path) -> tuple[int, pa.Schema]:
+        """Write the view's fresh rows in [start, end) as Parquet under `out/_feastkit_day=YYYY-MM-DD/` (the day
+        of `day_sql`), in any order; the number of rows, and the engine's row schema before the
+        view's SELECT (for its checks)."""
         ...
 
 
@@ -616,29 +624,30 @@ def _merge_interval(spec: ViewSpec, clean_dir: Path, out_dir: Path, start: datet
         _check_declaration(con, spec, clean_dir)
         params = {"start": start, "end": end}
         narrow = end - start < spec.lookback
+        engine_dir = staging.with_name(staging.name + "-engine")
         if engine is None:
             # events are computed on in UTC wall-clock TIMESTAMPs: TIMESTAMPTZ arithmetic goes through
             # the ICU calendar and costs several times more; feature rows come out as TIMESTAMPTZ
             fresh, counted, schema = _windowed_rows(con, windowed_query(spec, clean_dir, start, end), narrow)
-            count: Callable[[], int] = lambda: counted[0]  # noqa: E731
+            count = lambda: counted[0]  # noqa: E731
         else:
-            fresh, count, schema = engine.rows(con, spec, clean_dir, start, end, narrow, staging.with_name(
-                staging.name + "-engine"))
+            staged_rows, schema = engine.stage_rows(con, spec, clean_dir, start, end, narrow, engine_dir)
+            count = lambda: staged_rows  # noqa: E731
         _check_select(con, spec, schema)
-        # the day of T (of T - 1us on a grid), from epoch microseconds, which needs no calendar
-        day_expr = (f"(DATE '1970-01-01' + ((epoch_us(event_timestamp) - {int(spec.grid_us > 0)})"
-                    " // 86400000000)::INTEGER)")
         # rows of this interval can only live in the day files of its days (a row stamped T sits in
         # the file of T's day, or of T - 1us on a grid): those are rewritten even with no fresh row
         first_day, last_day = start.date(), (end - timedelta(microseconds=1)).date()
         old = sorted(f for f in out_dir.glob("part-*.parquet")
                      if first_day.isoformat() <= f.stem.removeprefix("part-") <= last_day.isoformat())
-        kept = (f"SELECT * FROM read_parquet([{', '.join(repr(str(f)) for f in old)}]) "
-                f"WHERE NOT ({_bounds_predicate(spec)}) UNION ALL BY NAME " if old else "")
-        # no global sort: fresh rows arrive grouped by entity and in time order within it
         try:
-            con.execute(f"""COPY (SELECT *, {day_expr} AS day FROM ({kept} {fresh}))
-                          TO '{staging}' (FORMAT parquet, PARTITION_BY (day))""", params if old else None)
+            if engine is None:
+                kept = (f"SELECT * FROM read_parquet([{', '.join(repr(str(f)) for f in old)}]) "
+                        f"WHERE NOT ({_bounds_predicate(spec)}) UNION ALL BY NAME " if old else "")
+                # no global sort: fresh rows arrive grouped by entity and in time order within it
+                con.execute(f"""COPY (SELECT *, {day_sql(spec)} AS day FROM ({kept} {fresh}))
+                              TO '{staging}' (FORMAT parquet, PARTITION_BY (day))""", params if old else None)
+            else:
+                _merge_staged_days(con, spec, old, engine_dir, staging, params)
         except duckdb.Error as exc:
             raise FeastkitError(f"feature view '{spec.name}': computing [{start.isoformat()}, {end.isoformat()}) "
                                 f"failed on the clean tables in {clean_dir} or its day files in {out_dir} "
@@ -666,6 +675,39 @@ def _merge_interval(spec: ViewSpec, clean_dir: Path, out_dir: Path, start: datet
     return count(), len(touched)
 
 
+def day_sql(spec: ViewSpec) -> str:
+    """The day file a feature row belongs in: the day of T (of T - 1us on a grid), as a DATE computed
+    from epoch microseconds, which needs no calendar."""
+    return (f"(DATE '1970-01-01' + ((epoch_us(event_timestamp) - {int(spec.grid_us > 0)})"
+            " // 86400000000)::INTEGER)")
+
+
+def _merge_staged_days(con: duckdb.DuckDBPyConnection, spec: ViewSpec, old: list[Path], engine_dir: Path,
+                       staging: Path, params: dict[str, datetime]) -> None:
+    """Stage each day file from an engine's rows (`engine_dir/day=YYYY-MM-DD/*.parquet`, in any order),
+    one day at a time: the old file's rows this run does not own, then the day's fresh rows in the
+    local engine's order (by entity, then time). The same rows in the same order as the local run's
+    single partitioned COPY, with no more than one day's rows sorted at once."""
+    old_by_day = {f.stem.removeprefix("part-"): f for f in old}
+    fresh_days = {d.name.removeprefix(f"{ENGINE_DAY}="): d for d in engine_dir.glob(f"{ENGINE_DAY}=*")}
+    key = spec.entity_key
+    for day in sorted(set(old_by_day) | set(fresh_days)):
+        parts = []
+        if day in old_by_day:
+            parts.append(f"SELECT * FROM read_parquet('{old_by_day[day]}') WHERE NOT ({_bounds_predicate(spec)})")
+        files = sorted(fresh_days[day].glob("*.parquet")) if day in fresh_days else []
+        if files:
+            listed = ", ".join(repr(str(f)) for f in files)
+            parts.append(f'SELECT * FROM (SELECT * FROM read_parquet([{listed}], hive_partitioning = false) '
+                         f'ORDER BY "{key}", event_timestamp)')
+        union = " UNION ALL BY NAME ".join(parts)
+        # a partitioned COPY, as the local run's: a plain one writes columns without nulls as
+        # REQUIRED; and a day left with no rows gets no file, as in a local run
+        con.execute(f"""COPY (SELECT *, DATE '{day}' AS day FROM ({union})) TO '{staging}'
+                        (FORMAT parquet, PARTITION_BY (day), OVERWRITE_OR_IGNORE)""",
+                    params if day in old_by_day else None)
+
+
 def _write_reference_view(spec: ViewSpec, clean_dir: Path, out_dir: Path) -> tuple[int, int]:
     """A dimension table (one row per entity, stamped when it came to be) is rewritten whole."""
     source = spec.sources[0]
@@ -686,6 +728,43 @@ def _write_reference_view(spec: ViewSpec, clean_dir: Path, out_dir: Path) -> tup
         return con.execute(f"SELECT count(*) FROM read_parquet('{path}')").fetchone()[0], 1
     finally:
         con.close()
+
+
+class BucketedWindowEngine:
+    """The local window engine over one bucket of entities at a time (`hash(key) % buckets`): the
+    events held at once, and the engine's chunk buffers, are a bucket's. Each bucket's rows are
+    staged per day and the day files built one day at a time, as for Spark. Selected with
+    FEASTKIT_COMPUTE_BUCKETS above 1; the single pass (1) is faster while the events fit."""
+
+    def __init__(self, buckets: int) -> None:
+        if buckets < 2:
+            raise FeastkitError(f"a bucketed run needs at least 2 buckets, got {buckets}",
+                                "set FEASTKIT_COMPUTE_BUCKETS to 1 (one pass) or more")
+        self.buckets = buckets
+
+    def describe(self) -> str:
+        return f"the local engine ({self.buckets} entity buckets)"
+
+    def stage_rows(self, con: duckdb.DuckDBPyConnection, spec: ViewSpec, clean_dir: Path, start: datetime,
+                   end: datetime, narrow: bool, out: Path) -> tuple[int, pa.Schema]:
+        rows, schema = 0, None
+        for bucket in range(self.buckets):
+            def relation_of(source: EventSource, bucket: int = bucket) -> str:
+                return (f"(SELECT * FROM read_parquet('{clean_table(clean_dir, source.table)}') "
+                        f'WHERE hash("{spec.entity_key}") % {self.buckets} = {bucket})')
+
+            part = connect()
+            try:
+                select, counted, schema = _windowed_rows(
+                    part, windowed_query(spec, clean_dir, start, end, relation_of), narrow)
+                part.execute(f"""COPY (SELECT *, strftime({day_sql(spec)}, '%Y-%m-%d') AS {ENGINE_DAY}
+                                 FROM ({select})) TO '{out}' (FORMAT parquet, PARTITION_BY ({ENGINE_DAY}),
+                                 OVERWRITE_OR_IGNORE, FILENAME_PATTERN 'bucket{bucket}_{{i}}')""")
+            finally:
+                part.close()
+            rows += counted[0]
+        assert schema is not None
+        return rows, schema
 
 
 def compute_features(specs: list[ViewSpec], clean_dir: Path, features_dir: Path, start: datetime | None = None,
@@ -725,6 +804,17 @@ def _compute_features(specs: list[ViewSpec], clean_dir: Path, features_dir: Path
             spec, clean_dir, features_dir, start, end, lock_timeout, engine)
     return ComputeReport(require_aware(start, "interval start"), require_aware(end, "interval end"), rows, files,
                          computed)
+
+
+def rows_engine(settings: Settings) -> RowsEngine | None:
+    """The engine `settings` select for windowed views: Spark (the `spark` profile or
+    FEASTKIT_AGGREGATE_ENGINE=spark), the bucketed local engine (FEASTKIT_COMPUTE_BUCKETS > 1), or
+    None for the local engine's single pass."""
+    if settings.aggregate_engine_name == "spark":
+        from pipelines.spark_windows import spark_engine
+
+        return spark_engine(settings)
+    return BucketedWindowEngine(settings.compute_buckets) if settings.compute_buckets > 1 else None
 
 
 def read_view(features_dir: Path, name: str) -> pd.DataFrame:

@@ -5,9 +5,9 @@ Spark reads each raw source a view aggregates, tags every event with a bucket of
 `groupBy(bucket).applyInArrow`. The function there is the local engine itself: the view's events
 SQL over that bucket (DuckDB), `pipelines.windows` and the view's SELECT. A view's rows depend on
 one entity's events only, so the union of the buckets' rows is the local run's rows, bit for bit
-(`tests/integration/test_spark_aggregates.py`). Spark writes the rows as Parquet; the driver merges
-them into the view's day files exactly as a local run does (`pipelines.aggregates`), never holding
-them in memory.
+(`tests/integration/test_spark_aggregates.py`). Spark writes the rows as Parquet, one folder per
+day file; the driver builds each day file from its folder, one day at a time
+(`pipelines.aggregates._merge_staged_days`), so it never holds more than one day's rows.
 """
 
 from __future__ import annotations
@@ -16,11 +16,9 @@ import functools
 import logging
 import os
 import sys
-import uuid
-from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import duckdb
 import pyarrow as pa
@@ -29,6 +27,7 @@ import pyarrow.compute as pc
 from feastkit.clean import clean_table
 from feastkit.declarations import EventSource, ViewSpec
 from feastkit.errors import FeastkitError
+from feastkit.settings import Settings
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -78,7 +77,7 @@ def _bucket_rows(spec: ViewSpec, clean_dir: Path, start: datetime, end: datetime
                  columns: tuple[tuple[str, ...], ...], schema: pa.Schema | None, events: pa.Table) -> pa.Table:
     """One bucket's feature rows: its events of each source, split back out of the tagged union,
     through the same plan, window engine and SELECT as a local run (runs on a Spark executor)."""
-    from pipelines.aggregates import _windowed_rows, connect, windowed_query
+    from pipelines.aggregates import ENGINE_DAY, _windowed_rows, connect, day_sql, windowed_query
 
     con = connect()
     try:
@@ -89,7 +88,8 @@ def _bucket_rows(spec: ViewSpec, clean_dir: Path, start: datetime, end: datetime
             relations[source.name] = f"bucket_source_{i}"
         query = windowed_query(spec, clean_dir, start, end, relation_of=lambda s: relations[s.name])
         select, _, _ = _windowed_rows(con, query, narrow)
-        rows = con.sql(select).to_arrow_table()
+        rows = con.sql(f"SELECT *, strftime({day_sql(spec)}, '%Y-%m-%d') AS {ENGINE_DAY} "
+                       f"FROM ({select})").to_arrow_table()
         return rows if schema is None else rows.cast(schema)
     finally:
         con.close()
@@ -127,13 +127,14 @@ class SparkWindowEngine:
         union = functools.reduce(lambda a, b: a.unionByName(b, allowMissingColumns=True), frames)
         return union, columns
 
-    def rows(self, con: duckdb.DuckDBPyConnection, spec: ViewSpec, clean_dir: Path, start: datetime,
-             end: datetime, narrow: bool, work_dir: Path) -> tuple[str, Callable[[], int], pa.Schema]:
-        """A SELECT of the view's fresh rows in [start, end) (in the local engine's order), a counter
-        of them, and the schema of the engine's rows before the view's SELECT (for its checks)."""
+    def stage_rows(self, con: duckdb.DuckDBPyConnection, spec: ViewSpec, clean_dir: Path, start: datetime,
+                   end: datetime, narrow: bool, out: Path) -> tuple[int, pa.Schema]:
+        """The view's fresh rows in [start, end), written by Spark under `out/<day folder>/`; their
+        number, and the schema of the engine's rows before the view's SELECT (for its checks)."""
         from pyspark.sql.pandas.types import from_arrow_schema, to_arrow_schema
+        from pyspark.sql.types import StructField, StructType
 
-        from pipelines.aggregates import HOUR, _windowed_rows, windowed_query
+        from pipelines.aggregates import ENGINE_DAY, HOUR, _windowed_rows, windowed_query
 
         lo, hi = start - spec.lookback - spec.grid - HOUR, end
         union, columns = self._events(spec, clean_dir, lo, hi)
@@ -147,33 +148,28 @@ class SparkWindowEngine:
             relations[source.name] = f"probe_source_{i}"
         windowed_schema = _windowed_rows(con, windowed_query(spec, clean_dir, start, end,
                                                              relation_of=lambda s: relations[s.name]), narrow)[2]
-        out = work_dir / f"spark-{uuid.uuid4().hex[:12]}"
-        grouped = union.groupBy(_BUCKET).applyInArrow(functools.partial(run, schema),
-                                                      schema=from_arrow_schema(schema))
+        # every column nullable, as in the local run's files (Spark would write a column it knows
+        # to be non-null as REQUIRED, and the day files would carry that on)
+        spark_schema = StructType([StructField(f.name, f.dataType, True) for f in from_arrow_schema(schema)])
+        grouped = union.groupBy(_BUCKET).applyInArrow(functools.partial(run, schema), schema=spark_schema)
         try:
-            grouped.write.mode("overwrite").parquet(str(out))
+            grouped.write.mode("overwrite").partitionBy(ENGINE_DAY).parquet(str(out))
         except Exception as exc:
             raise FeastkitError(f"feature view '{spec.name}': the Spark job over [{start.isoformat()}, "
                                 f"{end.isoformat()}) failed ({' '.join(str(exc).split())[:300]})",
                                 "see the Spark log above; run `feastkit validate` if a clean table is at fault") from None
-        files = sorted(out.glob("*.parquet"))
-        if not files:
-            con.register("spark_rows_none", schema.empty_table())
-            return "SELECT * FROM spark_rows_none", lambda: 0, windowed_schema
-        listed = ", ".join(repr(str(f)) for f in files)
-        count = con.execute(f"SELECT count(*) FROM read_parquet([{listed}])").fetchall()[0][0]
-        log.info("feature view %s: %d rows from %d Spark buckets", spec.name, count, self.buckets)
-        # the local engine's order: by entity, then time (rows arrive from the buckets in any order)
-        key = schema.names[0]
-        # (a subquery: the caller puts a day file's kept rows before these with UNION ALL)
-        return (f'SELECT * FROM (SELECT * FROM read_parquet([{listed}]) ORDER BY "{key}", event_timestamp)',
-                lambda: count, windowed_schema)
+        files = sorted(out.glob(f"{ENGINE_DAY}=*/*.parquet"))
+        rows = 0
+        if files:
+            listed = ", ".join(repr(str(f)) for f in files)
+            rows = con.execute(f"SELECT count(*) FROM read_parquet([{listed}], hive_partitioning = false)"
+                               ).fetchall()[0][0]
+        log.info("feature view %s: %d rows from %d Spark buckets", spec.name, rows, self.buckets)
+        return rows, windowed_schema
 
 
-def window_engine(settings: Any) -> SparkWindowEngine | None:
-    """The engine `settings` selects for windowed views: None for the local engine, else Spark's."""
-    if settings.aggregate_engine_name == "local":
-        return None
+def spark_engine(settings: Settings) -> SparkWindowEngine:
+    """The Spark engine on the session `settings` describe (FEASTKIT_SPARK_*)."""
     spark = spark_session(settings.spark_master, settings.spark_driver_memory,
                           shuffle_partitions=settings.spark_buckets)
     return SparkWindowEngine(spark, settings.spark_buckets)
