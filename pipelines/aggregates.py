@@ -138,7 +138,8 @@ def _sql_time(epoch_us: int) -> str:
 
 
 class RowsEngine(Protocol):
-    """Computes a windowed view's fresh rows somewhere else (`pipelines.spark_windows.SparkWindowEngine`)."""
+    """Computes a windowed view's fresh rows another way: on Spark (`pipelines.spark_windows`) or
+    over entity buckets in turn (`BucketedWindowEngine`)."""
 
     def describe(self) -> str:
         """Where the rows are computed, for people (`feastkit compute` prints it)."""
@@ -146,9 +147,9 @@ class RowsEngine(Protocol):
 
     def stage_rows(self, con: duckdb.DuckDBPyConnection, spec: ViewSpec, clean_dir: Path, start: datetime,
                    end: datetime, narrow: bool, out: Path) -> tuple[int, pa.Schema]:
-        """Write the view's fresh rows in [start, end) as Parquet under `out/_feastkit_day=YYYY-MM-DD/` (the day
-        of `day_sql`), in any order; the number of rows, and the engine's row schema before the
-        view's SELECT (for its checks)."""
+        """Write the view's fresh rows in [start, end) as Parquet under `out/_feastkit_day=YYYY-MM-DD/`
+        (the day of `day_sql`), in any order; the number of rows, and the engine's row schema
+        before the view's SELECT (for its checks)."""
         ...
 
 
@@ -524,7 +525,7 @@ def compute_view(spec: ViewSpec, clean_dir: Path, features_dir: Path, start: dat
     symlink to the folder of the current version). The ledger entry is made under the same lock,
     whoever runs the computation (a DAG task, `feastkit compute`, `run-interval`), so the next
     materialization loads what was computed and not yet loaded. `engine` computes a windowed view's
-    fresh rows elsewhere (`pipelines.spark_windows`); None runs the window engine here.
+    fresh rows another way (`rows_engine`); None runs the window engine here in one pass.
     """
     start, end = require_aware(start, "interval start"), require_aware(end, "interval end")
     if end <= start:
@@ -684,10 +685,11 @@ def day_sql(spec: ViewSpec) -> str:
 
 def _merge_staged_days(con: duckdb.DuckDBPyConnection, spec: ViewSpec, old: list[Path], engine_dir: Path,
                        staging: Path, params: dict[str, datetime]) -> None:
-    """Stage each day file from an engine's rows (`engine_dir/day=YYYY-MM-DD/*.parquet`, in any order),
-    one day at a time: the old file's rows this run does not own, then the day's fresh rows in the
-    local engine's order (by entity, then time). The same rows in the same order as the local run's
-    single partitioned COPY, with no more than one day's rows sorted at once."""
+    """Stage each day file from an engine's rows (`engine_dir/_feastkit_day=YYYY-MM-DD/*.parquet`, in
+    any order), one day at a time: the old file's rows this run does not own, then the day's fresh
+    rows by entity, then time. The rows and schema of the one pass's partitioned COPY, with no more
+    than one day's rows sorted at once; only the order of rows within a day may differ (that COPY
+    writes them in the order its threads reach them)."""
     old_by_day = {f.stem.removeprefix("part-"): f for f in old}
     fresh_days = {d.name.removeprefix(f"{ENGINE_DAY}="): d for d in engine_dir.glob(f"{ENGINE_DAY}=*")}
     key = spec.entity_key
@@ -776,7 +778,7 @@ def compute_features(specs: list[ViewSpec], clean_dir: Path, features_dir: Path,
     `specs` come from the applied registry (`feastkit.declarations.specs_of(store.list_feature_views())`).
     The run holds the lock of the data folder holding clean_dir: a second run over the same data
     waits for it (up to `lock_timeout` seconds), so runs never rewrite the same files at once.
-    `engine` computes windowed views' rows elsewhere (Spark: `pipelines.spark_windows`).
+    `engine` computes windowed views' rows another way (`rows_engine`: Spark, or entity buckets).
     """
     with data_folder_lock(clean_dir.parent, "compute", lock_timeout):
         return _compute_features(specs, clean_dir, features_dir, start, end, views, lock_timeout, engine)
