@@ -257,10 +257,16 @@ def pending(settings: Settings) -> dict[str, Any]:
 
 
 def settled(airflow: AirflowDeployment, settings: Settings, feature_runs: int) -> bool:
-    """The backfill's runs are done, no materialize run is active and nothing is pending."""
+    """The backfill's runs are done, no materialize run is active or about to be, and nothing is pending.
+
+    An asset event that arrived while a materialize run was active waits in `asset_dag_run_queue`
+    until the scheduler makes its run (in the same transaction that removes it): between the two
+    runs nothing is queued or running, and without this check the test read the state there and
+    found the next run `running` a moment later."""
     feature = [r for r in airflow.runs("feature_pipeline") if r["backfill_id"] is not None]
     busy = [r for r in airflow.runs() if r["state"] in ("queued", "running")]
-    return len(feature) >= feature_runs and not busy and not pending(settings)
+    waiting = airflow.query("SELECT count(*) FROM asset_dag_run_queue")[0][0]
+    return len(feature) >= feature_runs and not busy and not waiting and not pending(settings)
 
 
 # The test ---------------------------------------------------------------------------------------
