@@ -621,19 +621,18 @@ def _merge_interval(spec: ViewSpec, clean_dir: Path, out_dir: Path, start: datet
     # this run's own staging folder, beside the day files (so each move is a rename) and outside
     # the `*.parquet` glob Feast reads
     staging = out_dir / f"{_STAGING_PREFIX}{uuid.uuid4().hex[:12]}"
+    engine_dir = staging.with_name(staging.name + "-engine")  # where an engine stages its rows
     try:
         _check_declaration(con, spec, clean_dir)
         params = {"start": start, "end": end}
         narrow = end - start < spec.lookback
-        engine_dir = staging.with_name(staging.name + "-engine")
         if engine is None:
             # events are computed on in UTC wall-clock TIMESTAMPs: TIMESTAMPTZ arithmetic goes through
             # the ICU calendar and costs several times more; feature rows come out as TIMESTAMPTZ
             fresh, counted, schema = _windowed_rows(con, windowed_query(spec, clean_dir, start, end), narrow)
-            count = lambda: counted[0]  # noqa: E731
         else:
             staged_rows, schema = engine.stage_rows(con, spec, clean_dir, start, end, narrow, engine_dir)
-            count = lambda: staged_rows  # noqa: E731
+            counted = [staged_rows]
         _check_select(con, spec, schema)
         # rows of this interval can only live in the day files of its days (a row stamped T sits in
         # the file of T's day, or of T - 1us on a grid): those are rewritten even with no fresh row
@@ -672,8 +671,8 @@ def _merge_interval(spec: ViewSpec, clean_dir: Path, out_dir: Path, start: datet
     finally:
         con.close()
         shutil.rmtree(staging, ignore_errors=True)
-        shutil.rmtree(staging.with_name(staging.name + "-engine"), ignore_errors=True)
-    return count(), len(touched)
+        shutil.rmtree(engine_dir, ignore_errors=True)
+    return counted[0], len(touched)
 
 
 def day_sql(spec: ViewSpec) -> str:
@@ -681,6 +680,11 @@ def day_sql(spec: ViewSpec) -> str:
     from epoch microseconds, which needs no calendar."""
     return (f"(DATE '1970-01-01' + ((epoch_us(event_timestamp) - {int(spec.grid_us > 0)})"
             " // 86400000000)::INTEGER)")
+
+
+def staged_rows_sql(spec: ViewSpec, select: str) -> str:
+    """The view's rows from `select` with the day folder an engine stages each in (`ENGINE_DAY`)."""
+    return f"SELECT *, strftime({day_sql(spec)}, '%Y-%m-%d') AS {ENGINE_DAY} FROM ({select})"
 
 
 def _merge_staged_days(con: duckdb.DuckDBPyConnection, spec: ViewSpec, old: list[Path], engine_dir: Path,
@@ -759,9 +763,9 @@ class BucketedWindowEngine:
             try:
                 select, counted, schema = _windowed_rows(
                     part, windowed_query(spec, clean_dir, start, end, relation_of), narrow)
-                part.execute(f"""COPY (SELECT *, strftime({day_sql(spec)}, '%Y-%m-%d') AS {ENGINE_DAY}
-                                 FROM ({select})) TO '{out}' (FORMAT parquet, PARTITION_BY ({ENGINE_DAY}),
-                                 OVERWRITE_OR_IGNORE, FILENAME_PATTERN 'bucket{bucket}_{{i}}')""")
+                part.execute(f"""COPY ({staged_rows_sql(spec, select)}) TO '{out}' (FORMAT parquet,
+                                 PARTITION_BY ({ENGINE_DAY}), OVERWRITE_OR_IGNORE,
+                                 FILENAME_PATTERN 'bucket{bucket}_{{i}}')""")
             finally:
                 part.close()
             rows += counted[0]

@@ -73,24 +73,33 @@ def _aggregated_sources(spec: ViewSpec) -> list[EventSource]:
     return [s for s in spec.sources if s.name in used]
 
 
+def _bucket_plan(con: duckdb.DuckDBPyConnection, spec: ViewSpec, clean_dir: Path, start: datetime,
+                 end: datetime, narrow: bool, columns: tuple[tuple[str, ...], ...],
+                 events: pa.Table) -> tuple[str, pa.Schema]:
+    """Register one bucket's events of each source, split back out of the tagged union, on `con`;
+    the SELECT of their staged rows through the same plan, window engine and view SELECT as a local
+    run, and the schema of the engine's rows before the view's SELECT."""
+    from pipelines.aggregates import _windowed_rows, staged_rows_sql, windowed_query
+
+    relations: dict[str, str] = {}
+    for i, (source, names) in enumerate(zip(_aggregated_sources(spec), columns, strict=True)):
+        mine = events.filter(pc.equal(events.column(_SOURCE), i))
+        con.register(f"bucket_source_{i}", mine.select([f"s{i}_{c}" for c in names]).rename_columns(list(names)))
+        relations[source.name] = f"bucket_source_{i}"
+    query = windowed_query(spec, clean_dir, start, end, relation_of=lambda s: relations[s.name])
+    select, _, windowed_schema = _windowed_rows(con, query, narrow)
+    return staged_rows_sql(spec, select), windowed_schema
+
+
 def _bucket_rows(spec: ViewSpec, clean_dir: Path, start: datetime, end: datetime, narrow: bool,
-                 columns: tuple[tuple[str, ...], ...], schema: pa.Schema | None, events: pa.Table) -> pa.Table:
-    """One bucket's feature rows: its events of each source, split back out of the tagged union,
-    through the same plan, window engine and SELECT as a local run (runs on a Spark executor)."""
-    from pipelines.aggregates import ENGINE_DAY, _windowed_rows, connect, day_sql, windowed_query
+                 columns: tuple[tuple[str, ...], ...], schema: pa.Schema, events: pa.Table) -> pa.Table:
+    """One bucket's staged feature rows (runs on a Spark executor)."""
+    from pipelines.aggregates import connect
 
     con = connect()
     try:
-        relations: dict[str, str] = {}
-        for i, (source, names) in enumerate(zip(_aggregated_sources(spec), columns, strict=True)):
-            mine = events.filter(pc.equal(events.column(_SOURCE), i))
-            con.register(f"bucket_source_{i}", mine.select([f"s{i}_{c}" for c in names]).rename_columns(list(names)))
-            relations[source.name] = f"bucket_source_{i}"
-        query = windowed_query(spec, clean_dir, start, end, relation_of=lambda s: relations[s.name])
-        select, _, _ = _windowed_rows(con, query, narrow)
-        rows = con.sql(f"SELECT *, strftime({day_sql(spec)}, '%Y-%m-%d') AS {ENGINE_DAY} "
-                       f"FROM ({select})").to_arrow_table()
-        return rows if schema is None else rows.cast(schema)
+        select, _ = _bucket_plan(con, spec, clean_dir, start, end, narrow, columns, events)
+        return con.sql(select).to_arrow_table().cast(schema)
     finally:
         con.close()
 
@@ -109,6 +118,8 @@ class SparkWindowEngine:
         return f"Spark ({self.spark.sparkContext.master}, {self.buckets} entity buckets)"
 
     def _events(self, spec: ViewSpec, clean_dir: Path, lo: datetime, hi: datetime) -> tuple[DataFrame, list]:
+        """The view's sources as one tagged union, and each source's columns (the caller has checked
+        the declaration against the clean tables: `pipelines.aggregates._check_declaration`)."""
         from pyspark.sql import functions as F
 
         frames, columns = [], []
@@ -117,9 +128,6 @@ class SparkWindowEngine:
             frame = self.spark.read.parquet(str(path))
             ts = F.col(f"`{source.timestamp}`")
             frame = frame.where((ts >= F.lit(lo - _PRUNE_MARGIN)) & (ts < F.lit(hi + _PRUNE_MARGIN)))
-            if spec.entity_key not in frame.columns:
-                raise FeastkitError(f"feature view '{spec.name}': raw table '{source.table}' has no column "
-                                    f"'{spec.entity_key}'", "fix the entity's join key in feature_repo/")
             bucket = F.pmod(F.xxhash64(F.col(f"`{spec.entity_key}`")), F.lit(self.buckets))
             frames.append(frame.select(bucket.alias(_BUCKET), F.lit(i).alias(_SOURCE),
                                        *[F.col(f"`{c}`").alias(f"s{i}_{c}") for c in frame.columns]))
@@ -134,24 +142,19 @@ class SparkWindowEngine:
         from pyspark.sql.pandas.types import from_arrow_schema, to_arrow_schema
         from pyspark.sql.types import StructField, StructType
 
-        from pipelines.aggregates import ENGINE_DAY, HOUR, _windowed_rows, windowed_query
+        from pipelines.aggregates import ENGINE_DAY, HOUR
 
         lo, hi = start - spec.lookback - spec.grid - HOUR, end
         union, columns = self._events(spec, clean_dir, lo, hi)
-        run = functools.partial(_bucket_rows, spec, clean_dir, start, end, narrow, tuple(columns))
-        # the rows' schema: the same plan over no events, on the driver
-        empty = to_arrow_schema(union.schema).empty_table()
-        schema = run(None, empty).schema
-        relations = {}
-        for i, (source, names) in enumerate(zip(_aggregated_sources(spec), columns, strict=True)):
-            con.register(f"probe_source_{i}", empty.select([f"s{i}_{c}" for c in names]).rename_columns(list(names)))
-            relations[source.name] = f"probe_source_{i}"
-        windowed_schema = _windowed_rows(con, windowed_query(spec, clean_dir, start, end,
-                                                             relation_of=lambda s: relations[s.name]), narrow)[2]
+        plan = (spec, clean_dir, start, end, narrow, tuple(columns))
+        # the rows' schemas: the same plan over no events, on the driver
+        select, windowed_schema = _bucket_plan(con, *plan, to_arrow_schema(union.schema).empty_table())
+        schema = con.sql(select).to_arrow_table().schema
         # every column nullable, as in the local run's files (Spark would write a column it knows
         # to be non-null as REQUIRED, and the day files would carry that on)
         spark_schema = StructType([StructField(f.name, f.dataType, True) for f in from_arrow_schema(schema)])
-        grouped = union.groupBy(_BUCKET).applyInArrow(functools.partial(run, schema), schema=spark_schema)
+        grouped = union.groupBy(_BUCKET).applyInArrow(functools.partial(_bucket_rows, *plan, schema),
+                                                      schema=spark_schema)
         try:
             grouped.write.mode("overwrite").partitionBy(ENGINE_DAY).parquet(str(out))
         except Exception as exc:
