@@ -178,19 +178,16 @@ def main(argv: list[str] | None = None) -> None:
                      f"{produced['incremental-hour']:,}, midnight hour {produced['incremental-midnight-hour']:,}")
         lines.append(f"- one incremental hour costs {share:.3f} of a full run (1/{1 / share:.0f}); "
                      f"the midnight hour {midnight:.3f} (1/{1 / midnight:.0f})")
+        def versus_full(name: str, label: str) -> str:
+            other, full = contenders[name], contenders["full"]
+            return (f"- {label} / one pass, full run: {other.median_s / full.median_s:.2f}x the time, "
+                    f"{other.max_peak_mb / full.max_peak_mb:.2f}x the peak memory; rows "
+                    f"{'equal' if produced[name] == produced['full'] else 'DIFFER'} ({produced[name]:,})")
+
         if args.compute_buckets > 1:
-            bucketed = contenders["full-bucketed"]
-            lines.append(f"- the local engine over {args.compute_buckets} entity buckets / one pass, full run: "
-                         f"{bucketed.median_s / contenders['full'].median_s:.2f}x the time, "
-                         f"{bucketed.max_peak_mb / contenders['full'].max_peak_mb:.2f}x the peak memory; rows "
-                         f"{'equal' if produced['full-bucketed'] == produced['full'] else 'DIFFER'}")
+            lines.append(versus_full("full-bucketed", f"the local engine over {args.compute_buckets} entity buckets"))
         if args.spark:
-            spark = contenders["spark-full"]
-            lines.append(f"- Spark (local[2], {args.spark_buckets} buckets) / local engine, full run: "
-                         f"{spark.median_s / contenders['full'].median_s:.2f}x the time, "
-                         f"{spark.max_peak_mb / contenders['full'].max_peak_mb:.2f}x the peak memory; "
-                         f"rows {'equal' if produced['spark-full'] == produced['full'] else 'DIFFER'} "
-                         f"({produced['spark-full']:,})")
+            lines.append(versus_full("spark-full", f"Spark (local[2], {args.spark_buckets} buckets)"))
         print("\n" + "\n".join(lines))
     finally:
         if args.workdir is None:
