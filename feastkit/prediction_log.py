@@ -34,15 +34,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from feast import FeatureStore, FileSource
 
 from feastkit.atomic import data_folder_lock, replacing
 from feastkit.errors import FeastkitError
 from feastkit.times import utc
+
+if TYPE_CHECKING:  # Feast is imported where it is used: the log's writer process runs without it
+    from feast import FeatureStore, FileSource
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -257,5 +259,7 @@ def log_schema(store: FeatureStore, service: str) -> pa.Schema:
 
 def log_source(log_dir: Path, service: str) -> FileSource:
     """A Feast data source over a service's prediction log (timestamp: the request time)."""
+    from feast import FileSource
+
     return FileSource(name=f"prediction_log_{service}", path=str(service_log_dir(log_dir, service) / "*.parquet"),
                       timestamp_field=REQUEST_TIME, description=f"what was served for {service}")

@@ -253,6 +253,7 @@ def create_app(settings: Settings | None = None, state: ServingState | None = No
     app.state.serving = state
     app.state.metrics = metrics
     app.state.scoring = scoring
+    app.state.prediction_log = prediction_log
     app.state.api_keys = [k.encode() for k in settings.api_key_list]
     app.state.readiness = probe
     app.add_middleware(RequestContext, metrics=metrics, max_bytes=settings.max_request_bytes,

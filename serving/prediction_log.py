@@ -1,37 +1,42 @@
-"""The prediction log writer: predictions queued off the request path, written as Parquet by one thread.
+"""The prediction log's server side: scored predictions queued off the request path, handed to a writer process.
 
-The scoring thread hands each scored group (one online read, one model call) to `submit`: a list
-append under a lock, nothing more. Past `FEASTKIT_PREDICTION_LOG_QUEUE_ROWS` waiting rows the
-group is not logged, and its rows are counted as dropped; requests never wait for the log. A
-writer thread turns the queue into one Arrow table per feature service (`feastkit.prediction_log`'s
-format) every half second, 64 rows at a time with the GIL released in between, so the queue of
-Python objects stays short and a request never waits for a whole conversion, and every
-`FEASTKIT_PREDICTION_LOG_FLUSH_SECONDS` (or once `FEASTKIT_PREDICTION_LOG_FLUSH_ROWS` rows wait)
-writes what it converted: one file per request-time hour, each renamed into place. A failed write (disk full) is logged with its traceback and its rows counted as dropped.
-Shutdown (`close`) writes what is queued. Every submitted row ends in the metric
+The scoring thread hands each scored group (one online read, one model call) to `submit`: one
+pickle of the group's lists (25 µs for a single prediction of 40 features) and a queue append
+under a lock, nothing more. Past `FEASTKIT_PREDICTION_LOG_QUEUE_ROWS` rows not yet written
+(queued here or held by the writer), the group is not logged and its rows are counted as dropped;
+requests never wait for the log. A sender thread moves the queue into a pipe to the writer
+process (`serving/log_writer.py`), which turns entries into Arrow and writes Parquet on an
+interpreter of its own: in the server the conversion held the interpreter lock for
+milliseconds, and requests arriving meanwhile waited (docs/serving.md has the figures). The
+writer writes every `FEASTKIT_PREDICTION_LOG_FLUSH_SECONDS` (or once
+`FEASTKIT_PREDICTION_LOG_FLUSH_ROWS` rows wait), one file per request-time hour, each renamed
+into place, and reports each row's end; a failed write (disk full) is logged here with the
+writer's traceback. Shutdown (`close`) sends what is queued and waits for the writer to write it;
+a server killed outright leaves the writer to write what it holds and exit. A writer that dies
+is started again, and the rows it held are counted as failed. Every submitted row ends in
 `feastkit_prediction_log_rows_total` as written or dropped (by reason), so the two reconcile.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import pickle
+import subprocess
+import sys
 import threading
 import time
-from dataclasses import dataclass
-from datetime import UTC, datetime
-from itertools import chain
-from operator import itemgetter, methodcaller
+from collections import deque
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
-
-from feastkit import prediction_log as fmt
-from feastkit.atomic import replacing
+import serving
 from feastkit.settings import Settings
 from serving.features import ReadDetail
+from serving.log_writer import CLOSE, LAYOUT, LogEntry, encoded, layout_of
 
 if TYPE_CHECKING:
     from serving.metrics import ServingMetrics
@@ -39,10 +44,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-_US_PER_HOUR = 3_600_000_000
-CONVERT_SECONDS = 0.5  # queued predictions become Arrow this often (written every flush interval)
-CONVERT_CHUNK_ROWS = 64  # converted this many rows at a time, the GIL released between chunks
-CONVERT_PAUSE_SECONDS = 0.0002
+SEND_PAUSE_SECONDS = 0.02  # the sender gathers entries this long between sends
+RESTART_SECONDS = 1.0      # a writer that died is started again at most this often
 
 
 @dataclass
@@ -63,18 +66,30 @@ class LoggedGroup:
     def size(self) -> int:
         return len(self.rows)
 
+    def entry(self) -> LogEntry:
+        bundle = self.model.bundle
+        return LogEntry(self.model.service, bundle.version, self.request_ids, self.row_numbers, self.rows,
+                        self.as_of, self.logged_at, self.detail.values, self.detail.stamps, self.detail.status,
+                        self.probabilities, self.decisions, bundle.threshold)
 
-@dataclass(frozen=True)
-class _Layout:
-    """How a service's rows become columns of its log schema."""
 
-    schema: pa.Schema
-    inputs: list[str]                   # join keys and request fields, as the schema names them
-    features: list[tuple[str, str]]     # (log column, served feature name)
+@dataclass
+class _Writer:
+    """One writer process and what the server knows of it."""
+
+    process: subprocess.Popen
+    outbox: Connection                  # to the process
+    inbox: Connection                   # from it
+    started: float
+    layouts: set[tuple[str, str]] = field(default_factory=set)  # sent to this process
+    in_flight: int = 0                  # rows sent, their end not reported yet
+    ended: bool = False                 # its pipe closed (it exited, or died)
+    closed: bool = False                # it reported a clean close
+    receiver: threading.Thread | None = None
 
 
 class PredictionLog:
-    """The bounded queue and the writer thread of one server."""
+    """The bounded queue, the sender thread and the writer process of one server process."""
 
     def __init__(self, settings: Settings, metrics: ServingMetrics) -> None:
         self.log_dir = Path(settings.prediction_log_dir)
@@ -82,36 +97,48 @@ class PredictionLog:
         self.flush_rows = max(1, settings.prediction_log_flush_rows)
         self.flush_seconds = max(0.01, settings.prediction_log_flush_seconds)
         self.metrics = metrics
-        self._pending: list[LoggedGroup] = []
-        self._pending_rows = 0
-        # converted to Arrow, not written yet: C memory the garbage collector never scans (a queue of
-        # Python lists and dicts made every collection walk it, measured as lost throughput)
-        self._converted: dict[str, list[pa.Table]] = {}
-        self._converted_rows = 0
-        self._last_write = time.monotonic()
+        # (layout key, encoded entry, rows): bytes, which the garbage collector never scans (a
+        # queue of Python lists and dicts made every collection walk it, measured as lost throughput)
+        self._queue: deque[tuple[tuple[str, str], bytes, int]] = deque()
+        self._queued_rows = 0
+        self._models: dict[tuple[str, str], LoadedModel] = {}  # a model per layout key, for its layout
         self._cond = threading.Condition()
-        self._write_lock = threading.Lock()
         self._closed = False
+        self._writer: _Writer | None = None
         self._thread: threading.Thread | None = None
-        self._layouts: dict[tuple[str, str], _Layout] = {}
-        metrics.log_queued.set_function(lambda: float(self._pending_rows + self._converted_rows))
+        metrics.log_queued.set_function(lambda: float(self.unwritten_rows))
+
+    @property
+    def unwritten_rows(self) -> int:
+        """Rows submitted whose end (written or failed) is not known yet."""
+        writer = self._writer
+        return self._queued_rows + (writer.in_flight if writer is not None and not writer.ended else 0)
+
+    @property
+    def writer_pid(self) -> int | None:
+        writer = self._writer
+        return writer.process.pid if writer is not None else None
 
     # the request side ---------------------------------------------------------------------------
 
     def submit(self, group: LoggedGroup) -> bool:
         """Queue a scored group; False (and counted as dropped) when the queue is full or closed."""
+        entry = group.entry()
+        payload = encoded(entry)
         with self._cond:
-            if self._closed or self._pending_rows + self._converted_rows + group.size > self.max_rows:
+            if self._closed or self.unwritten_rows + group.size > self.max_rows:
                 reason = "closed" if self._closed else "queue_full"
                 self.metrics.log_rows.labels(reason).inc(group.size)
                 return False
-            self._pending.append(group)
-            self._pending_rows += group.size
-            if self._pending_rows >= self.flush_rows:
+            if entry.key not in self._models:
+                self._models[entry.key] = group.model
+            self._queue.append((entry.key, payload, group.size))
+            self._queued_rows += group.size
+            if len(self._queue) == 1:
                 self._cond.notify()
         return True
 
-    # the writer side ----------------------------------------------------------------------------
+    # the sender ---------------------------------------------------------------------------------
 
     def start(self) -> None:
         if self._thread is None:
@@ -119,174 +146,150 @@ class PredictionLog:
             self._thread.start()
 
     def close(self, timeout: float = 60.0) -> None:
-        """Stop taking rows and write what is queued."""
+        """Stop taking rows, have the writer write what is queued, and wait for it."""
+        deadline = time.monotonic() + timeout
         with self._cond:
             self._closed = True
             self._cond.notify()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
-        self.flush()  # whatever the thread left (it was never started, or the join timed out)
-
-    def flush(self) -> int:
-        """Write every queued row now; the number of rows written."""
-        with self._write_lock:
-            self._convert()
-            return self._write()
+            if self._thread is None and not self._queue:
+                return
+        self.start()  # (a log never started still writes what was queued)
+        assert self._thread is not None
+        self._thread.join(max(0.0, deadline - time.monotonic()))
+        writer = self._writer
+        if writer is not None:
+            if writer.receiver is not None:
+                writer.receiver.join(max(0.0, deadline - time.monotonic()))
+            try:
+                writer.process.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.error("prediction log: the writer process did not finish in %.0f s; stopping it", timeout)
+                writer.process.kill()
+                writer.process.wait()
+            self._writer_ended(writer)
+        with self._cond:  # rows no writer took (it could not be started)
+            left, self._queued_rows = self._queued_rows, 0
+            self._queue.clear()
+        if left:
+            log.error("prediction log: %d row(s) were never written (no writer process)", left)
+            self.metrics.log_rows.labels("write_failed").inc(left)
 
     def _run(self) -> None:
         while True:
             with self._cond:
-                self._cond.wait_for(lambda: self._closed or self._pending_rows >= self.flush_rows,
-                                    timeout=min(self.flush_seconds, CONVERT_SECONDS))
-                closed = self._closed
-            with self._write_lock:
-                self._convert()
-                due = time.monotonic() - self._last_write >= self.flush_seconds
-                if closed or due or self._converted_rows >= self.flush_rows:
-                    self._write()
-            if closed:
-                return
+                self._cond.wait_for(lambda: self._closed or bool(self._queue), timeout=1.0)
+                closing, queued = self._closed, bool(self._queue)
+            # the writer starts with the first row to write (a server that logs nothing starts none)
+            writer = self._live_writer() if queued else self._writer
+            if writer is not None and not writer.ended:
+                self._send_queued(writer)
+                if closing:
+                    with contextlib.suppress(OSError):
+                        writer.outbox.send_bytes(CLOSE)
+                    return
+            elif closing:
+                return  # nothing to write, or no writer to write it: close() counts what is left
+            time.sleep(SEND_PAUSE_SECONDS)  # gather: fewer wake-ups of this thread, and the GIL is free
 
-    def _convert(self) -> None:
-        """Queued groups -> one Arrow table per service, kept until the next write."""
-        with self._cond:
-            groups, self._pending = self._pending, []
-        by_service: dict[str, list[LoggedGroup]] = {}
-        for group in groups:
-            by_service.setdefault(group.model.service, []).append(group)
-        chunks = [(service, part) for service, groups_of_service in by_service.items()
-                  for part in _chunks(groups_of_service, CONVERT_CHUNK_ROWS)]
-        for index, (service, part) in enumerate(chunks):
-            if index:
-                _let_requests_run()
-            rows = sum(g.size for g in part)
-            try:
-                table = self._table(part)
-            except Exception:
-                log.exception("prediction log: %d row(s) of %s could not be written", rows, service)
-                self.metrics.log_rows.labels("write_failed").inc(rows)
-                table = None
+    def _live_writer(self) -> _Writer | None:
+        writer = self._writer
+        if writer is not None and not writer.ended:
+            return writer
+        if writer is not None and time.monotonic() - writer.started < RESTART_SECONDS:
+            return None
+        try:
+            self._writer = writer = self._start_writer()
+        except OSError:
+            log.exception("prediction log: the writer process cannot be started")
+            return None
+        return writer
+
+    def _send_queued(self, writer: _Writer) -> None:
+        while True:
             with self._cond:
-                self._pending_rows -= rows
-                if table is not None:
-                    self._converted.setdefault(service, []).append(table)
-                    self._converted_rows += rows
-
-    def _write(self) -> int:
-        """Write the converted tables: one file per service and request-time hour."""
-        with self._cond:
-            converted, self._converted = self._converted, {}
-        self._last_write = time.monotonic()
-        written = 0
-        for service, tables in converted.items():
-            rows = sum(t.num_rows for t in tables)
-            done = 0  # rows in files written (a failure part-way fails only the files left)
+                if writer.ended or not self._queue:
+                    return
+                key, payload, rows = self._queue.popleft()
+                self._queued_rows -= rows
+                writer.in_flight += rows  # from here the writer's end of it counts the rows
             try:
-                table = pa.concat_tables(tables, promote_options="permissive")
-                for file_table, path in self._files(service, table):
-                    with replacing(path) as tmp:
-                        pq.write_table(file_table, tmp)
-                    done += file_table.num_rows
+                if key not in writer.layouts:
+                    model = self._models[key]
+                    layout = layout_of(model.reader.store, model.service)
+                    writer.outbox.send_bytes(LAYOUT + pickle.dumps((key, layout)))
+                    writer.layouts.add(key)
+                writer.outbox.send_bytes(payload)
+            except OSError:
+                return  # the process is gone: its receiver counts what it held, this row included
             except Exception:
-                log.exception("prediction log: %d row(s) of %s could not be written", rows - done, service)
-                self.metrics.log_rows.labels("write_failed").inc(rows - done)
-            finally:
-                if done:
-                    self.metrics.log_rows.labels("written").inc(done)
-                written += done
-                with self._cond:
-                    self._converted_rows -= rows
-        return written
+                log.exception("prediction log: %d row(s) of %s could not be written", rows, key[0])
+                self._ended_rows(writer, rows, "write_failed")
 
-    def _layout(self, model: LoadedModel) -> _Layout:
-        key = (model.service, model.bundle.version)
-        layout = self._layouts.get(key)
-        if layout is None:
-            store = model.reader.store
-            schema = fmt.log_schema(store, model.service)
-            features = fmt.feature_columns(store, model.service)
-            taken = {c for col, _ in features for c in (col, f"{col}__timestamp", f"{col}__status")}
-            inputs = [f.name for f in schema if f.name not in taken and not f.name.startswith("__")]
-            layout = self._layouts[key] = _Layout(schema, inputs, features)
-        return layout
+    # the writer process -------------------------------------------------------------------------
 
-    def _table(self, groups: list[LoggedGroup]) -> pa.Table:
-        layouts = {id(g): self._layout(g.model) for g in groups}
-        layout = layouts[id(groups[0])]
-        if any(other.schema != layout.schema for other in layouts.values()):
-            # a registry change between groups: one table per schema
-            return pa.concat_tables([self._table([g]) for g in groups], promote_options="permissive")
-        schema = layout.schema
-        # column by column over all groups, in C (chain, map, itemgetter): per-group Python loops
-        # over every feature cost ~100 us per single prediction, measured
-        columns: dict[str, list[Any]] = {}
+    def _start_writer(self) -> _Writer:
+        to_writer, writer_reads = os.pipe()[::-1]
+        writer_writes, from_writer = os.pipe()[::-1]
+        # the process imports this package as the server did, wherever that was installed from
+        package_root = str(Path(serving.__file__).resolve().parents[1])
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+            p for p in (package_root, os.environ.get("PYTHONPATH", "")) if p)}
+        try:
+            process = subprocess.Popen(
+                [sys.executable, "-c", "import sys; from serving.log_writer import main; main(sys.argv[1:])",
+                 "--inbox-fd", str(writer_reads),
+                 "--outbox-fd", str(writer_writes), "--log-dir", str(self.log_dir),
+                 "--flush-rows", str(self.flush_rows), "--flush-seconds", repr(self.flush_seconds)],
+                pass_fds=(writer_reads, writer_writes), stdin=subprocess.DEVNULL, env=env)
+        except OSError:
+            for fd in (to_writer, writer_reads, writer_writes, from_writer):
+                os.close(fd)
+            raise
+        os.close(writer_reads)
+        os.close(writer_writes)
+        writer = _Writer(process, Connection(to_writer, readable=False), Connection(from_writer, writable=False),
+                         time.monotonic())
+        writer.receiver = threading.Thread(target=self._receive, args=(writer,),
+                                           name="feastkit-prediction-log-reports", daemon=True)
+        writer.receiver.start()
+        return writer
 
-        def joined(parts: Any) -> list[Any]:
-            return list(chain.from_iterable(parts))
+    def _receive(self, writer: _Writer) -> None:
+        """What the writer reports: rows written or failed, then a clean close (or the pipe's end)."""
+        while True:
+            try:
+                message = pickle.loads(writer.inbox.recv_bytes())
+            except (EOFError, OSError):
+                break
+            if message[0] == "written":
+                self._ended_rows(writer, message[2], "written")
+            elif message[0] == "failed":
+                _, service, rows, text = message
+                log.error("prediction log: %d row(s) of %s could not be written\n%s", rows, service, text)
+                self._ended_rows(writer, rows, "write_failed")
+            elif message[0] == "closed":
+                writer.closed = True
+                break
+        self._writer_ended(writer)
 
-        details = [g.detail for g in groups]
-        sizes = [g.size for g in groups]
-        rows = joined(g.rows for g in groups)
-        for name in layout.inputs:
-            columns[name] = list(map(methodcaller("get", name), rows))
-        by_kind = [("", [d.values for d in details], None), ("__timestamp", [d.stamps for d in details], None),
-                   ("__status", [d.status for d in details], fmt.NOT_FOUND)]
-        for column, feature in layout.features:
-            for suffix, parts, fill in by_kind:
-                try:
-                    columns[column + suffix] = joined(map(itemgetter(feature), parts))
-                except KeyError:  # a group read before a registry change: the feature is absent there
-                    columns[column + suffix] = joined(p.get(feature, [fill] * n) for p, n in zip(parts, sizes, strict=True))
-        columns[fmt.LOG_TIMESTAMP] = joined([round(g.logged_at * 1_000_000)] * g.size for g in groups)
-        columns[fmt.LOG_DATE] = joined([datetime.fromtimestamp(g.logged_at, UTC).date()] * g.size for g in groups)
-        columns[fmt.REQUEST_ID] = joined(g.request_ids for g in groups)
-        columns[fmt.REQUEST_TIME] = [round(at * 1_000_000) for at in joined(g.as_of for g in groups)]
-        columns[fmt.ROW] = joined(g.row_numbers for g in groups)
-        columns[fmt.PROBABILITY] = joined(g.probabilities for g in groups)
-        columns[fmt.DECISION] = joined(g.decisions for g in groups)
-        columns[fmt.THRESHOLD] = joined([g.model.bundle.threshold] * g.size for g in groups)
-        columns[fmt.MODEL_VERSION] = joined([g.model.bundle.version] * g.size for g in groups)
-        return pa.table({f.name: _array(columns[f.name], f.type) for f in schema}, schema=schema)
+    def _ended_rows(self, writer: _Writer, rows: int, outcome: str) -> None:
+        with self._cond:
+            writer.in_flight -= rows
+        self.metrics.log_rows.labels(outcome).inc(rows)
 
-    def _files(self, service: str, table: pa.Table) -> list[tuple[pa.Table, Path]]:
-        """The table cut by request-time hour, each piece with its file's path."""
-        folder = fmt.service_log_dir(self.log_dir, service)
-        hours = pc.divide(table.column(fmt.REQUEST_TIME).cast(pa.int64()), _US_PER_HOUR)
-        out = []
-        for hour in sorted(set(hours.to_pylist())):
-            piece = table.filter(pc.equal(hours, hour))
-            start = datetime.fromtimestamp(hour * 3600, UTC)
-            out.append((piece, folder / fmt.new_file_name(start)))
-        return out
-
-
-def _array(values: list[Any], type_: pa.DataType) -> pa.Array:
-    try:
-        return pa.array(values, type=type_)
-    except (pa.ArrowInvalid, pa.ArrowTypeError):  # e.g. numpy scalars or bools for a numeric field
-        return pa.array([None if v is None else (v.item() if hasattr(v, "item") else v) for v in values]
-                        ).cast(type_, safe=False)
-
-
-def _let_requests_run() -> None:
-    """Release the GIL for a moment between conversion chunks, so that a request arriving during
-    a conversion waits for one chunk rather than the whole queue (p99 at one request in flight had
-    been 5.2 ms with the log on, 2.4 ms off; docs/serving.md has what chunks gave)."""
-    time.sleep(CONVERT_PAUSE_SECONDS)
-
-
-def _chunks(groups: list[LoggedGroup], rows: int) -> list[list[LoggedGroup]]:
-    """Consecutive runs of whole groups of about `rows` rows (a group larger than that is one run)."""
-    out: list[list[LoggedGroup]] = []
-    current: list[LoggedGroup] = []
-    size = 0
-    for group in groups:
-        if current and size + group.size > rows:
-            out.append(current)
-            current, size = [], 0
-        current.append(group)
-        size += group.size
-    if current:
-        out.append(current)
-    return out
+    def _writer_ended(self, writer: _Writer) -> None:
+        """The writer's pipe closed: what it still held is lost (nothing, after a clean close)."""
+        with self._cond:
+            if writer.ended:
+                return
+            writer.ended = True
+            lost, writer.in_flight = writer.in_flight, 0
+        for connection in (writer.outbox, writer.inbox):
+            with contextlib.suppress(OSError):
+                connection.close()
+        if lost or not writer.closed:
+            log.error("prediction log: the writer process ended (exit code %s) holding %d unwritten row(s); "
+                      "they are counted as write_failed and a new writer is started",
+                      writer.process.poll(), lost)
+        if lost:
+            self.metrics.log_rows.labels("write_failed").inc(lost)

@@ -51,8 +51,9 @@ def _log(log_dir: Path, service: str) -> pa.Table:
 
 
 def _log_rows(client: TestClient) -> dict[str, float]:
+    """The prediction log's row counts by outcome (read from the app's metrics: works after shutdown too)."""
     out = {}
-    for family in text_string_to_metric_families(client.get("/metrics").text):
+    for family in text_string_to_metric_families(client.app.state.metrics.render()[0].decode()):
         for sample in family.samples:
             if sample.name == "feastkit_prediction_log_rows_total":
                 out[sample.labels["outcome"]] = sample.value
@@ -125,30 +126,70 @@ def test_a_full_queue_drops_and_counts_and_requests_do_not_wait(
     assert _log(tmp_path / "log", "fraud_detection_v2").num_rows == 3  # written at shutdown
 
 
-def test_a_long_queue_converts_in_chunks_releasing_the_interpreter_between_them(
+def test_the_rows_become_arrow_in_the_writer_process_not_in_the_server(
         copy_settings: Settings, deployment: Deployment, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from serving import prediction_log as writer
+    """The conversion held the server's interpreter lock for milliseconds while requests waited:
+    it runs in a process of its own, so breaking it in the server's interpreter breaks nothing."""
+    from serving import log_writer
 
-    converted: list[int] = []
-    pauses: list[int] = []
-    table = writer.PredictionLog._table
-    monkeypatch.setattr(writer.PredictionLog, "_table",
-                        lambda self, groups: converted.append(sum(g.size for g in groups)) or table(self, groups))
-    monkeypatch.setattr(writer, "_let_requests_run", lambda: pauses.append(len(converted)))
+    def not_here(*_: object) -> None:
+        raise AssertionError("a prediction log conversion ran in the server's process")
+    monkeypatch.setattr(log_writer, "table_of", not_here)
     settings = _settings(copy_settings, tmp_path / "log", prediction_log_flush_seconds=3600.0,
                          prediction_log_flush_rows=1_000_000)
-    monkeypatch.setattr(writer.PredictionLog, "start", lambda self: None)  # everything waits for shutdown
+    log = None
     with TestClient(create_app(settings, ServingState.load(settings))) as c:
         for i in range(150):
             assert c.post("/v1/predict/fraud", json=fraud_body(deployment, transaction_id=f"t{i}")).status_code == 200
         assert c.post("/v1/predict/fraud:batch", json={"transactions": [
             fraud_body(deployment, transaction_id=f"b{i}") for i in range(100)]}).status_code == 200
+        log = c.app.state.prediction_log
+        deadline = time.monotonic() + 30
+        while log.writer_pid is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert log.writer_pid not in (None, os.getpid())
+        rows = _log_rows(c)
+        assert rows.get("written", 0) == 0  # held by the writer until its flush (shutdown here)
     logged = _log(tmp_path / "log", "fraud_detection_v2")
     assert logged.num_rows == 250 and len(set(logged.column(fmt.REQUEST_ID).to_pylist())) == 151
-    # 150 single rows in runs of at most CONVERT_CHUNK_ROWS, the 100-row batch whole
-    assert sorted(converted) == sorted([writer.CONVERT_CHUNK_ROWS] * (150 // writer.CONVERT_CHUNK_ROWS)
-                                       + [150 % writer.CONVERT_CHUNK_ROWS, 100])
-    assert pauses == list(range(1, len(converted)))  # a pause before every chunk but the first
+    assert log.unwritten_rows == 0
+
+
+def test_a_server_that_logs_nothing_starts_no_writer(copy_settings: Settings, tmp_path: Path) -> None:
+    settings = _settings(copy_settings, tmp_path / "log")
+    with TestClient(create_app(settings, ServingState.load(settings))) as c:
+        assert c.get("/ready").status_code == 200
+        time.sleep(1.5)  # longer than the sender's wait
+        assert c.app.state.prediction_log.writer_pid is None
+    assert not (tmp_path / "log").exists()
+
+
+def test_a_writer_process_that_dies_is_counted_and_started_again(
+        copy_settings: Settings, deployment: Deployment, tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    settings = _settings(copy_settings, tmp_path / "log", prediction_log_flush_seconds=3600.0,
+                         prediction_log_flush_rows=1_000_000)
+    with TestClient(create_app(settings, ServingState.load(settings))) as c:
+        log = c.app.state.prediction_log
+        for i in range(5):
+            assert c.post("/v1/predict/fraud", json=fraud_body(deployment, transaction_id=f"t{i}")).status_code == 200
+        deadline = time.monotonic() + 30
+        while (log.writer_pid is None or log._queued_rows) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        first = log.writer_pid
+        assert first is not None and log.unwritten_rows == 5  # all five held by the writer
+        os.kill(first, signal.SIGKILL)
+        while _log_rows(c).get("write_failed", 0) < 5 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert _log_rows(c) == {"write_failed": 5.0} and log.unwritten_rows == 0
+        for i in range(3):
+            assert c.post("/v1/predict/fraud", json=fraud_body(deployment, transaction_id=f"u{i}")).status_code == 200
+        while log.writer_pid == first and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert log.writer_pid not in (None, first)
+    assert _log_rows(c) == {"write_failed": 5.0, "written": 3.0}
+    assert _log(tmp_path / "log", "fraud_detection_v2").num_rows == 3
+    assert "the writer process ended" in caplog.text and "5 unwritten row(s)" in caplog.text
 
 
 def test_a_write_that_fails_is_counted_and_logged_and_predictions_go_on(
@@ -193,8 +234,14 @@ def test_a_server_killed_while_writing_leaves_only_whole_files(
         deadline = time.monotonic() + 120
         while len(fmt.log_files(log_dir, "fraud_detection_v2")) < 20 and time.monotonic() < deadline:
             time.sleep(0.05)
+        writers = _children(server.process.pid)
+        assert len(writers) == 1, writers  # the log's writer process
         os.kill(server.process.pid, signal.SIGKILL)  # in the middle of the writes
         server.process.wait(timeout=30)
+        # the writer sees its pipe end, writes what it holds and exits
+        while Path(f"/proc/{writers[0]}").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not Path(f"/proc/{writers[0]}").exists(), "the writer outlived its server"
     finally:
         stop.set()
         for t in threads:
@@ -208,6 +255,11 @@ def test_a_server_killed_while_writing_leaves_only_whole_files(
     assert rows % 50 == 0  # whole groups only: nothing half-written
     assert not [p for p in (log_dir / "fraud_detection_v2").iterdir() if p.suffix == ".parquet"
                 and p not in files]
+
+
+def _children(pid: int) -> list[int]:
+    return [int(child) for task in Path(f"/proc/{pid}/task").iterdir()
+            for child in (task / "children").read_text().split()]
 
 
 def test_the_server_shortens_the_interpreter_switch_interval_as_set(
