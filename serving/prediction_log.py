@@ -31,11 +31,10 @@ from collections import deque
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import serving
 from feastkit.settings import Settings
-from serving.features import ReadDetail
 from serving.log_writer import CLOSE, LAYOUT, LogEntry, encoded, layout_of
 
 if TYPE_CHECKING:
@@ -46,31 +45,6 @@ log = logging.getLogger(__name__)
 
 SEND_PAUSE_SECONDS = 0.02  # the sender gathers entries this long between sends
 RESTART_SECONDS = 1.0      # a writer that died is started again at most this often
-
-
-@dataclass
-class LoggedGroup:
-    """Rows scored together, as the scoring thread had them."""
-
-    model: LoadedModel
-    request_ids: list[str | None]
-    row_numbers: list[int]
-    rows: list[dict[str, Any]]
-    as_of: list[float]               # request times, epoch seconds
-    logged_at: float                 # epoch seconds
-    detail: ReadDetail               # served values, event times and statuses, per feature
-    probabilities: list[float]
-    decisions: list[str]
-
-    @property
-    def size(self) -> int:
-        return len(self.rows)
-
-    def entry(self) -> LogEntry:
-        bundle = self.model.bundle
-        return LogEntry(self.model.service, bundle.version, self.request_ids, self.row_numbers, self.rows,
-                        self.as_of, self.logged_at, self.detail.values, self.detail.stamps, self.detail.status,
-                        self.probabilities, self.decisions, bundle.threshold)
 
 
 @dataclass
@@ -121,19 +95,20 @@ class PredictionLog:
 
     # the request side ---------------------------------------------------------------------------
 
-    def submit(self, group: LoggedGroup) -> bool:
-        """Queue a scored group; False (and counted as dropped) when the queue is full or closed."""
-        entry = group.entry()
+    def submit(self, model: LoadedModel, entry: LogEntry) -> bool:
+        """Queue a scored group (of `model`'s service and version); False (and counted as dropped)
+        when the queue is full or closed."""
         payload = encoded(entry)
+        size = len(entry.rows)
         with self._cond:
-            if self._closed or self.unwritten_rows + group.size > self.max_rows:
+            if self._closed or self.unwritten_rows + size > self.max_rows:
                 reason = "closed" if self._closed else "queue_full"
-                self.metrics.log_rows.labels(reason).inc(group.size)
+                self.metrics.log_rows.labels(reason).inc(size)
                 return False
             if entry.key not in self._models:
-                self._models[entry.key] = group.model
-            self._queue.append((entry.key, payload, group.size))
-            self._queued_rows += group.size
+                self._models[entry.key] = model
+            self._queue.append((entry.key, payload, size))
+            self._queued_rows += size
             if len(self._queue) == 1:
                 self._cond.notify()
         return True

@@ -35,8 +35,9 @@ from serving.features import (
     describe_error,
 )
 from serving.inference import Scorer
+from serving.log_writer import LogEntry
 from serving.logs import request_id_var
-from serving.prediction_log import LoggedGroup, PredictionLog
+from serving.prediction_log import PredictionLog
 from serving.push import PushTarget
 from serving.stream_publish import StreamPublisher
 
@@ -471,17 +472,18 @@ class Scoring:
 
     def log_predictions(self, model: LoadedModel, jobs: list[_Job], results: list[dict[str, Any]],
                         decided: list[list[dict[str, Any]]], detail: ReadDetail) -> None:
-        """Hand the rows scored together to the prediction log (a queue append)."""
+        """Hand the rows scored together to the prediction log (a pickle and a queue append)."""
         log = self.prediction_log
         if log is None:
             return
-        log.submit(LoggedGroup(
-            model=model, request_ids=[job.request_id for job in jobs for _ in job.rows],
+        log.submit(model, LogEntry(
+            service=model.service, version=model.bundle.version,
+            request_ids=[job.request_id for job in jobs for _ in job.rows],
             row_numbers=[i for job in jobs for i in range(len(job.rows))],
             rows=[row for job in jobs for row in job.rows], as_of=[at for job in jobs for at in job.as_of],
-            logged_at=time.time(), detail=detail,
+            logged_at=time.time(), values=detail.values, stamps=detail.stamps, status=detail.status,
             probabilities=[r["probability"] for r in results],
-            decisions=[d["decision"] for out in decided for d in out]))
+            decisions=[d["decision"] for out in decided for d in out], threshold=model.bundle.threshold))
 
 
 @dataclass
