@@ -340,10 +340,10 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1,
                         help="server worker processes, the same for both servers")
     parser.add_argument("--iterations", type=int, default=1000, help="in-process calls per baseline")
-    parser.add_argument("--log-rounds", type=int, default=3,
+    parser.add_argument("--log-rounds", type=int, default=5,
                         help="rounds of the prediction log on/off pair per level (alternating order); "
                              "the ratios printed are their medians, as one round on a shared host "
-                             "swung from 0.78x to 1.04x")
+                             "swung from 0.39x to 1.44x and medians of 3 rounds by +-0.2x")
     args = parser.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
     log_rounds = max(1, args.log_rounds)
