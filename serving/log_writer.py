@@ -1,7 +1,7 @@
 """The prediction log's writer process: scored predictions in over a pipe, hourly Parquet files out.
 
-The server (`serving/prediction_log.py`) starts one per server process (`main`) and sends it each scored group as one pickled `LogEntry`, then
-closes. Converting rows of Python values to Arrow and Parquet is CPU work that held the server's
+The server (`serving/prediction_log.py`) starts one per server process (`main`), sends it each
+scored group as one pickled `LogEntry`, then closes it. Converting rows of Python values to Arrow and Parquet is CPU work that held the server's
 interpreter lock for milliseconds at a time, and a request arriving meanwhile waited for it (the
 p99 cost measured in docs/serving.md); here it runs on an interpreter of its own. The process
 imports neither Feast nor the server: the server sends each feature service's log layout before
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import logging
 import os
 import pickle
 import signal
@@ -39,8 +38,6 @@ import pyarrow.parquet as pq
 
 from feastkit import prediction_log as fmt
 from feastkit.atomic import replacing
-
-log = logging.getLogger("feastkit.serving.log_writer")
 
 # message kinds, the first byte of every message from the server
 ENTRY = b"E"    # a pickled LogEntry (not marshal: it turns a numpy scalar into its bytes, silently)

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING
 
 import serving
 from feastkit.settings import Settings
-from serving.log_writer import CLOSE, LAYOUT, LogEntry, encoded, layout_of
+from serving.log_writer import CLOSE, LAYOUT, Layout, LogEntry, encoded, layout_of
 
 if TYPE_CHECKING:
     from serving.metrics import ServingMetrics
@@ -76,6 +76,7 @@ class PredictionLog:
         self._queue: deque[tuple[tuple[str, str], bytes, int]] = deque()
         self._queued_rows = 0
         self._models: dict[tuple[str, str], LoadedModel] = {}  # a model per layout key, for its layout
+        self._layouts: dict[tuple[str, str], Layout] = {}  # read from the registry once, sent to every writer
         self._cond = threading.Condition()
         self._closed = False
         self._writer: _Writer | None = None
@@ -98,20 +99,27 @@ class PredictionLog:
     def submit(self, model: LoadedModel, entry: LogEntry) -> bool:
         """Queue a scored group (of `model`'s service and version); False (and counted as dropped)
         when the queue is full or closed."""
-        payload = encoded(entry)
         size = len(entry.rows)
+        if self._refused(size):  # before the pickle: a dropped group costs nothing more
+            return False
+        payload = encoded(entry)
         with self._cond:
-            if self._closed or self.unwritten_rows + size > self.max_rows:
-                reason = "closed" if self._closed else "queue_full"
-                self.metrics.log_rows.labels(reason).inc(size)
+            if self._refused(size):
                 return False
-            if entry.key not in self._models:
-                self._models[entry.key] = model
+            self._models.setdefault(entry.key, model)
             self._queue.append((entry.key, payload, size))
             self._queued_rows += size
             if len(self._queue) == 1:
                 self._cond.notify()
         return True
+
+    def _refused(self, size: int) -> bool:
+        """True (and the rows counted as dropped) when the log is closed or has no room for them."""
+        with self._cond:
+            if not self._closed and self.unwritten_rows + size <= self.max_rows:
+                return False
+            self.metrics.log_rows.labels("closed" if self._closed else "queue_full").inc(size)
+            return True
 
     # the sender ---------------------------------------------------------------------------------
 
@@ -189,8 +197,10 @@ class PredictionLog:
                 writer.in_flight += rows  # from here the writer's end of it counts the rows
             try:
                 if key not in writer.layouts:
-                    model = self._models[key]
-                    layout = layout_of(model.reader.store, model.service)
+                    layout = self._layouts.get(key)
+                    if layout is None:
+                        model = self._models[key]
+                        layout = self._layouts[key] = layout_of(model.reader.store, model.service)
                     writer.outbox.send_bytes(LAYOUT + pickle.dumps((key, layout)))
                     writer.layouts.add(key)
                 writer.outbox.send_bytes(payload)

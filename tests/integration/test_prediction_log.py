@@ -137,7 +137,6 @@ def test_the_rows_become_arrow_in_the_writer_process_not_in_the_server(
     monkeypatch.setattr(log_writer, "table_of", not_here)
     settings = _settings(copy_settings, tmp_path / "log", prediction_log_flush_seconds=3600.0,
                          prediction_log_flush_rows=1_000_000)
-    log = None
     with TestClient(create_app(settings, ServingState.load(settings))) as c:
         for i in range(150):
             assert c.post("/v1/predict/fraud", json=fraud_body(deployment, transaction_id=f"t{i}")).status_code == 200
@@ -148,8 +147,7 @@ def test_the_rows_become_arrow_in_the_writer_process_not_in_the_server(
         while log.writer_pid is None and time.monotonic() < deadline:
             time.sleep(0.02)
         assert log.writer_pid not in (None, os.getpid())
-        rows = _log_rows(c)
-        assert rows.get("written", 0) == 0  # held by the writer until its flush (shutdown here)
+        assert _log_rows(c).get("written", 0) == 0  # held by the writer until its flush (shutdown here)
     logged = _log(tmp_path / "log", "fraud_detection_v2")
     assert logged.num_rows == 250 and len(set(logged.column(fmt.REQUEST_ID).to_pylist())) == 151
     assert log.unwritten_rows == 0
@@ -166,7 +164,13 @@ def test_a_server_that_logs_nothing_starts_no_writer(copy_settings: Settings, tm
 
 def test_a_writer_process_that_dies_is_counted_and_started_again(
         copy_settings: Settings, deployment: Deployment, tmp_path: Path,
-        caplog: pytest.LogCaptureFixture) -> None:
+        caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    from serving import prediction_log as server_side
+
+    layouts_read: list[str] = []
+    read_layout = server_side.layout_of
+    monkeypatch.setattr(server_side, "layout_of",
+                        lambda store, service: layouts_read.append(service) or read_layout(store, service))
     settings = _settings(copy_settings, tmp_path / "log", prediction_log_flush_seconds=3600.0,
                          prediction_log_flush_rows=1_000_000)
     with TestClient(create_app(settings, ServingState.load(settings))) as c:
@@ -190,6 +194,7 @@ def test_a_writer_process_that_dies_is_counted_and_started_again(
     assert _log_rows(c) == {"write_failed": 5.0, "written": 3.0}
     assert _log(tmp_path / "log", "fraud_detection_v2").num_rows == 3
     assert "the writer process ended" in caplog.text and "5 unwritten row(s)" in caplog.text
+    assert layouts_read == ["fraud_detection_v2"]  # read from the registry once, sent to both writers
 
 
 def test_a_write_that_fails_is_counted_and_logged_and_predictions_go_on(
