@@ -327,43 +327,62 @@ def stream_log_dir(view_name: str) -> Path:
     return get_settings().stream_log_dir / view_name
 
 
-def clean_events(name: str, timestamp_field: str = "event_timestamp", description: str = "",
-                 table: str | None = None) -> DataSource:
-    """A Feast FileSource over a clean event table (`<FEASTKIT_DATA_DIR>/clean/<table>.parquet`).
+def _file_source(name: str, path: Path, timestamp_field: str, description: str) -> DataSource:
+    """A Feast source over parquet files: a `FileSource`, or a `SparkSource` when the selected
+    profile's offline store is Feast's Spark store (which reads SparkSources only)."""
+    from feastkit.settings import get_settings
 
-    The path is absolute, resolved from FEASTKIT_DATA_DIR when the repo is applied, so `feast
-    apply` inside feature_repo/, the CLI and scheduler workers all name the same file.
-    """
+    if get_settings().offline_store_type == "spark":
+        from feast.infra.offline_stores.contrib.spark_offline_store.spark_source import SparkSource
+
+        return SparkSource(name=name, path=str(path), file_format="parquet", timestamp_field=timestamp_field,
+                           description=description)
     from feast import FileSource
     from feast.data_format import ParquetFormat
 
+    return FileSource(name=name, path=str(path), file_format=ParquetFormat(), timestamp_field=timestamp_field,
+                      description=description)
+
+
+def clean_events(name: str, timestamp_field: str = "event_timestamp", description: str = "",
+                 table: str | None = None) -> DataSource:
+    """A Feast source over a clean event table (`<FEASTKIT_DATA_DIR>/clean/<table>.parquet`).
+
+    The path is absolute, resolved from FEASTKIT_DATA_DIR when the repo is applied, so `feast
+    apply` inside feature_repo/, the CLI and scheduler workers all name the same file. The source
+    is a `FileSource`, or a `SparkSource` under a profile whose offline store is Feast's Spark store.
+    """
     clean_dir, _ = _settings_dirs()
-    return FileSource(name=name, path=str(clean_dir / f"{table or name}.parquet"), file_format=ParquetFormat(),
-                      timestamp_field=timestamp_field,
-                      description=description or f"Clean {table or name} events (written by `feastkit validate`).")
+    return _file_source(name, clean_dir / f"{table or name}.parquet", timestamp_field,
+                        description or f"Clean {table or name} events (written by `feastkit validate`).")
 
 
 def feature_table(view_name: str) -> DataSource:
-    """The FileSource over the day files `feastkit compute` writes for a view."""
-    from feast import FileSource
-    from feast.data_format import ParquetFormat
-
+    """The source over the day files `feastkit compute` writes for a view (see `clean_events`)."""
     _, features_dir = _settings_dirs()
-    return FileSource(name=f"{view_name}_source", path=str(features_dir / view_name / "*.parquet"),
-                      file_format=ParquetFormat(), timestamp_field="event_timestamp",
-                      description=f"Feature table {view_name}, computed by `feastkit compute`.")
+    return _file_source(f"{view_name}_source", features_dir / view_name / "*.parquet", "event_timestamp",
+                        f"Feature table {view_name}, computed by `feastkit compute`.")
 
 
 def _event_source(view: str, source: Any) -> EventSource:
-    from feast import FileSource
-
-    if not isinstance(source, FileSource):
+    if not is_file_source(source):
         raise DeclarationError(f"feature view '{view}': event source {getattr(source, 'name', source)!r} is "
                                "not a file source over a clean table", "declare it with clean_events('<table>')")
     if not source.timestamp_field:
         raise DeclarationError(f"feature view '{view}': event source '{source.name}' has no timestamp_field",
                                "set the column that holds each event's time")
     return EventSource(source.name, Path(source.path).name.removesuffix(".parquet"), source.timestamp_field)
+
+
+def is_file_source(source: Any) -> bool:
+    """Whether `source` is a Feast source over files: a `FileSource`, or a `SparkSource` with a path."""
+    from feast import FileSource
+
+    if isinstance(source, FileSource):
+        return True
+    if type(source).__name__ != "SparkSource":  # its module imports only with the spark extra
+        return False
+    return bool(getattr(source, "path", None)) and not getattr(source, "query", None)
 
 
 def _check_name(view: str, name: str, seen: set[str], entity_key: str) -> None:

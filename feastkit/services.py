@@ -77,7 +77,9 @@ def describe_service(store: FeatureStore, name: str) -> ServiceSpec:
 
 def build_training_set(store: FeatureStore, service_name: str, entity_df: pd.DataFrame,
                        timestamp_column: str = "event_timestamp") -> pd.DataFrame:
-    """PIT-correct features for each entity row: same rows, same order, same index as the input.
+    """PIT-correct features for each entity row: same rows, same order, same index as the input,
+    the input's columns first, then the service's features in the service's order, then any other
+    column Feast returns (an on-demand view's inputs).
 
     Feast's offline stores differ in row order and some drop or duplicate rows (the dask
     `file` store drops keys without a feature row in the TTL window). Whatever the store,
@@ -117,4 +119,10 @@ def build_training_set(store: FeatureStore, service_name: str, entity_df: pd.Dat
     absent = [c for c in spec.feature_columns if c not in result.columns]
     if absent:
         raise RuntimeError(f"Feast returned no column(s) {absent} for '{service_name}'")
-    return result
+    # the caller's columns, the service's features in its order, then what else Feast returned (an
+    # on-demand view's inputs), whatever order the store joined the views in (Feast's Spark store
+    # joins them in another order than the duckdb stores)
+    features = list(spec.feature_columns)
+    leading = [c for c in entity_df.columns if c in result.columns and c not in features]
+    rest = [c for c in result.columns if c not in features and c not in leading]
+    return result[leading + features + rest]

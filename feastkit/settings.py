@@ -128,6 +128,9 @@ class Settings(BaseSettings):
     spark_master: str = "local[2]"
     spark_buckets: int = Field(16, ge=1, le=100_000)
     spark_driver_memory: str = "2g"
+    # the Python that Spark's executors run (Feast's store and engine start the session themselves);
+    # "" is this process's interpreter, right for local[*] and for executors with the same layout
+    spark_python: str = ""
 
     # Orchestration (dags/): cron schedules in UTC, first interval, catchup, promotion rule
     schedule_feature_pipeline: str = "0 * * * *"
@@ -194,6 +197,19 @@ class Settings(BaseSettings):
                 f"set FEASTKIT_PROFILE to 'local' or one of {known}",
             )
         return path
+
+    @property
+    def offline_store_type(self) -> str:
+        """The `offline_store.type` of the selected profile's feature_store.yaml ("" when it names none)."""
+        import yaml
+
+        try:
+            config = yaml.safe_load(self.feature_store_yaml.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise FeastkitError(f"{self.feature_store_yaml} is not valid YAML ({' '.join(str(exc).split())[:200]})",
+                                "fix the profile's feature_store.yaml") from None
+        store = config.get("offline_store") if isinstance(config, dict) else None
+        return str(store.get("type", "")) if isinstance(store, dict) else str(store or "")
 
     @property
     def aggregate_engine_name(self) -> str:

@@ -37,6 +37,7 @@ pytestmark = pytest.mark.integration
 
 AIRFLOW_BIN = str(Path(sys.executable).with_name("airflow"))
 SERVING_REDIS_DB = int(os.environ.get("FEASTKIT_TEST_AIRFLOW_REDIS_DB", "12"))  # this module's own (flushed)
+PROFILE_REDIS_DBS = {"redis": 4, "spark": 5}  # this module's own too (flushed)
 SERVING_PG_DB = os.environ.get("FEASTKIT_TEST_AIRFLOW_PG_DB", "feastkit_airflow_test")
 HEAVY = ("feast", "pandas", "sklearn", "duckdb", "pyarrow", "numpy")
 
@@ -268,6 +269,61 @@ def test_hourly_runs_then_backfill_give_the_latest_values(pipeline: Pipeline, ai
                                                     "merchant_risk_stats:merchant_txn_count_30d"], mids)
     assert (got_m["merchant_txn_count_1d"].astype(int).to_numpy() == merchants.loc[mids, "count_1d"]).all()
     assert (got_m["merchant_txn_count_30d"].astype(int).to_numpy() == merchants.loc[mids, "count_30d"]).all()
+
+
+def _redis_contents(db: int) -> dict[bytes, dict[bytes, bytes]]:
+    import redis
+
+    client = redis.Redis(host="127.0.0.1", port=6379, db=db)
+    return {key: client.hgetall(key) for key in client.scan_iter(count=10_000)}
+
+
+def _day_files(features_dir: Path) -> dict[str, pd.DataFrame]:
+    """Every day file's rows, sorted (a Spark-built file orders rows within a day differently)."""
+    out = {}
+    for path in sorted(features_dir.glob("[!.]*/*.parquet")):  # a table, not its version folders
+        frame = pd.read_parquet(path)
+        out[f"{path.parent.name}/{path.name}"] = frame.sort_values(list(frame.columns)).reset_index(drop=True)
+    return out
+
+
+def test_the_dags_run_unchanged_on_the_spark_profile(deployment: Deployment, airflow_home: Path,
+                                                      tmp_path: Path) -> None:
+    """The same plan (an hourly feature_pipeline run, then materialize) on the redis profile and on
+    the spark profile: on Spark, the views are computed by Spark and materialized by Feast's Spark
+    engine into Redis, and the day files and the Redis contents equal the redis profile's."""
+    from feastkit.clean import data_range
+    from feastkit.store import applied_specs, apply_repo, open_store
+    from pipelines.aggregates import compute_features
+    from pipelines.validation import validate_all
+
+    require_redis()
+    logs, contents, files = {}, {}, {}
+    for profile, db in PROFILE_REDIS_DBS.items():
+        import redis
+
+        redis.Redis(host="127.0.0.1", port=6379, db=db).flushdb()
+        root = tmp_path / profile
+        copy_repo_definitions(root / "repo")
+        settings = make_settings(root, profile=profile, redis_connection_string=redis_url(db), spark_buckets=4)
+        shutil.copytree(deployment.settings.raw_dir, settings.raw_dir)
+        validate_all(settings.raw_dir, settings.clean_dir, settings.quarantine_dir, as_of=validation_as_of())
+        start, end = data_range(settings.clean_dir)
+        t0 = end - timedelta(hours=3)
+        apply_repo(settings)
+        # the history, by the local engine in both: the DAG's hour is what runs on Spark
+        compute_features(applied_specs(open_store(settings)), settings.clean_dir, settings.features_dir, start, t0)
+        plan = [feature_run(t0 + timedelta(hours=1)), {"dag_id": "materialize"}]
+        # one chunk for the whole history: each chunk is a Spark job (about 2 s for 3 views here)
+        result, logs[profile] = run_dags(airflow_home, settings, plan, {"FEASTKIT_MATERIALIZE_CHUNK": "400d"})
+        assert [r["state"] for r in result["runs"]] == ["success"] * 2, logs[profile][-5000:]
+        contents[profile], files[profile] = _redis_contents(db), _day_files(settings.features_dir)
+    assert "Spark buckets" in logs["spark"] and "Spark buckets" not in logs["redis"]
+    assert "spark offline store" in logs["spark"]  # Feast's Spark store read what its engine wrote
+    assert len(contents["spark"]) > 500 and contents["spark"] == contents["redis"]
+    assert files["spark"].keys() == files["redis"].keys()
+    for name, frame in files["redis"].items():
+        pd.testing.assert_frame_equal(files["spark"][name], frame, obj=name)
 
 
 def test_a_corrupt_file_fails_the_task_and_leaves_the_online_store_untouched(

@@ -27,6 +27,8 @@ ROW = "row_id"
 START = datetime(2026, 3, 1, tzinfo=UTC)
 DRIVER_TTL = timedelta(hours=6)
 TRIP_TTL = timedelta(hours=2)
+# microsecond timestamps, as `feastkit compute` writes: Spark 4 refuses nanosecond Parquet times
+MICROS: dict[str, Any] = {"coerce_timestamps": "us", "allow_truncated_timestamps": False}
 
 
 def _feature_rows(rng: np.random.Generator, n: int, keys: np.ndarray, key_name: str) -> pd.DataFrame:
@@ -71,35 +73,59 @@ def _entity_frame(rng: np.random.Generator, drivers: pd.DataFrame, trips: pd.Dat
     return frame
 
 
-@pytest.fixture(scope="module")
-def repo(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """A small Feast repo over random parquet: two keys, three views, a field mapping, an ODFV."""
+def build_repo(root: Path, spark_conf: dict[str, str] | None = None) -> dict[str, Any]:
+    """A small Feast repo over random parquet: two keys, three views, a field mapping, an ODFV.
+
+    Applied for Feast's stock duckdb store ("stock") and read by the ASOF store ("asof"); with
+    `spark_conf`, also applied over SparkSources of the same files for Feast's Spark store ("spark").
+    """
     rng = np.random.default_rng(20260301)
-    root = tmp_path_factory.mktemp("asof-repo")
     drivers = _feature_rows(rng, 4000, np.arange(50), "driver_id")
     drivers["conv_rate"] = _with_nulls(rng, rng.random(len(drivers)).round(4))
     drivers["trips_today"] = pd.array(_with_nulls(rng, rng.integers(0, 40, len(drivers))), dtype="Int64")
     drivers["city"] = _with_nulls(rng, rng.choice(["ams", "ber", "par"], len(drivers)))
-    drivers.to_parquet(root / "drivers.parquet")
+    drivers.to_parquet(root / "drivers.parquet", **MICROS)
     # a second view on the same key, source columns renamed by a field mapping, TTL 0 = no expiry
     ratings = _feature_rows(rng, 1500, np.arange(50), "drv")
     ratings["raw_rating"] = _with_nulls(rng, rng.uniform(1, 5, len(ratings)).round(3))
     ratings = ratings.rename(columns={"event_timestamp": "ts", "created": "loaded_at"})
-    ratings.to_parquet(root / "ratings.parquet")
+    ratings.to_parquet(root / "ratings.parquet", **MICROS)
     trips = _feature_rows(rng, 2500, np.array([f"c{i}" for i in range(40)]), "customer_id")
     trips["avg_trip"] = _with_nulls(rng, rng.normal(25, 8, len(trips)).round(3))
     trips["trips_7d"] = rng.integers(0, 30, len(trips))
-    trips.to_parquet(root / "trips.parquet")
+    trips.to_parquet(root / "trips.parquet", **MICROS)
 
+    def views(kind: type = FileSource) -> list[Any]:
+        def source(name: str, ts: str = "event_timestamp", created: str = "created",
+                   mapping: dict[str, str] | None = None) -> Any:
+            file_format: Any = ParquetFormat() if kind is FileSource else "parquet"
+            return kind(name=f"{name}_source", path=str(root / f"{name}.parquet"), file_format=file_format,
+                        timestamp_field=ts, created_timestamp_column=created, field_mapping=mapping or {})
+        return _views(source)
+
+    def config(offline_store: dict[str, Any], name: str = "registry") -> RepoConfig:
+        return RepoConfig(project="asof_test", provider="local", repo_path=str(root),
+                          registry=str(root / f"{name}.db"),
+                          online_store={"type": "sqlite", "path": str(root / f"{name}_online.db")},
+                          offline_store=offline_store, entity_key_serialization_version=3)
+
+    stock = FeatureStore(config=config({"type": "duckdb"}))
+    stock.apply(views())
+    asof = FeatureStore(config=config({"type": STORE_TYPE}))
+    entities = _entity_frame(rng, drivers, trips, 1200)
+    out = {"stock": stock, "asof": asof, "entities": entities}
+    if spark_conf is not None:
+        from feast.infra.offline_stores.contrib.spark_offline_store.spark_source import SparkSource
+
+        out["spark"] = FeatureStore(config=config({"type": "spark", "spark_conf": spark_conf}, "spark_registry"))
+        out["spark"].apply(views(SparkSource))
+    return out
+
+
+def _views(source: Any) -> list[Any]:
+    """The repo's entities, views, request source and ODFV over `source(name, ...)`'s sources."""
     driver = Entity(name="driver", join_keys=["driver_id"], value_type=ValueType.INT64)
     customer = Entity(name="customer", join_keys=["customer_id"], value_type=ValueType.STRING)
-
-    def source(name: str, ts: str = "event_timestamp", created: str = "created",
-               mapping: dict[str, str] | None = None) -> FileSource:
-        return FileSource(name=f"{name}_source", path=str(root / f"{name}.parquet"),
-                          file_format=ParquetFormat(), timestamp_field=ts,
-                          created_timestamp_column=created, field_mapping=mapping or {})
-
     driver_stats = FeatureView(
         name="driver_stats", entities=[driver], ttl=DRIVER_TTL, source=source("drivers"),
         schema=[Field(name="driver_id", dtype=Int64), Field(name="conv_rate", dtype=Float64),
@@ -124,17 +150,12 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         return {"amount_vs_avg": ratio,
                 "has_rate": [0 if r is None else 1 for r in inputs["conv_rate"]]}
 
-    def config(offline_type: str) -> RepoConfig:
-        return RepoConfig(project="asof_test", provider="local", repo_path=str(root),
-                          registry=str(root / "registry.db"),
-                          online_store={"type": "sqlite", "path": str(root / "online.db")},
-                          offline_store={"type": offline_type}, entity_key_serialization_version=3)
+    return [driver, customer, driver_stats, driver_ratings, customer_trips, trip_request, trip_features]
 
-    stock = FeatureStore(config=config("duckdb"))
-    stock.apply([driver, customer, driver_stats, driver_ratings, customer_trips, trip_request, trip_features])
-    asof = FeatureStore(config=config(STORE_TYPE))
-    entities = _entity_frame(rng, drivers, trips, 1200)
-    return {"stock": stock, "asof": asof, "entities": entities}
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    return build_repo(tmp_path_factory.mktemp("asof-repo"))
 
 
 FEATURES = ["driver_stats:conv_rate", "driver_stats:trips_today", "driver_stats:city",
