@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 DEV_INSTALLED := $(VENV)/.installed-dev
 
-.PHONY: install demo test test-unit test-integration lint serve bench bench-batch bench-aggregates bench-serving bench-cluster bench-stream bench-drift bench-drift-alarms bench-drift-evidently bench-performance-estimate airflow clean
+.PHONY: install demo test test-unit test-integration lint serve bench bench-batch bench-aggregates bench-serving bench-cluster bench-spark-profile bench-stream bench-drift bench-drift-alarms bench-drift-evidently bench-performance-estimate airflow clean
 
 $(INSTALLED): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found — install Python 3.11 or run 'make PYTHON=/path/to/python3.11 ...'"; exit 1; }
@@ -47,7 +47,7 @@ serve: $(INSTALLED)
 	$(BIN)/feastkit serve
 
 ## Benchmarks print same-run ratios against baselines; scale with ARGS="--help" to see flags.
-bench: bench-batch bench-aggregates bench-serving bench-cluster bench-stream bench-drift bench-drift-alarms bench-performance-estimate
+bench: bench-batch bench-aggregates bench-serving bench-cluster bench-spark-profile bench-stream bench-drift bench-drift-alarms bench-performance-estimate
 
 bench-batch: $(DEV_INSTALLED)
 	@bash scripts/ensure-services.sh
@@ -60,6 +60,11 @@ bench-serving: $(DEV_INSTALLED)
 ## Redis Cluster (3 masters + 3 replicas, started here) vs a single Redis: materialization, reads, memory.
 bench-cluster: $(DEV_INSTALLED)
 	$(PY) bench/cluster.py $(ARGS)
+
+## The spark profile's training sets and materialization (Feast's Spark store and engine) vs the local ones.
+bench-spark-profile: $(DEV_INSTALLED)
+	@bash scripts/ensure-services.sh
+	$(PY) bench/spark_profile.py $(ARGS)
 
 bench-stream: $(DEV_INSTALLED)
 	$(PY) bench/stream.py $(ARGS)

@@ -75,6 +75,27 @@ def describe_service(store: FeatureStore, name: str) -> ServiceSpec:
     return ServiceSpec(name, join_keys, request_fields, refs)
 
 
+def unread_stream_logs(store: FeatureStore, service_name: str) -> dict[str, int]:
+    """Per stream-fed view of the service, the number of stream log files the configured offline
+    store will not read: every logged file unless the store is feastkit's ASOF store, which reads
+    them beside the view's table (the stream worker serves those values; training should see them)."""
+    from pathlib import Path
+
+    from feastkit.declarations import STREAM_LOG_TAG
+
+    if type(store.config.offline_store).__name__ == "AsofDuckDBOfflineStoreConfig":
+        return {}
+    views = {v.name: v for v in store.list_feature_views()}
+    out = {}
+    for projection in get_service(store, service_name).feature_view_projections:
+        view = views.get(projection.name)
+        folder = (view.tags or {}).get(STREAM_LOG_TAG) if view is not None else None
+        files = len(list(Path(folder).glob("date=*/part-*.parquet"))) if folder else 0
+        if files:
+            out[projection.name] = files
+    return out
+
+
 def build_training_set(store: FeatureStore, service_name: str, entity_df: pd.DataFrame,
                        timestamp_column: str = "event_timestamp") -> pd.DataFrame:
     """PIT-correct features for each entity row: same rows, same order, same index as the input,
@@ -104,6 +125,11 @@ def build_training_set(store: FeatureStore, service_name: str, entity_df: pd.Dat
     if timestamp_column != "event_timestamp":
         frame = frame.rename(columns={timestamp_column: "event_timestamp"})
     features = get_service(store, service_name)
+    for view, files in unread_stream_logs(store, service_name).items():
+        log.warning("training set for '%s': the offline store %s does not read the %d file(s) the stream "
+                    "worker logged for view '%s'; their values are missing from the training set (the "
+                    "default profile's ASOF store reads them)", service_name,
+                    type(store.config.offline_store).__name__.removesuffix("Config"), files, view)
     result = store.get_historical_features(entity_df=frame, features=features).to_df()
     result = result.drop_duplicates(subset=[ROW_ID], keep="first")
     if len(result) != len(frame):

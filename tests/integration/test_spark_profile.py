@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -43,7 +44,9 @@ def spark_store(deployment: Deployment, tmp_path_factory: pytest.TempPathFactory
     redis.Redis(host="127.0.0.1", port=6379, db=SPARK_DB).flushdb()
     root = tmp_path_factory.mktemp("spark-profile")
     copy_repo_definitions(root / "repo")
-    settings = make_settings(root, data_dir=deployment.settings.data_dir, profile="spark",
+    # a copy of the deployment's data: the last test here writes a stream log into it
+    shutil.copytree(deployment.settings.data_dir, root / "data", ignore=shutil.ignore_patterns("models"))
+    settings = make_settings(root, data_dir=root / "data", profile="spark",
                              redis_connection_string=redis_url(SPARK_DB), spark_buckets=4)
     apply_repo(settings)
     store = open_store(settings)
@@ -145,3 +148,30 @@ def test_materialization_on_feasts_spark_engine_writes_the_local_engines_bytes(
     written = _redis_contents(SPARK_DB)
     assert len(written) == len(expected) > 500
     assert written == expected
+
+
+def test_a_stream_log_the_spark_store_does_not_read_is_reported(spark_store: tuple, deployment: Deployment,
+                                                                caplog: pytest.LogCaptureFixture) -> None:
+    """The stream worker logs the rows it serves; the ASOF store reads them beside the view's table,
+    Feast's Spark store reads the table only. A training set on the spark profile says so."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from feastkit.declarations import STREAM_LOG_TAG
+    from feastkit.services import unread_stream_logs
+
+    store, _ = spark_store
+    assert unread_stream_logs(store, "fraud_detection_v2") == {}
+    view = store.get_feature_view("user_realtime_activity")
+    folder = Path(view.tags[STREAM_LOG_TAG]) / "date=2026-03-21"
+    folder.mkdir(parents=True)
+    stamp = pd.Timestamp(deployment.data_end).tz_convert("UTC") - pd.Timedelta(minutes=5)
+    pq.write_table(pa.table({"user_id": [1], "event_timestamp": [stamp], "created": [stamp],
+                             "txn_count_10m": [3], "amount_sum_10m": [120.0]}), folder / "part-0.parquet")
+    assert unread_stream_logs(store, "fraud_detection_v2") == {"user_realtime_activity": 1}
+    assert unread_stream_logs(store, "churn_prediction_v1") == {}
+    assert unread_stream_logs(deployment.store, "fraud_detection_v2") == {}  # the ASOF store reads it
+    entities = fraud_entities(deployment.settings.clean_dir).head(20)
+    with caplog.at_level("WARNING", logger="feastkit.services"):
+        build_training_set(store, "fraud_detection_v2", entities)
+    assert "does not read the 1 file(s) the stream worker logged for view 'user_realtime_activity'" in caplog.text
