@@ -162,6 +162,14 @@ def redis_url(db: int = REDIS_TEST_DB) -> str:
     return f"127.0.0.1:6379,db={db}"
 
 
+def redis_contents(db: int) -> dict[bytes, dict[bytes, bytes]]:
+    """Every hash of a local Redis database, field for field (for byte-for-byte comparisons)."""
+    import redis
+
+    client = redis.Redis(host="127.0.0.1", port=6379, db=db)
+    return {key: client.hgetall(key) for key in client.scan_iter(count=10_000)}
+
+
 def require_redis() -> None:
     """Fail (never skip) when Redis is unreachable: `make test` starts it first."""
     try:

@@ -25,6 +25,7 @@ from tests.conftest import (
     Deployment,
     copy_repo_definitions,
     make_settings,
+    redis_contents,
     redis_url,
     require_redis,
     settings_env,
@@ -155,23 +156,32 @@ class Pipeline:
         self.t0 = t0
 
 
-@pytest.fixture(scope="module")
-def pipeline(deployment: Deployment, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pipeline]:
+def computed_until(deployment: Deployment, settings: Settings, before_end: timedelta) -> datetime:
+    """The deployment's raw events validated into `settings`' data folder, the repo applied, and
+    every view computed up to `before_end` before the data's end (by the local engine); that time."""
     from feastkit.clean import data_range
-    from feastkit.store import applied_specs, apply_repo, materialize_servable, open_store
+    from feastkit.store import applied_specs, apply_repo, open_store
     from pipelines.aggregates import compute_features
     from pipelines.validation import validate_all
+
+    shutil.copytree(deployment.settings.raw_dir, settings.raw_dir)
+    validate_all(settings.raw_dir, settings.clean_dir, settings.quarantine_dir, as_of=validation_as_of())
+    start, end = data_range(settings.clean_dir)
+    t0 = end - before_end
+    apply_repo(settings)
+    compute_features(applied_specs(open_store(settings)), settings.clean_dir, settings.features_dir, start, t0)
+    return t0
+
+
+@pytest.fixture(scope="module")
+def pipeline(deployment: Deployment, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pipeline]:
+    from feastkit.store import materialize_servable
 
     saved = {k: v for k, v in os.environ.items() if k.startswith("FEASTKIT_")}
     root = tmp_path_factory.mktemp("airflow-pipeline")
     copy_repo_definitions(root / "repo")
     settings = make_settings(root)
-    shutil.copytree(deployment.settings.raw_dir, settings.raw_dir)
-    validate_all(settings.raw_dir, settings.clean_dir, settings.quarantine_dir, as_of=validation_as_of())
-    start, end = data_range(settings.clean_dir)
-    t0 = end - timedelta(hours=6)
-    apply_repo(settings)
-    compute_features(applied_specs(open_store(settings)), settings.clean_dir, settings.features_dir, start, t0)
+    t0 = computed_until(deployment, settings, timedelta(hours=6))
     materialize_servable(settings, t0)
     yield Pipeline(settings, t0)
     for key in [k for k in os.environ if k.startswith("FEASTKIT_")]:
@@ -271,13 +281,6 @@ def test_hourly_runs_then_backfill_give_the_latest_values(pipeline: Pipeline, ai
     assert (got_m["merchant_txn_count_30d"].astype(int).to_numpy() == merchants.loc[mids, "count_30d"]).all()
 
 
-def _redis_contents(db: int) -> dict[bytes, dict[bytes, bytes]]:
-    import redis
-
-    client = redis.Redis(host="127.0.0.1", port=6379, db=db)
-    return {key: client.hgetall(key) for key in client.scan_iter(count=10_000)}
-
-
 def _day_files(features_dir: Path) -> dict[str, pd.DataFrame]:
     """Every day file's rows, sorted (a Spark-built file orders rows within a day differently)."""
     out = {}
@@ -292,11 +295,6 @@ def test_the_dags_run_unchanged_on_the_spark_profile(deployment: Deployment, air
     """The same plan (an hourly feature_pipeline run, then materialize) on the redis profile and on
     the spark profile: on Spark, the views are computed by Spark and materialized by Feast's Spark
     engine into Redis, and the day files and the Redis contents equal the redis profile's."""
-    from feastkit.clean import data_range
-    from feastkit.store import applied_specs, apply_repo, open_store
-    from pipelines.aggregates import compute_features
-    from pipelines.validation import validate_all
-
     require_redis()
     logs, contents, files = {}, {}, {}
     for profile, db in PROFILE_REDIS_DBS.items():
@@ -306,18 +304,13 @@ def test_the_dags_run_unchanged_on_the_spark_profile(deployment: Deployment, air
         root = tmp_path / profile
         copy_repo_definitions(root / "repo")
         settings = make_settings(root, profile=profile, redis_connection_string=redis_url(db), spark_buckets=4)
-        shutil.copytree(deployment.settings.raw_dir, settings.raw_dir)
-        validate_all(settings.raw_dir, settings.clean_dir, settings.quarantine_dir, as_of=validation_as_of())
-        start, end = data_range(settings.clean_dir)
-        t0 = end - timedelta(hours=3)
-        apply_repo(settings)
         # the history, by the local engine in both: the DAG's hour is what runs on Spark
-        compute_features(applied_specs(open_store(settings)), settings.clean_dir, settings.features_dir, start, t0)
+        t0 = computed_until(deployment, settings, timedelta(hours=3))
         plan = [feature_run(t0 + timedelta(hours=1)), {"dag_id": "materialize"}]
         # one chunk for the whole history: each chunk is a Spark job (about 2 s for 3 views here)
         result, logs[profile] = run_dags(airflow_home, settings, plan, {"FEASTKIT_MATERIALIZE_CHUNK": "400d"})
         assert [r["state"] for r in result["runs"]] == ["success"] * 2, logs[profile][-5000:]
-        contents[profile], files[profile] = _redis_contents(db), _day_files(settings.features_dir)
+        contents[profile], files[profile] = redis_contents(db), _day_files(settings.features_dir)
     assert "Spark buckets" in logs["spark"] and "Spark buckets" not in logs["redis"]
     assert "spark offline store" in logs["spark"]  # Feast's Spark store read what its engine wrote
     assert len(contents["spark"]) > 500 and contents["spark"] == contents["redis"]

@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tests.conftest import require_redis
+from tests.conftest import redis_contents, require_redis
 
 pytestmark = pytest.mark.integration
 
@@ -86,13 +86,6 @@ def _online(store) -> pd.DataFrame:
     return pd.DataFrame(result)
 
 
-def _redis_contents(db: int) -> dict[bytes, dict[bytes, bytes]]:
-    import redis
-
-    client = redis.Redis(host="127.0.0.1", port=6379, db=db)
-    return {key: client.hgetall(key) for key in client.scan_iter(count=10_000)}
-
-
 def _sqlite_rows(path: Path) -> list[tuple]:
     with sqlite3.connect(path) as conn:
         return sorted(conn.execute(
@@ -123,7 +116,7 @@ def test_redis_fast_path_writes_feast_bytes(tmp_path: Path, days: list[int], opt
                   "feastkit.compute_engines.ArrowWriteComputeEngine")
     _materialize_days(stock, days)
     _materialize_days(fast, days)
-    stock_contents, fast_contents = _redis_contents(STOCK_DB), _redis_contents(FAST_DB)
+    stock_contents, fast_contents = redis_contents(STOCK_DB), redis_contents(FAST_DB)
     assert len(stock_contents) == 300
     assert fast_contents == stock_contents
     pd.testing.assert_frame_equal(_online(fast), _online(stock))

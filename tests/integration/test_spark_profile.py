@@ -18,6 +18,7 @@ from tests.conftest import (
     copy_repo_definitions,
     make_settings,
     process_timezone,
+    redis_contents,
     redis_url,
     require_redis,
 )
@@ -111,11 +112,6 @@ def test_training_sets_through_the_spark_store_equal_the_asof_stores(spark_store
         assert spark.notna().mean().mean() > 0.5  # real values, not an all-null frame
 
 
-def _redis_contents(db: int) -> dict[bytes, dict[bytes, bytes]]:
-    client = redis.Redis(host="127.0.0.1", port=6379, db=db)
-    return {key: client.hgetall(key) for key in client.scan_iter(count=10_000)}
-
-
 def test_materialization_on_feasts_spark_engine_writes_the_local_engines_bytes(
         spark_store: tuple, deployment: Deployment, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Spark's executors write Redis: on the driver every way to pull rows back, and every online
@@ -131,7 +127,7 @@ def test_materialization_on_feasts_spark_engine_writes_the_local_engines_bytes(
                           redis_connection_string=redis_url(LOCAL_DB))
     apply_repo(local)
     materialize_servable(local, deployment.data_end, store=open_store(local))
-    expected = _redis_contents(LOCAL_DB)
+    expected = redis_contents(LOCAL_DB)
 
     store, settings = spark_store
 
@@ -145,7 +141,7 @@ def test_materialization_on_feasts_spark_engine_writes_the_local_engines_bytes(
     reports = materialize_servable(settings, deployment.data_end, store=store)
     monkeypatch.undo()
     assert reports
-    written = _redis_contents(SPARK_DB)
+    written = redis_contents(SPARK_DB)
     assert len(written) == len(expected) > 500
     assert written == expected
 
