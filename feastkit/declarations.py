@@ -327,6 +327,11 @@ def stream_log_dir(view_name: str) -> Path:
     return get_settings().stream_log_dir / view_name
 
 
+def stream_log_files(folder: Path) -> list[Path]:
+    """The part files the stream worker has written under a view's log folder, sorted."""
+    return sorted(Path(folder).glob("date=*/part-*.parquet"))
+
+
 def _file_source(name: str, path: Path, timestamp_field: str, description: str) -> DataSource:
     """A Feast source over parquet files: a `FileSource`, or a `SparkSource` when the selected
     profile's offline store is Feast's Spark store (which reads SparkSources only)."""
@@ -378,11 +383,12 @@ def is_file_source(source: Any) -> bool:
     """Whether `source` is a Feast source over files: a `FileSource`, or a `SparkSource` with a path."""
     from feast import FileSource
 
+    # imports no pyspark: usable without the spark extra
+    from feast.infra.offline_stores.contrib.spark_offline_store.spark_source import SparkSource
+
     if isinstance(source, FileSource):
         return True
-    if type(source).__name__ != "SparkSource":  # its module imports only with the spark extra
-        return False
-    return bool(getattr(source, "path", None)) and not getattr(source, "query", None)
+    return isinstance(source, SparkSource) and bool(source.path) and not source.query
 
 
 def _check_name(view: str, name: str, seen: set[str], entity_key: str) -> None:

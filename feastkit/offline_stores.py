@@ -101,10 +101,10 @@ def _stream_log(feature_view: FeatureView, key_map: dict[str, str], columns: lis
     what the stream served, next to what `feastkit compute` wrote. For one (entity, time) the
     latest `created` wins, and a logged row wins over the table's row (equal when both saw the
     same transactions)."""
-    from feastkit.declarations import STREAM_LOG_TAG
+    from feastkit.declarations import STREAM_LOG_TAG, stream_log_files
 
     folder = (feature_view.tags or {}).get(STREAM_LOG_TAG)
-    if not folder or not any(Path(folder).glob("date=*/part-*.parquet")):
+    if not folder or not stream_log_files(folder):
         return None
     utc = dt.Timestamp(timezone="UTC")
     log = ibis.read_parquet(str(Path(folder) / "date=*" / "part-*.parquet"), hive_partitioning=False)

@@ -79,9 +79,7 @@ def unread_stream_logs(store: FeatureStore, service_name: str) -> dict[str, int]
     """Per stream-fed view of the service, the number of stream log files the configured offline
     store will not read: every logged file unless the store is feastkit's ASOF store, which reads
     them beside the view's table (the stream worker serves those values; training should see them)."""
-    from pathlib import Path
-
-    from feastkit.declarations import STREAM_LOG_TAG
+    from feastkit.declarations import STREAM_LOG_TAG, stream_log_files
 
     if type(store.config.offline_store).__name__ == "AsofDuckDBOfflineStoreConfig":
         return {}
@@ -90,7 +88,7 @@ def unread_stream_logs(store: FeatureStore, service_name: str) -> dict[str, int]
     for projection in get_service(store, service_name).feature_view_projections:
         view = views.get(projection.name)
         folder = (view.tags or {}).get(STREAM_LOG_TAG) if view is not None else None
-        files = len(list(Path(folder).glob("date=*/part-*.parquet"))) if folder else 0
+        files = len(stream_log_files(folder)) if folder else 0
         if files:
             out[projection.name] = files
     return out

@@ -49,7 +49,13 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from feastkit import feast_compat
 from feastkit.atomic import replacing
 from feastkit.clean import clean_table
-from feastkit.declarations import STREAM_EVENT_ID_TAG, STREAM_LOG_TAG, DeclarationError, ViewSpec
+from feastkit.declarations import (
+    STREAM_EVENT_ID_TAG,
+    STREAM_LOG_TAG,
+    DeclarationError,
+    ViewSpec,
+    stream_log_files,
+)
 from feastkit.errors import FeastkitError
 from feastkit.event_stream import EVENT_FIELD, StreamLayout, StreamSource, stream_sources
 from feastkit.feast_compat import arrow_to_protos
@@ -609,7 +615,7 @@ def read_stream_log(folder: Path) -> pa.Table:
     """A view's offline log as rows: the latest `created` per (entity, event time), sorted."""
     import duckdb
 
-    files = sorted(folder.glob("date=*/part-*.parquet"))
+    files = stream_log_files(folder)
     if not files:
         return pa.table({})
     con = duckdb.connect()
