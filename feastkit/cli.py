@@ -75,7 +75,8 @@ def _validate(settings: Settings, as_of: datetime | None) -> None:
 
     # a run at the terminal without --as-of (or compute's --end) judges "future" by the time it starts
     reports = validate_all(settings.raw_dir, settings.clean_dir, settings.quarantine_dir,
-                           as_of=as_of or datetime.now(UTC), lock_timeout=settings.lock_timeout_seconds)
+                           as_of=as_of or datetime.now(UTC), lock_timeout=settings.lock_timeout_seconds,
+                           memory_limit=settings.validation_memory_limit)
     click.echo(f"validation as of {reports[0].as_of:%Y-%m-%d %H:%M:%S} UTC (rows in = accepted + quarantined):")
     for report in reports:
         click.echo("  " + report.line())

@@ -207,7 +207,8 @@ def run_validation(settings: Settings, as_of: datetime | str | None) -> dict[str
         raise FeastkitError("this validation run has no interval end to judge future rows by", DAG_INTERVAL_FIX)
     check_raw_tables(settings)
     reports = validate_all(settings.raw_dir, settings.clean_dir, settings.quarantine_dir, as_of=utc(as_of),
-                           lock_timeout=settings.lock_timeout_seconds)
+                           lock_timeout=settings.lock_timeout_seconds,
+                           memory_limit=settings.validation_memory_limit)
     for r in reports:
         log.info("validation %s", r.line())
     return {r.table: {"rows_in": r.rows_in, "accepted": r.accepted, "quarantined": r.quarantined,

@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     materialize_chunk: str = "1d"
     # validate and compute hold the data folder's lock; a second run waits this long, then fails
     lock_timeout_seconds: float = 600.0
+    # DuckDB's memory while validating (say "4GB"): past it the checked rows spill to disk, in the data
+    # folder; "" is DuckDB's default (80 % of RAM), which 100M raw events fill to about 12 GB
+    validation_memory_limit: str = ""
     online_timeout_seconds: float = 0.5
     api_keys: str = ""
     # Serving (serving/app.py, docs/serving.md)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -171,12 +172,13 @@ def check_raw_file(con: duckdb.DuckDBPyConnection, table: str, path: Path) -> li
 
 
 def validate_table(table: str, raw_dir: Path, clean_dir: Path, quarantine_dir: Path, *, as_of: datetime,
-                   lock_timeout: float = DEFAULT_LOCK_TIMEOUT_SECONDS) -> ValidationReport:
+                   lock_timeout: float = DEFAULT_LOCK_TIMEOUT_SECONDS, memory_limit: str = "") -> ValidationReport:
     """Split raw_dir/<table>.parquet into clean_dir/<table>.parquet and quarantine_dir/<table>.parquet.
 
     Rows stamped after `as_of` (a run's interval end) are quarantined as future_timestamp; the wall
     clock plays no part, so a rerun gives the same tables. Both files are replaced by rename, under
-    the lock of the data folder holding clean_dir.
+    the lock of the data folder holding clean_dir. With `memory_limit` (DuckDB's, say "4GB"), the
+    checked rows past it spill to a folder in the data folder, removed afterwards.
     """
     if table not in _KEYS:
         raise FeastkitError(f"no validation rules for table '{table}'", f"use one of {list(_KEYS)}")
@@ -186,7 +188,10 @@ def validate_table(table: str, raw_dir: Path, clean_dir: Path, quarantine_dir: P
         clean_dir.mkdir(parents=True, exist_ok=True)
         quarantine_dir.mkdir(parents=True, exist_ok=True)
         con = connect()
+        spill = clean_dir.parent / SPILL_FOLDER
         try:
+            if memory_limit:
+                _limit_memory(con, memory_limit, spill)
             for ref in ("users", "merchants"):
                 path = _require(raw_dir / f"{ref}.parquet", f"raw table '{ref}'")
                 check_raw_file(con, ref, path)
@@ -195,6 +200,21 @@ def validate_table(table: str, raw_dir: Path, clean_dir: Path, quarantine_dir: P
             return _split(con, table, src, clean_dir, quarantine_dir, as_of)
         finally:
             con.close()
+            shutil.rmtree(spill, ignore_errors=True)
+
+
+SPILL_FOLDER = ".validation-spill"  # in the data folder: where DuckDB spills past the memory limit
+
+
+def _limit_memory(con: duckdb.DuckDBPyConnection, memory_limit: str, spill: Path) -> None:
+    try:
+        con.execute("SET memory_limit = $limit", {"limit": memory_limit})
+    except duckdb.Error as exc:
+        raise FeastkitError(f"validation memory limit {memory_limit!r} is not a size DuckDB takes "
+                            f"({str(exc).splitlines()[0][:160]})",
+                            "set FEASTKIT_VALIDATION_MEMORY_LIMIT to a size such as 4GB or 800MB, or to '' "
+                            "for DuckDB's default") from None
+    con.execute("SET temp_directory = $spill", {"spill": str(spill)})
 
 
 def _split(con: duckdb.DuckDBPyConnection, table: str, src: Path, clean_dir: Path, quarantine_dir: Path,
@@ -208,6 +228,11 @@ def _split(con: duckdb.DuckDBPyConnection, table: str, src: Path, clean_dir: Pat
                 SELECT *, row_number() OVER (PARTITION BY {_DEDUP_KEY[table]} ORDER BY __row) AS __dup_rank
                 FROM (SELECT *, row_number() OVER () AS __row FROM read_parquet('{src}'))
             )""", {"as_of": as_of})
+    except duckdb.OutOfMemoryException as exc:
+        raise FeastkitError(f"raw table '{table}' at {src}: validation ran out of memory "
+                            f"({str(exc).splitlines()[0][:200]})",
+                            "raise FEASTKIT_VALIDATION_MEMORY_LIMIT (DuckDB then spills less), or set it where "
+                            "DuckDB's default would take more memory than the machine has") from None
     except duckdb.Error as exc:
         raise FeastkitError(f"raw table '{table}' at {src} cannot be checked ({str(exc).splitlines()[0][:200]})",
                             _FIX_FILE) from None
@@ -237,7 +262,7 @@ def validated_as_of(clean_dir: Path) -> datetime | None:
 
 
 def validate_all(raw_dir: Path, clean_dir: Path, quarantine_dir: Path, *, as_of: datetime,
-                 lock_timeout: float = DEFAULT_LOCK_TIMEOUT_SECONDS) -> list[ValidationReport]:
+                 lock_timeout: float = DEFAULT_LOCK_TIMEOUT_SECONDS, memory_limit: str = "") -> list[ValidationReport]:
     """Validate every event table as of `as_of`; users and merchants are copied as reference tables.
 
     The clean tables never go back in time: when they were already judged as of a later time (a
@@ -257,8 +282,8 @@ def validate_all(raw_dir: Path, clean_dir: Path, quarantine_dir: Path, *, as_of:
                 check_raw_file(con, table, _require(raw_dir / f"{table}.parquet", f"raw table '{table}'"))
         finally:
             con.close()
-        reports = [validate_table(t, raw_dir, clean_dir, quarantine_dir, as_of=as_of, lock_timeout=lock_timeout)
-                   for t in _KEYS]
+        reports = [validate_table(t, raw_dir, clean_dir, quarantine_dir, as_of=as_of, lock_timeout=lock_timeout,
+                                  memory_limit=memory_limit) for t in _KEYS]
         for ref in ("users", "merchants"):
             replace_bytes(clean_dir / f"{ref}.parquet", (raw_dir / f"{ref}.parquet").read_bytes())
         replace_bytes(clean_dir / VALIDATED_FILE, json.dumps({"as_of": as_of.isoformat()}).encode())

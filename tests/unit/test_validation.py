@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
 
@@ -250,3 +250,48 @@ def test_unknown_table_and_missing_key_column_raise(tmp_path: Path) -> None:
         raw / "activity.parquet")
     with pytest.raises(FeastkitError, match="event_type"):
         validate_table("activity", raw, tmp_path / "clean", tmp_path / "q", as_of=AS_OF)
+
+
+def test_a_memory_limit_spills_to_the_data_folder_and_gives_the_same_tables(tmp_path: Path, monkeypatch) -> None:
+    """Past FEASTKIT_VALIDATION_MEMORY_LIMIT DuckDB spills the checked rows to a folder in the data
+    folder: the clean and quarantined tables are those of a run without a limit, and the folder goes."""
+    import pipelines.validation as validation
+
+    config = SyntheticConfig(n_users=10_000, n_merchants=100, days=30, seed=3, bad_rows=40)
+    write(generate(config), tmp_path / "raw")
+    as_of = config.end + timedelta(days=90)
+    spilled: list[bool] = []
+    real_split = validation._split
+
+    def split_and_look(con, table, *args):  # noqa: ANN001, ANN002, ANN202
+        report = real_split(con, table, *args)
+        spill = tmp_path / "limited" / validation.SPILL_FOLDER
+        spilled.append(spill.is_dir())  # DuckDB makes the folder when it first spills
+        return report
+
+    free = validate_all(tmp_path / "raw", tmp_path / "free" / "clean", tmp_path / "free" / "quarantine", as_of=as_of)
+    monkeypatch.setattr(validation, "_split", split_and_look)
+    limited = validate_all(tmp_path / "raw", tmp_path / "limited" / "clean", tmp_path / "limited" / "quarantine",
+                           as_of=as_of, memory_limit="56MB")
+    assert limited == free
+    for folder in ("clean", "quarantine"):
+        for table in EVENT_TABLES:
+            pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "limited" / folder / f"{table}.parquet"),
+                                          pd.read_parquet(tmp_path / "free" / folder / f"{table}.parquet"))
+    assert any(spilled), "nothing spilled: the limit was not applied"
+    assert not (tmp_path / "limited" / validation.SPILL_FOLDER).exists()
+
+
+def test_a_memory_limit_duckdb_does_not_take_is_refused_clearly(tmp_path: Path) -> None:
+    write(generate(CONFIG), tmp_path / "raw")
+    with pytest.raises(FeastkitError, match="FEASTKIT_VALIDATION_MEMORY_LIMIT") as caught:
+        validate_all(tmp_path / "raw", tmp_path / "clean", tmp_path / "quarantine", as_of=AS_OF,
+                     memory_limit="lots")
+    assert "'lots'" in str(caught.value)
+
+
+def test_too_little_memory_says_which_setting_to_raise(tmp_path: Path) -> None:
+    write(generate(replace(CONFIG, n_users=3000, n_merchants=100, days=30)), tmp_path / "raw")
+    with pytest.raises(FeastkitError, match="out of memory.*raise FEASTKIT_VALIDATION_MEMORY_LIMIT"):
+        validate_all(tmp_path / "raw", tmp_path / "clean", tmp_path / "quarantine", as_of=AS_OF,
+                     memory_limit="4MB")
