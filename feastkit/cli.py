@@ -52,18 +52,20 @@ def cli(ctx: click.Context, debug: bool) -> None:
 @click.option("--drift-start", default=None, help="Start of the drift window (default: last --drift-days).")
 @click.option("--drift-days", default=7, show_default=True, help="Length of the drift window in days.")
 @click.option("--bad-rows", default=40, show_default=True, help="Dirty rows to inject (validation demo).")
+@click.option("--users-per-part", default=50_000, show_default=True,
+              help="Users generated at once: more users are written part by part, so memory holds one part.")
 @click.pass_obj
 def generate(settings: Settings, users: int, merchants: int, days: int, start: str, seed: int,
-             txn_rate: float, drift: str, drift_start: str | None, drift_days: int, bad_rows: int) -> None:
+             txn_rate: float, drift: str, drift_start: str | None, drift_days: int, bad_rows: int,
+             users_per_part: int) -> None:
     """Generate realistic raw events (users, merchants, transactions, late labels, activity)."""
-    from pipelines.synthetic import SyntheticConfig, write
-    from pipelines.synthetic import generate as make
+    from pipelines.synthetic import SyntheticConfig, write_parts
 
     config = SyntheticConfig(
         n_users=users, n_merchants=merchants, days=days, start=parse_time(start, "start"), seed=seed,
         txn_per_user_per_day=txn_rate, drift=tuple(k for k in drift.split(",") if k),
         drift_start=parse_time(drift_start, "drift-start"), drift_days=drift_days, bad_rows=bad_rows)
-    counts = write(make(config), settings.raw_dir, config)
+    counts = write_parts(config, settings.raw_dir, users_per_part)
     click.echo(f"raw data in {settings.raw_dir}: " + ", ".join(f"{k}={v:,}" for k, v in counts.items()))
     if config.drift_window:
         a, b = config.drift_window

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from feastkit.errors import FeastkitError
 
@@ -130,15 +133,54 @@ def _night_spend(rng: np.random.Generator, ts: np.ndarray, spend_ratio: np.ndarr
     return out
 
 
+@dataclass(frozen=True)
+class _Merchants:
+    """The merchants every part of a partitioned generation shares, with the traits behind their traffic."""
+
+    frame: pd.DataFrame
+    risk: np.ndarray
+    popularity: np.ndarray
+
+
 def generate(config: SyntheticConfig) -> RawTables:
     """Make every raw table for the configured period; the same config gives the same data."""
     rng = np.random.default_rng(config.seed)
+    tables, _ = _generate_part(config, rng, config.n_users, 0, None, 0)
+    if config.bad_rows:
+        inject_bad_rows(tables, config.bad_rows, rng)
+    return tables
+
+
+def generate_parts(config: SyntheticConfig, users_per_part: int) -> Iterator[RawTables]:
+    """The raw tables of `config` in parts of at most `users_per_part` users each, one part in memory
+    at a time, for data too big to build whole: the first part holds every merchant and the dirty
+    rows (`bad_rows`); the others hold their own users and those users' events, with transaction
+    ids that follow on. One part (`users_per_part >= n_users`) gives exactly `generate(config)`;
+    the same config and part size give the same data."""
+    if users_per_part < 10:
+        raise FeastkitError(f"--users-per-part {users_per_part} is too small", "use at least 10 users per part")
+    merchants, first_transaction = None, 0
+    for part, first_user in enumerate(range(0, config.n_users, users_per_part)):
+        rng = np.random.default_rng(config.seed if part == 0 else [config.seed, part])
+        n_users = min(users_per_part, config.n_users - first_user)
+        tables, merchants = _generate_part(config, rng, n_users, first_user, merchants, first_transaction)
+        if part > 0:
+            tables.merchants = tables.merchants.iloc[:0]
+        first_transaction += len(tables.transactions)
+        if part == 0 and config.bad_rows:
+            inject_bad_rows(tables, config.bad_rows, rng)
+        yield tables
+
+
+def _generate_part(config: SyntheticConfig, rng: np.random.Generator, n_u: int, first_user: int,
+                   merchants: _Merchants | None, first_transaction: int) -> tuple[RawTables, _Merchants]:
+    """The users [first_user, first_user + n_u) and their events; the merchants are drawn unless given."""
     start_ns = pd.Timestamp(config.start).value
     end_ns = pd.Timestamp(config.end).value
-    n_u, n_m = config.n_users, config.n_merchants
+    n_m = config.n_merchants
 
     # Users ---------------------------------------------------------------------------------
-    user_ids = np.arange(1001, 1001 + n_u, dtype="int64")
+    user_ids = np.arange(1001 + first_user, 1001 + first_user + n_u, dtype="int64")
     signup_ns = start_ns - rng.integers(30, 900, size=n_u) * NS_PER_DAY
     late = rng.random(n_u) < 0.15  # some accounts open during the period
     signup_ns[late] = start_ns + rng.integers(0, config.days * 2 // 3, size=late.sum()) * NS_PER_DAY
@@ -168,16 +210,18 @@ def generate(config: SyntheticConfig) -> RawTables:
 
     # Merchants -----------------------------------------------------------------------------
     merchant_ids = np.arange(501, 501 + n_m, dtype="int64")
-    category = rng.choice(MERCHANT_CATEGORIES, size=n_m)
-    risk = rng.choice([1.0, 3.0, 12.0], size=n_m, p=[0.8, 0.15, 0.05])
-    risk[np.isin(category, ["gift_cards", "gaming", "electronics"])] *= 2.0
-    merchant_popularity = rng.pareto(1.2, size=n_m) + 1.0
-    merchants = pd.DataFrame({
-        "merchant_id": merchant_ids,
-        "category": category,
-        "country": rng.choice(["DE", "FR", "NL", "ES", "IT", "PL"], size=n_m),
-        "onboarded_timestamp": _ts(start_ns - rng.integers(60, 2000, size=n_m) * NS_PER_DAY),
-    })
+    if merchants is None:
+        category = rng.choice(MERCHANT_CATEGORIES, size=n_m)
+        risk = rng.choice([1.0, 3.0, 12.0], size=n_m, p=[0.8, 0.15, 0.05])
+        risk[np.isin(category, ["gift_cards", "gaming", "electronics"])] *= 2.0
+        merchant_popularity = rng.pareto(1.2, size=n_m) + 1.0
+        merchants = _Merchants(pd.DataFrame({
+            "merchant_id": merchant_ids,
+            "category": category,
+            "country": rng.choice(["DE", "FR", "NL", "ES", "IT", "PL"], size=n_m),
+            "onboarded_timestamp": _ts(start_ns - rng.integers(60, 2000, size=n_m) * NS_PER_DAY),
+        }), risk, merchant_popularity)
+    risk, merchant_popularity = merchants.risk, merchants.popularity
 
     # Legitimate card transactions ----------------------------------------------------------
     active_from = np.maximum(signup_ns, start_ns)
@@ -273,7 +317,7 @@ def generate(config: SyntheticConfig) -> RawTables:
     ts, u, m, amount, channel, device, is_fraud = (a[order] for a in
                                                     (ts, u, m, amount, channel, device, is_fraud))
     n_t = len(ts)
-    transaction_ids = np.arange(1, n_t + 1, dtype="int64") + 10_000_000
+    transaction_ids = np.arange(1, n_t + 1, dtype="int64") + 10_000_000 + first_transaction
     transactions = pd.DataFrame({
         "transaction_id": transaction_ids,
         "user_id": user_ids[u],
@@ -301,10 +345,7 @@ def generate(config: SyntheticConfig) -> RawTables:
     activity = _generate_activity(rng, config, signup_ns, churn_ns, base_amount, start_ns, end_ns)
     activity.insert(0, "user_id", user_ids[activity.pop("uidx").to_numpy()])
 
-    tables = RawTables(users, merchants, transactions, fraud_labels, activity)
-    if config.bad_rows:
-        inject_bad_rows(tables, config.bad_rows, rng)
-    return tables
+    return RawTables(users, merchants.frame, transactions, fraud_labels, activity), merchants
 
 
 def _generate_activity(rng: np.random.Generator, config: SyntheticConfig, signup_ns: np.ndarray,
@@ -399,6 +440,15 @@ def write_drift_manifest(config: SyntheticConfig, raw_dir: Path) -> Path | None:
     return path
 
 
+def _arrow(frame: pd.DataFrame) -> pa.Table:
+    """A raw table as Arrow, its UTC timestamps in microseconds (as DuckDB and Spark read them)."""
+    frame = frame.copy()
+    for col in frame.columns:
+        if isinstance(frame[col].dtype, pd.DatetimeTZDtype):
+            frame[col] = frame[col].astype("datetime64[us, UTC]")
+    return pa.Table.from_pandas(frame, preserve_index=False)
+
+
 def write(tables: RawTables, raw_dir: Path, config: SyntheticConfig | None = None) -> dict[str, int]:
     """Write each raw table as parquet under raw_dir (and, given the config, its drift manifest);
     return row counts."""
@@ -407,10 +457,33 @@ def write(tables: RawTables, raw_dir: Path, config: SyntheticConfig | None = Non
         write_drift_manifest(config, raw_dir)
     counts = {}
     for name, frame in tables.items():
-        frame = frame.copy()
-        for col in frame.columns:
-            if isinstance(frame[col].dtype, pd.DatetimeTZDtype):
-                frame[col] = frame[col].astype("datetime64[us, UTC]")
-        frame.to_parquet(raw_dir / f"{name}.parquet", index=False)
+        pq.write_table(_arrow(frame), raw_dir / f"{name}.parquet")
         counts[name] = len(frame)
+    return counts
+
+
+def write_parts(config: SyntheticConfig, raw_dir: Path, users_per_part: int) -> dict[str, int]:
+    """Generate `config` part by part (`generate_parts`) and append each part to the raw tables'
+    Parquet files, so memory holds one part; return row counts. Each file is written beside its
+    place and renamed into it at the end: a failed run leaves the old tables whole."""
+    raw_dir.mkdir(parents=True, exist_ok=True)
+    write_drift_manifest(config, raw_dir)
+    writers: dict[str, pq.ParquetWriter] = {}
+    counts: dict[str, int] = {}
+    try:
+        for tables in generate_parts(config, users_per_part):
+            for name, frame in tables.items():
+                table = _arrow(frame)
+                if name not in writers:
+                    writers[name] = pq.ParquetWriter(raw_dir / f".{name}.parquet.tmp", table.schema)
+                writers[name].write_table(table.cast(writers[name].schema))
+                counts[name] = counts.get(name, 0) + len(frame)
+        for writer in writers.values():
+            writer.close()
+        for name in writers:
+            (raw_dir / f".{name}.parquet.tmp").replace(raw_dir / f"{name}.parquet")
+    finally:
+        for name, writer in writers.items():
+            writer.close()
+            (raw_dir / f".{name}.parquet.tmp").unlink(missing_ok=True)
     return counts

@@ -10,7 +10,15 @@ import pandas as pd
 import pytest
 
 from feastkit.errors import FeastkitError
-from pipelines.synthetic import RawTables, SyntheticConfig, generate, write
+from pipelines.synthetic import (
+    RawTables,
+    SyntheticConfig,
+    generate,
+    generate_parts,
+    write,
+    write_parts,
+)
+from pipelines.validation import validate_all
 
 SMALL = SyntheticConfig(n_users=40, n_merchants=10, days=20, seed=5)
 # enough fraud episodes and churners for the signal tests, still well under a second to make
@@ -81,6 +89,87 @@ def test_write_round_trips_row_counts(tmp_path) -> None:
         back = pd.read_parquet(tmp_path / f"{name}.parquet")
         assert counts[name] == len(frame) == len(back)
         assert list(back.columns) == list(frame.columns)
+
+
+# --------------------------------------------------------------------------------------------
+# Data too big to build whole: part by part
+# --------------------------------------------------------------------------------------------
+
+PARTED = replace(SMALL, n_users=95, bad_rows=16)
+
+
+def test_one_part_is_exactly_the_whole_generation() -> None:
+    parts = list(generate_parts(PARTED, users_per_part=PARTED.n_users))
+    assert len(parts) == 1
+    assert_same_tables(parts[0], generate(PARTED))
+
+
+def test_parts_hold_every_user_once_and_share_the_merchants() -> None:
+    parts = list(generate_parts(PARTED, users_per_part=30))
+    assert [len(p.users) for p in parts] == [30, 30, 30, 5]
+    users = pd.concat([p.users for p in parts])
+    assert users["user_id"].tolist() == list(range(1001, 1001 + PARTED.n_users))
+    assert len(parts[0].merchants) == PARTED.n_merchants and all(p.merchants.empty for p in parts[1:])
+    # dirty rows carry ids from 900,000,000 on, or repeat a row whole (`duplicate`)
+    clean = [p.transactions[p.transactions["transaction_id"] < 900_000_000] for p in parts]
+    ids = pd.concat(clean).drop_duplicates()["transaction_id"]
+    assert ids.is_unique and ids.tolist() == list(range(10_000_001, 10_000_001 + len(ids)))
+    for part in parts:  # each part's events are its own users'
+        mine = set(part.users["user_id"])
+        assert set(part.activity["user_id"]) <= mine
+        assert set(part.fraud_labels["user_id"]) <= mine
+        assert set(part.transactions["merchant_id"].dropna()) <= set(parts[0].merchants["merchant_id"])
+    assert all(p.transactions["user_id"].notna().all() for p in parts[1:])  # dirty rows: the first part only
+    assert parts[0].transactions["user_id"].isna().any()
+
+
+def test_the_same_config_and_part_size_give_the_same_parts() -> None:
+    for left, right in zip(generate_parts(PARTED, 30), generate_parts(PARTED, 30), strict=True):
+        assert_same_tables(left, right)
+
+
+def test_write_parts_appends_the_parts_and_validation_reconciles(tmp_path) -> None:
+    counts = write_parts(PARTED, tmp_path / "raw", users_per_part=30)
+    parts = list(generate_parts(PARTED, 30))
+    for name in counts:
+        back = pd.read_parquet(tmp_path / "raw" / f"{name}.parquet")
+        assert counts[name] == len(back) == sum(len(dict(p.items())[name]) for p in parts), name
+    assert sorted(f.name for f in (tmp_path / "raw").iterdir()) == sorted(f"{n}.parquet" for n in counts)
+    reports = validate_all(tmp_path / "raw", tmp_path / "clean", tmp_path / "quarantine",
+                           as_of=PARTED.end + timedelta(days=90))
+    tx = next(r for r in reports if r.table == "transactions")
+    assert tx.rows_in == counts["transactions"] and tx.quarantined == PARTED.bad_rows
+
+
+def test_one_part_writes_the_same_files_as_write(tmp_path) -> None:
+    write(generate(PARTED), tmp_path / "whole")
+    write_parts(PARTED, tmp_path / "parted", users_per_part=PARTED.n_users)
+    for name, _ in generate(SMALL).items():
+        pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "parted" / f"{name}.parquet"),
+                                      pd.read_parquet(tmp_path / "whole" / f"{name}.parquet"), obj=name)
+
+
+def test_a_failed_part_leaves_the_old_raw_tables_whole(tmp_path, monkeypatch) -> None:
+    import pipelines.synthetic as synthetic
+
+    write_parts(SMALL, tmp_path, users_per_part=SMALL.n_users)
+    before = {f.name: f.read_bytes() for f in tmp_path.iterdir()}
+    real = synthetic._generate_part
+
+    def failing(config, rng, n_users, first_user, merchants, first_transaction):  # noqa: ANN001, ANN202
+        if first_user:
+            raise MemoryError("the second part does not fit")
+        return real(config, rng, n_users, first_user, merchants, first_transaction)
+
+    monkeypatch.setattr(synthetic, "_generate_part", failing)
+    with pytest.raises(MemoryError):
+        write_parts(PARTED, tmp_path, users_per_part=30)
+    assert {f.name: f.read_bytes() for f in tmp_path.iterdir()} == before
+
+
+def test_too_small_parts_are_refused() -> None:
+    with pytest.raises(FeastkitError, match="users-per-part"):
+        next(generate_parts(PARTED, users_per_part=3))
 
 
 # --------------------------------------------------------------------------------------------
