@@ -938,3 +938,23 @@ def test_one_bucket_is_the_single_pass_not_a_bucketed_run() -> None:
 
     with pytest.raises(FeastkitError, match="FEASTKIT_COMPUTE_BUCKETS"):
         BucketedWindowEngine(1)
+
+
+@pytest.mark.parametrize(("start", "end", "holds"), [
+    ("2026-03-01T23:00", "2026-03-02T00:00", True),   # the hour up to midnight: heartbeats
+    ("2026-03-01T12:00", "2026-03-01T13:00", False),
+    ("2026-03-02T00:00", "2026-03-02T01:00", False),  # (start, end]: the midnight at its start is not in it
+    ("2026-03-01T06:00", "2026-03-03T06:00", True),
+])
+def test_an_interval_holds_a_midnight_only_when_one_is_in_start_end(start: str, end: str, holds: bool) -> None:
+    """At a midnight every entity with events in reach gets its heartbeat, so the events of an
+    interval holding one are read whole rather than narrowed to the entities with a row (which
+    would read them twice to drop almost none): the rule must see exactly the midnights in (start, end]."""
+    from feastkit.times import epoch_micros
+    from pipelines.aggregates import RowStamps
+
+    a, b = (epoch_micros(datetime.fromisoformat(t).replace(tzinfo=UTC)) for t in (start, end))
+    stamps = RowStamps(timedelta(hours=1), (timedelta(0), timedelta(days=1)), timedelta(days=30), a, b)
+    assert stamps.holds_midnight is holds
+    daily = RowStamps(timedelta(days=1), (), timedelta(days=31), a, b)
+    assert daily.holds_midnight is holds
