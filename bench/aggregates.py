@@ -12,6 +12,8 @@ Contenders, each in its own process (so its peak RSS is its own), on the same cl
     python bench/aggregates.py --users 48000 --days 150 --runs 3   # 10M events: under a minute a run
     python bench/aggregates.py --spark ...          # adds `spark-full`: the full run on local Spark
     python bench/aggregates.py --compute-buckets 8  # adds `full-bucketed`: 8 entity buckets in turn
+    python bench/aggregates.py --users 480000 --days 150 --runs 1 --engine-buckets 16  # 100M events,
+                                                    # every contender over 16 buckets: memory stays bounded
 
 `spark-full` (with --spark) is the full run on Spark in local mode (`local[2]`, --spark-buckets entity
 buckets; the spark profile's engine, `pipelines.spark_windows`). Its time leaves out the JVM's start;
@@ -31,22 +33,23 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from common import Contender, report, run_child, table
+from common import Contender, peak_rss_mb, report, run_child, table
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 CONTENDERS = ("full", "incremental-hour", "incremental-midnight-hour", "duckdb-scan-floor")
 
 
-def make_events(work: Path, users: int, days: int, seed: int) -> dict[str, int]:
-    """Generate and validate synthetic raw events once per flag set; returns clean row counts."""
+def make_events(work: Path, users: int, days: int, seed: int, users_per_part: int) -> dict[str, float]:
+    """Generate (part by part) and validate synthetic raw events once per flag set; returns clean row
+    counts, and the seconds and peak memory of each step when it ran."""
     import duckdb
 
-    from pipelines.synthetic import SyntheticConfig, generate, write
+    from pipelines.synthetic import SyntheticConfig, write_parts
     from pipelines.validation import validate_all
 
     marker = work / "events.json"
-    spec = {"users": users, "days": days, "seed": seed}
+    spec = {"users": users, "days": days, "seed": seed, "users_per_part": users_per_part}
     if marker.exists() and json.loads(marker.read_text())["spec"] == spec:
         return json.loads(marker.read_text())["counts"]
     for sub in ("raw", "clean", "quarantine", "features"):
@@ -54,13 +57,16 @@ def make_events(work: Path, users: int, days: int, seed: int) -> dict[str, int]:
         (work / sub).mkdir(parents=True)
     config = SyntheticConfig(n_users=users, n_merchants=max(users // 25, 5), days=days, seed=seed,
                              start=datetime(2026, 1, 1, tzinfo=UTC))
-    write(generate(config), work / "raw")
+    started = time.perf_counter()
+    write_parts(config, work / "raw", users_per_part)
+    generated, generated_mb = time.perf_counter() - started, peak_rss_mb()
     validate_all(work / "raw", work / "clean", work / "quarantine", as_of=config.end + timedelta(days=90))
+    validated = time.perf_counter() - started - generated
     con = duckdb.connect()
     counts = {t: con.execute(f"SELECT count(*) FROM read_parquet('{work / 'clean' / t}.parquet')").fetchone()[0]
               for t in ("transactions", "activity", "fraud_labels")}
     marker.write_text(json.dumps({"spec": spec, "counts": counts}))
-    return counts
+    return {**counts, "generate_s": generated, "generate_peak_mb": generated_mb, "validate_s": validated}
 
 
 def child(contender: str, work: Path) -> None:
@@ -73,13 +79,14 @@ def child(contender: str, work: Path) -> None:
     def compute_features(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
         return compute(specs, *args, **kwargs)
 
-    clean, features = work / "clean", work / "features"
-    if contender in ("full", "full-bucketed"):
-        from pipelines.aggregates import BucketedWindowEngine
+    from pipelines.aggregates import BucketedWindowEngine
 
-        buckets = int(os.environ.get("FEASTKIT_COMPUTE_BUCKETS", "1"))
-        engine = BucketedWindowEngine(buckets) if contender == "full-bucketed" else None
-        if engine is not None:
+    clean, features = work / "clean", work / "features"
+    every = int(os.environ.get("FEASTKIT_BENCH_ENGINE_BUCKETS", "1"))
+    engine = BucketedWindowEngine(every) if every > 1 else None  # the engine of every computing contender
+    if contender in ("full", "full-bucketed"):
+        if contender == "full-bucketed":
+            engine = BucketedWindowEngine(int(os.environ.get("FEASTKIT_COMPUTE_BUCKETS", "1")))
             features = work / "features-bucketed"
         shutil.rmtree(features, ignore_errors=True)
         started = time.perf_counter()
@@ -92,9 +99,9 @@ def child(contender: str, work: Path) -> None:
         if contender == "incremental-hour":
             end -= timedelta(hours=12)  # noon of the last day: an ordinary hour
         if not features.exists():
-            compute_features(clean, features, end=end - timedelta(hours=1))
+            compute_features(clean, features, end=end - timedelta(hours=1), engine=engine)
         started = time.perf_counter()
-        result = compute_features(clean, features, start=end - timedelta(hours=1), end=end)
+        result = compute_features(clean, features, start=end - timedelta(hours=1), end=end, engine=engine)
         seconds = time.perf_counter() - started
         rows = sum(result.rows.values())
     elif contender == "spark-full":
@@ -132,17 +139,25 @@ def main(argv: list[str] | None = None) -> None:
     if argv and argv[0] == "child":
         child(argv[1], Path(argv[2]))
         return
+    if argv and argv[0] == "prepare":
+        report(make_events(Path(argv[1]), *(int(a) for a in argv[2:])))
+        return
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--users", type=int, default=12_000, help="synthetic users (events grow with them)")
     parser.add_argument("--days", type=int, default=150, help="days of history")
     parser.add_argument("--runs", type=int, default=3, help="runs per contender (the median is shown)")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--users-per-part", type=int, default=50_000,
+                        help="users generated at once (more are written part by part: memory holds one part)")
     parser.add_argument("--workdir", type=Path, help="keep generated events here (reused when flags match)")
     parser.add_argument("--spark", action="store_true", help="add the full run on local Spark (spark-full)")
     parser.add_argument("--compute-buckets", type=int, default=0,
                         help="add the full run of the local engine over this many entity buckets (full-bucketed)")
     parser.add_argument("--spark-buckets", type=int, default=16, help="entity buckets of the Spark run")
+    parser.add_argument("--engine-buckets", type=int, default=1,
+                        help="every computing contender runs the local engine over this many entity buckets "
+                             "(for events that do not fit in memory at once; 1 is the one pass)")
     args = parser.parse_args(argv)
     if min(args.users, args.days, args.runs) < 1:
         parser.error("users, days and runs must be positive")
@@ -150,14 +165,19 @@ def main(argv: list[str] | None = None) -> None:
     work.mkdir(parents=True, exist_ok=True)
     try:
         started = time.perf_counter()
-        counts = make_events(work, args.users, args.days, args.seed)
+        counts = run_child([__file__, "prepare", str(work), str(args.users), str(args.days), str(args.seed),
+                            str(args.users_per_part)])
         events = counts["transactions"] + counts["activity"]
+        made = (f": generated in {counts['generate_s']:.0f}s (peak {counts['generate_peak_mb']:,.0f} MB), "
+                f"validated in {counts['validate_s']:.0f}s (peak {counts['peak_rss_mb']:,.0f} MB)"
+                if "generate_s" in counts else " (the kept events)")
         print(f"events: {events:,} ({counts['transactions']:,} transactions, {counts['activity']:,} "
-              f"activity, {counts['fraud_labels']:,} labels), ready in {time.perf_counter() - started:.0f}s",
-              flush=True)
+              f"activity, {counts['fraud_labels']:,} labels), ready in {time.perf_counter() - started:.0f}s"
+              f"{made}", flush=True)
         names = (CONTENDERS + (("full-bucketed",) if args.compute_buckets > 1 else ())
                  + (("spark-full",) if args.spark else ()))
         os.environ["FEASTKIT_COMPUTE_BUCKETS"] = str(max(args.compute_buckets, 1))
+        os.environ["FEASTKIT_BENCH_ENGINE_BUCKETS"] = str(max(args.engine_buckets, 1))
         contenders = {name: Contender(name) for name in names}
         os.environ["FEASTKIT_SPARK_BUCKETS"] = str(args.spark_buckets)
         produced: dict[str, int] = {}
@@ -169,8 +189,9 @@ def main(argv: list[str] | None = None) -> None:
                 produced[name] = measured["rows"]
                 print(f"  run {run + 1}: {name:20s} {measured['seconds']:8.2f}s {measured['peak_rss_mb']:8.0f} MB",
                       flush=True)
+        how = f", the local engine over {args.engine_buckets} entity buckets" if args.engine_buckets > 1 else ""
         lines = [table(f"Aggregates: {events:,} raw events ({args.users:,} users, {args.days} days) -> "
-                       "all feature tables", list(contenders.values()), floor="duckdb-scan-floor",
+                       f"all feature tables{how}", list(contenders.values()), floor="duckdb-scan-floor",
                        default="full", units=events, unit_name="events/s")]
         share = contenders["incremental-hour"].median_s / contenders["full"].median_s
         midnight = contenders["incremental-midnight-hour"].median_s / contenders["full"].median_s
