@@ -144,11 +144,7 @@ class _Merchants:
 
 def generate(config: SyntheticConfig) -> RawTables:
     """Make every raw table for the configured period; the same config gives the same data."""
-    rng = np.random.default_rng(config.seed)
-    tables, _ = _generate_part(config, rng, config.n_users, 0, None, 0)
-    if config.bad_rows:
-        inject_bad_rows(tables, config.bad_rows, rng)
-    return tables
+    return next(generate_parts(config, config.n_users))
 
 
 def generate_parts(config: SyntheticConfig, users_per_part: int) -> Iterator[RawTables]:
@@ -275,6 +271,7 @@ def _generate_part(config: SyntheticConfig, rng: np.random.Generator, n_u: int, 
     device = np.concatenate([legit_device, f_device])
     is_fraud = np.concatenate([legit_fraud, np.ones(len(f_ts), dtype=bool)])
 
+    legit = np.r_[np.ones(len(legit_ts), dtype=bool), np.zeros(len(f_ts), dtype=bool)]  # not a fraud burst
     window = config.drift_window
     if window is not None:
         w0, w1 = pd.Timestamp(window[0]).value, pd.Timestamp(window[1]).value
@@ -292,8 +289,7 @@ def _generate_part(config: SyntheticConfig, rng: np.random.Generator, n_u: int, 
             # a concept shift: 60 % of the window's fraud bursts now look like the card holder's own
             # use (usual amount, favourite merchant, known device, day hours, spread over the day),
             # so the same features mean more fraud than they did; the features barely move
-            burst = np.r_[np.zeros(len(legit_ts), dtype=bool), np.ones(len(f_ts), dtype=bool)]
-            mimic = burst & in_w & (rng.random(len(ts)) < 0.6)
+            mimic = ~legit & in_w & (rng.random(len(ts)) < 0.6)
             k, mu = int(mimic.sum()), u[mimic]
             amount[mimic] = base_amount[mu] * rng.lognormal(0.0, 0.45, size=k)
             m[mimic] = favourites[mu, rng.integers(0, 4, size=k)]
@@ -306,11 +302,10 @@ def _generate_part(config: SyntheticConfig, rng: np.random.Generator, n_u: int, 
             # vanish, legitimate and fraudulent alike, so risky merchants carry most of the traffic
             # while the odds of fraud at each merchant stay what they were
             keep = ~(in_w & (risk[m] < 3.0) & (rng.random(len(ts)) < 0.9))
-            ts, u, m, amount, channel, device, is_fraud = (a[keep] for a in
-                                                            (ts, u, m, amount, channel, device, is_fraud))
+            ts, u, m, amount, channel, device, is_fraud, legit, in_w = (
+                a[keep] for a in (ts, u, m, amount, channel, device, is_fraud, legit, in_w))
 
         if "night_spend" in config.drift:
-            legit = np.r_[np.ones(len(legit_ts), dtype=bool), np.zeros(len(f_ts), dtype=bool)]
             ts = _night_spend(rng, ts, amount / base_amount[u], legit & in_w)
 
     order = np.argsort(ts, kind="stable")
