@@ -83,10 +83,26 @@ def _free_port() -> int:
     (["init", "{tmp}/project", "--example", "bakery"], ["unknown example 'bakery'"]),
     (["init", "{tmp}/project", "--minimal", "--example", "fraud-churn"], ["--minimal and --example"]),
     (["skew", "--sample", "0"], ["--sample 0 is not positive"]),
+    (["generate", "--users-per-part", "3"], ["--users-per-part 3 is too small", "at least 10"]),
 ])
 def test_bad_arguments_need_no_deployment(args: list[str], fragments: list[str], tmp_path: Path) -> None:
     env = settings_env(make_settings(tmp_path))
     assert_one_line_error(run([a.format(tmp=tmp_path) for a in args], env), *fragments)
+
+
+def test_generate_part_by_part_then_a_validation_memory_limit_duckdb_refuses(tmp_path: Path) -> None:
+    """`generate --users-per-part` writes every user once, part after part; a validation memory
+    limit DuckDB does not take is one line naming the setting."""
+    settings = make_settings(tmp_path)
+    env = settings_env(settings)
+    made = run(["generate", "--users", "35", "--users-per-part", "10", "--days", "7", "--bad-rows", "8"], env)
+    assert made.returncode == 0, made.stderr
+    users = pd.read_parquet(settings.raw_dir / "users.parquet")
+    assert users["user_id"].tolist() == list(range(1001, 1036))
+    assert len(pd.read_parquet(settings.raw_dir / "merchants.parquet")) == 300
+    assert run(["validate"], env).returncode == 0
+    refused = run(["validate"], {**env, "FEASTKIT_VALIDATION_MEMORY_LIMIT": "lots"})
+    assert_one_line_error(refused, "validation memory limit 'lots'", "FEASTKIT_VALIDATION_MEMORY_LIMIT")
 
 
 def test_an_invalid_setting_is_one_line(tmp_path: Path) -> None:
