@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -12,6 +13,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from feastkit.atomic import replacing
 from feastkit.errors import FeastkitError
 
 CHANNELS = ("pos", "web", "app")
@@ -460,25 +462,19 @@ def write(tables: RawTables, raw_dir: Path, config: SyntheticConfig | None = Non
 def write_parts(config: SyntheticConfig, raw_dir: Path, users_per_part: int) -> dict[str, int]:
     """Generate `config` part by part (`generate_parts`) and append each part to the raw tables'
     Parquet files, so memory holds one part; return row counts. Each file is written beside its
-    place and renamed into it at the end: a failed run leaves the old tables whole."""
+    place and renamed into it at the end (`feastkit.atomic.replacing`): a failed run leaves the old
+    tables whole."""
     raw_dir.mkdir(parents=True, exist_ok=True)
     write_drift_manifest(config, raw_dir)
-    writers: dict[str, pq.ParquetWriter] = {}
     counts: dict[str, int] = {}
-    try:
+    with contextlib.ExitStack() as files:  # each writer closes before its file is renamed into place
+        writers: dict[str, pq.ParquetWriter] = {}
         for tables in generate_parts(config, users_per_part):
             for name, frame in tables.items():
                 table = _arrow(frame)
                 if name not in writers:
-                    writers[name] = pq.ParquetWriter(raw_dir / f".{name}.parquet.tmp", table.schema)
+                    tmp = files.enter_context(replacing(raw_dir / f"{name}.parquet"))
+                    writers[name] = files.enter_context(pq.ParquetWriter(tmp, table.schema))
                 writers[name].write_table(table.cast(writers[name].schema))
                 counts[name] = counts.get(name, 0) + len(frame)
-        for writer in writers.values():
-            writer.close()
-        for name in writers:
-            (raw_dir / f".{name}.parquet.tmp").replace(raw_dir / f"{name}.parquet")
-    finally:
-        for name, writer in writers.items():
-            writer.close()
-            (raw_dir / f".{name}.parquet.tmp").unlink(missing_ok=True)
     return counts
