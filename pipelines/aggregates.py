@@ -91,18 +91,24 @@ class RowStamps:
     end: int
 
     @property
+    def midnights(self) -> tuple[int, int]:
+        """The first and the last midnight in the interval (start, end]; none when first > last."""
+        day = micros(DAY)
+        return self.start // day * day + day, self.end // day * day
+
+    @property
     def holds_midnight(self) -> bool:
         """Whether the interval (start, end] holds a midnight: its heartbeats."""
-        day = micros(DAY)
-        return self.start // day * day + day <= self.end // day * day
+        first, last = self.midnights
+        return first <= last
 
     def can_stamp(self) -> str:
         """SQL: the events (on `ts`) that can put a row in the interval; their entities are read."""
-        day, grid = micros(DAY), micros(self.grid)
+        grid = micros(self.grid)
         moved = [f"(ts > {_sql_time(self.start - grid - micros(w))} AND ts < {_sql_time(self.end - micros(w))})"
                  for w in self.moves]
-        first_midnight, last_midnight = self.start // day * day + day, self.end // day * day
-        if first_midnight <= last_midnight:
+        first_midnight, last_midnight = self.midnights
+        if self.holds_midnight:
             moved.append(f"(ts >= {_sql_time(first_midnight - micros(self.reach))} "
                          f"AND ts < {_sql_time(last_midnight)})")
         return " OR ".join(moved) or "FALSE"
@@ -125,8 +131,9 @@ class RowStamps:
         opens[1:] = (entity[1:] != entity[:-1]) | (first[1:] > last[:-1])
         starts = np.flatnonzero(opens)
         ends = np.r_[starts[1:], len(ts)] - 1
-        lo = np.maximum(first[starts], self.start // day * day + day)
-        hi = np.minimum(last[ends], self.end // day * day)
+        first_midnight, last_midnight = self.midnights
+        lo = np.maximum(first[starts], first_midnight)
+        hi = np.minimum(last[ends], last_midnight)
         count = np.maximum((hi - lo) // day + 1, 0)
         offsets = np.arange(int(count.sum())) - np.repeat(np.cumsum(count) - count, count)
         found_entity.append(np.repeat(entity[starts], count))
